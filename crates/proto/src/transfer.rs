@@ -1,0 +1,1022 @@
+//! Transfer state machines: [`Sender`] (sends DATA: a server's RRQ, a client's WRQ) and
+//! [`Receiver`] (receives DATA: a server's WRQ, a client's RRQ).
+//!
+//! Neither touches a socket, a file or a clock. The driver feeds them datagrams
+//! ([`Sender::handle_datagram`]) and timeouts ([`Sender::handle_timeout`]) with the current
+//! time, sends what [`Sender::poll_transmit`] yields, sleeps until [`Sender::poll_timeout`],
+//! and reads [`Sender::poll_event`]. The sender is given file blocks through
+//! [`Sender::block_to_fill`] / [`Sender::block_filled`]; the receiver hands in-order payloads
+//! back from [`Receiver::handle_datagram`].
+//!
+//! Rules implemented here, each tested below:
+//! - RFC 1350: lock-step transfer, a short DATA ends it, block numbers roll over past 65535
+//!   (the sender wraps to 0; the receiver accepts a wrap to 0 or to 1).
+//! - RFC 1123 §4.2.3.1: retransmit on timeout only; a duplicate ACK never causes a resend
+//!   (Sorcerer's Apprentice); retries are bounded.
+//! - RFC 7440: windows of `windowsize` blocks; the receiver ACKs the last block of a window,
+//!   the last block of the file, or on a gap the last block it has in order; the sender then
+//!   resends from the block after the acknowledged one at once.
+//! - TIDs (RFC 1350 §4): a datagram from any other address gets ERROR 5 and changes nothing.
+//! - The receiver dallies after its final ACK, re-acknowledging a repeated final DATA.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::negotiate::{ClientOptions, NegotiateError, Negotiated};
+use crate::wire::{write_data_header, ErrorCode, Mode, OptionList, Packet, Request};
+use crate::wire::{DATA_HEADER_LEN, DEFAULT_BLKSIZE};
+
+/// Retransmission policy of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferConfig {
+    /// Time without progress before the last packet (or window) is sent again. A `timeout`
+    /// negotiated with the peer (RFC 2349) replaces it.
+    pub timeout: Duration,
+    /// Retransmissions of one packet or window before the transfer is abandoned (0 = give
+    /// up at the first timeout).
+    pub max_retries: u32,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit<'a> {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// The encoded packet.
+    pub payload: &'a [u8],
+}
+
+/// Counters of a transfer, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Payload bytes delivered (receiver) or acknowledged (sender).
+    pub bytes: u64,
+    /// DATA blocks delivered or acknowledged.
+    pub blocks: u64,
+    /// DATA packets sent, retransmissions included (sender only).
+    pub data_sent: u64,
+    /// Timeouts that led to a retransmission.
+    pub timeouts: u64,
+    /// Packets sent again (timeouts and gap recovery), DATA and control alike.
+    pub retransmits: u64,
+    /// Duplicate or stale ACKs (sender) or DATA (receiver) seen and ignored.
+    pub duplicates: u64,
+    /// Datagrams from other addresses, answered with ERROR 5.
+    pub strangers: u64,
+    /// Datagrams from the peer that did not decode or did not fit the state; ignored.
+    pub ignored: u64,
+}
+
+/// Something the driver should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The options in force, once known (at once for a server; after the first reply for a
+    /// client).
+    Negotiated(Negotiated),
+    /// All data moved: the sender's last block was acknowledged, or the receiver got the last
+    /// block and sent its ACK (it may still dally; keep driving until
+    /// [`Receiver::is_finished`]).
+    Complete,
+    /// The transfer ended without completing. An ERROR has been queued for the peer when
+    /// the failure is local.
+    Failed(TransferError),
+}
+
+/// Why a transfer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The peer stopped answering.
+    #[error("timed out after {retries} retries")]
+    TimedOut {
+        /// Retransmissions made before giving up.
+        retries: u32,
+    },
+    /// The peer sent ERROR.
+    #[error("peer sent ERROR {code}: {message}")]
+    Peer {
+        /// The peer's error code.
+        code: ErrorCode,
+        /// The peer's message (lossy UTF-8).
+        message: String,
+    },
+    /// The peer sent something the protocol forbids (for example a DATA longer than blksize).
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The server's OACK was not acceptable (a client answers ERROR 8).
+    #[error("option negotiation failed: {0}")]
+    Negotiation(#[from] NegotiateError),
+    /// The driver aborted the transfer (file error, shutdown, ...).
+    #[error("aborted with ERROR {code}: {message}")]
+    Aborted {
+        /// The code sent to the peer.
+        code: ErrorCode,
+        /// The message sent to the peer.
+        message: String,
+    },
+}
+
+impl TransferError {
+    /// The TFTP error code that reports this failure to the peer.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TimedOut { .. } => ErrorCode::NotDefined,
+            Self::Peer { code, .. } => *code,
+            Self::Protocol(_) => ErrorCode::IllegalOperation,
+            Self::Negotiation(e) => e.code(),
+            Self::Aborted { code, .. } => *code,
+        }
+    }
+}
+
+/// Longest ERROR message tftpx sends, in bytes.
+const MAX_ERROR_MESSAGE: usize = 200;
+
+/// Peer bookkeeping shared by both machines: TID check, the control packet (request, OACK,
+/// ACK, ERROR) that a timeout resends, and ERROR 5 to strangers.
+struct Link {
+    peer: SocketAddr,
+    /// False for a client until the first reply fixes the server's TID.
+    locked: bool,
+    ctrl: Vec<u8>,
+    ctrl_pending: bool,
+    stranger: Option<SocketAddr>,
+    stranger_buf: [u8; 32],
+    stranger_len: usize,
+}
+
+impl Link {
+    fn new(peer: SocketAddr, locked: bool) -> Self {
+        Self {
+            peer,
+            locked,
+            ctrl: Vec::with_capacity(64),
+            ctrl_pending: false,
+            stranger: None,
+            stranger_buf: [0; 32],
+            stranger_len: 0,
+        }
+    }
+
+    /// Classifies a datagram's source. Returns true when it comes from the peer (locking a
+    /// client's TID on the first reply), false after queueing ERROR 5 to a stranger.
+    fn accept_source(&mut self, from: SocketAddr, datagram: &[u8], stats: &mut Stats) -> bool {
+        if from == self.peer {
+            return true;
+        }
+        if !self.locked && from.ip() == self.peer.ip() {
+            self.peer = from;
+            self.locked = true;
+            return true;
+        }
+        stats.strangers += 1;
+        // Never answer an ERROR with an ERROR (two confused peers would loop).
+        if !matches!(Packet::decode(datagram), Ok(Packet::Error { .. })) {
+            let p = Packet::Error {
+                code: ErrorCode::UnknownTid,
+                message: b"Unknown transfer ID",
+            };
+            if let Ok(n) = p.encode(&mut self.stranger_buf) {
+                self.stranger_len = n;
+                self.stranger = Some(from);
+            }
+        }
+        false
+    }
+
+    fn set_ctrl(&mut self, p: &Packet<'_>) {
+        self.ctrl.clear();
+        self.ctrl.resize(p.encoded_len(), 0);
+        // The buffer was sized for the packet; strings come from us and hold no NUL.
+        let _ = p.encode(&mut self.ctrl);
+        self.ctrl_pending = true;
+    }
+
+    fn set_ack(&mut self, block: u16) {
+        self.set_ctrl(&Packet::Ack { block });
+    }
+
+    fn set_error(&mut self, code: ErrorCode, message: &str) {
+        let mut m = message.as_bytes();
+        if m.len() > MAX_ERROR_MESSAGE {
+            m = &m[..MAX_ERROR_MESSAGE];
+        }
+        let cleaned: Vec<u8> = m.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+        self.set_ctrl(&Packet::Error {
+            code,
+            message: &cleaned,
+        });
+    }
+
+    fn poll_stranger(&mut self) -> Option<Transmit<'_>> {
+        let to = self.stranger.take()?;
+        Some(Transmit {
+            destination: to,
+            payload: &self.stranger_buf[..self.stranger_len],
+        })
+    }
+
+    fn poll_ctrl(&mut self) -> Option<Transmit<'_>> {
+        if !self.ctrl_pending {
+            return None;
+        }
+        self.ctrl_pending = false;
+        Some(Transmit {
+            destination: self.peer,
+            payload: &self.ctrl,
+        })
+    }
+}
+
+fn build_request(rrq: bool, filename: &[u8], mode: Mode, options: &ClientOptions) -> Vec<u8> {
+    let opts = options.to_options();
+    let req = Request {
+        filename,
+        mode: mode.as_str().as_bytes(),
+        options: opts.as_list(),
+    };
+    let p = if rrq {
+        Packet::Rrq(req)
+    } else {
+        Packet::Wrq(req)
+    };
+    let mut buf = vec![0; p.encoded_len()];
+    // Sized above; the caller checked the filename for NUL.
+    let _ = p.encode(&mut buf);
+    buf
+}
+
+/// Errors building a client transfer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The file name is empty or contains NUL.
+    #[error("file name must be non-empty and must not contain NUL")]
+    BadFilename,
+}
+
+fn check_filename(f: &[u8]) -> Result<(), RequestError> {
+    if f.is_empty() || f.contains(&0) {
+        Err(RequestError::BadFilename)
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SenderState {
+    /// Client: WRQ sent, waiting for OACK or ACK 0.
+    Requesting,
+    /// Server: OACK sent, waiting for ACK 0.
+    OackSent,
+    Sending,
+    Done,
+    Failed,
+}
+
+/// The side that sends DATA: a server answering an RRQ, or a client that sent a WRQ.
+///
+/// Memory: one buffer of `windowsize x (4 + blksize)` bytes, allocated when the options are
+/// known; nothing is allocated per packet.
+pub struct Sender {
+    link: Link,
+    state: SenderState,
+    config: TransferConfig,
+    client_options: Option<ClientOptions>,
+    blksize: usize,
+    windowsize: u64,
+    /// Oldest block not yet acknowledged (absolute number; the first block is 1).
+    base: u64,
+    /// Next block to transmit.
+    next: u64,
+    /// Highest block the driver has filled.
+    filled: u64,
+    /// The last block of the file, once the driver filled a short one.
+    last: Option<u64>,
+    slots: Vec<u8>,
+    slot_len: Vec<u32>,
+    deadline: Option<Instant>,
+    retries: u32,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("peer", &self.link.peer)
+            .field("state", &self.state)
+            .field("base", &self.base)
+            .field("next", &self.next)
+            .field("filled", &self.filled)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    fn new(peer: SocketAddr, locked: bool, config: TransferConfig) -> Self {
+        Self {
+            link: Link::new(peer, locked),
+            state: SenderState::Sending,
+            config,
+            client_options: None,
+            blksize: DEFAULT_BLKSIZE as usize,
+            windowsize: 1,
+            base: 1,
+            next: 1,
+            filled: 0,
+            last: None,
+            slots: Vec::new(),
+            slot_len: Vec::new(),
+            deadline: None,
+            retries: 0,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A server's sender for an accepted RRQ (RFC 1350 §4, RFC 2347 §2).
+    ///
+    /// `oack` is the negotiated OACK's option list: when non-empty it is sent first and
+    /// DATA 1 follows the client's ACK 0; when empty DATA 1 is sent at once. `negotiated`
+    /// gives blksize and windowsize; its `timeout`, when set, replaces `config.timeout`.
+    pub fn server(
+        peer: SocketAddr,
+        negotiated: Negotiated,
+        oack: OptionList<'_>,
+        config: TransferConfig,
+    ) -> Self {
+        let mut s = Self::new(peer, true, config);
+        s.apply(negotiated);
+        if !oack.is_empty() {
+            s.state = SenderState::OackSent;
+            s.link.set_ctrl(&Packet::Oack(oack));
+        }
+        s
+    }
+
+    /// A client's sender: queues a WRQ for `filename` to `server` (its well-known port). The
+    /// server's TID is taken from the first reply from `server`'s IP address.
+    ///
+    /// # Errors
+    /// [`RequestError::BadFilename`] if `filename` is empty or contains NUL.
+    pub fn client(
+        server: SocketAddr,
+        filename: &[u8],
+        mode: Mode,
+        options: ClientOptions,
+        config: TransferConfig,
+    ) -> Result<Self, RequestError> {
+        check_filename(filename)?;
+        let mut s = Self::new(server, false, config);
+        s.state = SenderState::Requesting;
+        s.link.ctrl = build_request(false, filename, mode, &options);
+        s.link.ctrl_pending = true;
+        s.client_options = Some(options);
+        Ok(s)
+    }
+
+    fn apply(&mut self, n: Negotiated) {
+        self.blksize = n.blksize as usize;
+        self.windowsize = u64::from(n.windowsize.max(1));
+        if let Some(t) = n.timeout {
+            self.config.timeout = t;
+        }
+        let slot = DATA_HEADER_LEN + self.blksize;
+        self.slots = vec![0; slot * self.windowsize as usize];
+        self.slot_len = vec![0; self.windowsize as usize];
+        self.events.push_back(Event::Negotiated(n));
+    }
+
+    /// The peer's address (the server's TID once a client has seen its first reply).
+    pub fn peer(&self) -> SocketAddr {
+        self.link.peer
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// True once the transfer is over (completed or failed) and nothing is left to send.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, SenderState::Done | SenderState::Failed)
+            && !self.link.ctrl_pending
+            && self.link.stranger.is_none()
+    }
+
+    fn slot_range(&self, block: u64) -> std::ops::Range<usize> {
+        let slot = DATA_HEADER_LEN + self.blksize;
+        let i = (block % self.windowsize) as usize;
+        i * slot..(i + 1) * slot
+    }
+
+    /// The payload area (exactly blksize bytes) of the next block to read from the file, or
+    /// `None` while the window is full, options are not yet known, or the last block is in.
+    ///
+    /// Fill it completely unless the file ends, then call [`Sender::block_filled`] with the
+    /// number of bytes written: fewer than blksize (0 included) marks the last block.
+    pub fn block_to_fill(&mut self) -> Option<&mut [u8]> {
+        if self.state != SenderState::Sending && self.state != SenderState::OackSent {
+            return None;
+        }
+        if self.last.is_some() || self.filled + 1 >= self.base + self.windowsize {
+            return None;
+        }
+        let r = self.slot_range(self.filled + 1);
+        Some(&mut self.slots[r.start + DATA_HEADER_LEN..r.end])
+    }
+
+    /// Records that the block from [`Sender::block_to_fill`] holds `len` bytes (0..=blksize).
+    ///
+    /// # Panics
+    /// If `len` exceeds blksize, or no block was being filled.
+    pub fn block_filled(&mut self, len: usize) {
+        assert!(len <= self.blksize, "block longer than blksize");
+        assert!(self.last.is_none(), "block filled after the last block");
+        self.filled += 1;
+        let block = self.filled;
+        let r = self.slot_range(block);
+        write_data_header(&mut self.slots[r], block as u16);
+        let i = (block % self.windowsize) as usize;
+        self.slot_len[i] = (DATA_HEADER_LEN + len) as u32;
+        if len < self.blksize {
+            self.last = Some(block);
+        }
+    }
+
+    /// Ends the transfer now and queues ERROR `code` with `message` (at most 200 bytes are
+    /// sent) for the peer. Does nothing if the transfer is already over.
+    pub fn abort(&mut self, code: ErrorCode, message: &str) {
+        if matches!(self.state, SenderState::Done | SenderState::Failed) {
+            return;
+        }
+        self.fail_local(
+            TransferError::Aborted {
+                code,
+                message: message.to_owned(),
+            },
+            message,
+        );
+    }
+
+    fn fail_local(&mut self, err: TransferError, message: &str) {
+        self.link.set_error(err.code(), message);
+        self.fail_quiet(err);
+    }
+
+    fn fail_quiet(&mut self, err: TransferError) {
+        self.state = SenderState::Failed;
+        self.deadline = None;
+        self.events.push_back(Event::Failed(err));
+    }
+
+    /// Feeds a datagram that arrived from `from` at `now`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if !self.link.accept_source(from, datagram, &mut self.stats) {
+            return;
+        }
+        let Ok(packet) = Packet::decode(datagram) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        match (self.state, packet) {
+            (SenderState::Done | SenderState::Failed, _) => self.stats.ignored += 1,
+            (_, Packet::Error { code, message }) => {
+                self.fail_quiet(TransferError::Peer {
+                    code,
+                    message: String::from_utf8_lossy(message).into_owned(),
+                });
+            }
+            (SenderState::Requesting, Packet::Oack(list)) => {
+                let asked = self.client_options.unwrap_or_default();
+                match asked.accept_oack(list) {
+                    Ok(n) => self.start_sending(now, n),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.fail_local(TransferError::Negotiation(e), &msg);
+                    }
+                }
+            }
+            (SenderState::Requesting, Packet::Ack { block: 0 }) => {
+                self.start_sending(now, Negotiated::default());
+            }
+            (SenderState::OackSent, Packet::Ack { block: 0 }) => {
+                self.state = SenderState::Sending;
+                self.link.ctrl_pending = false;
+                self.retries = 0;
+                self.deadline = None;
+            }
+            (SenderState::Sending, Packet::Ack { block }) => self.on_ack(block),
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    fn start_sending(&mut self, _now: Instant, n: Negotiated) {
+        self.state = SenderState::Sending;
+        self.link.ctrl_pending = false;
+        self.retries = 0;
+        self.deadline = None;
+        self.apply(n);
+    }
+
+    fn on_ack(&mut self, wire: u16) {
+        // The ACK may name base-1 (nothing new) up to the last block sent.
+        let prev = self.base - 1;
+        let a = prev + u64::from(wire.wrapping_sub(prev as u16));
+        if a == prev || a >= self.next {
+            self.stats.duplicates += 1;
+            return;
+        }
+        for b in self.base..=a {
+            let i = (b % self.windowsize) as usize;
+            self.stats.bytes += u64::from(self.slot_len[i]) - DATA_HEADER_LEN as u64;
+            self.stats.blocks += 1;
+        }
+        self.base = a + 1;
+        self.retries = 0;
+        if self.last == Some(a) {
+            self.state = SenderState::Done;
+            self.deadline = None;
+            self.events.push_back(Event::Complete);
+            return;
+        }
+        if a + 1 < self.next {
+            // The receiver saw a gap: resend from the block after the one it has (RFC 7440).
+            self.stats.retransmits += self.next - (a + 1);
+            self.next = a + 1;
+        }
+        if self.base == self.next {
+            self.deadline = None;
+        }
+    }
+
+    /// Feeds the passage of time; call when [`Sender::poll_timeout`]'s instant is reached.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(d) = self.deadline else { return };
+        if now < d {
+            return;
+        }
+        self.deadline = None;
+        match self.state {
+            SenderState::Requesting | SenderState::OackSent => {
+                if self.retry() {
+                    self.link.ctrl_pending = true;
+                    self.stats.retransmits += 1;
+                }
+            }
+            SenderState::Sending => {
+                if self.base < self.next && self.retry() {
+                    self.stats.retransmits += self.next - self.base;
+                    self.next = self.base;
+                }
+            }
+            SenderState::Done | SenderState::Failed => {}
+        }
+    }
+
+    fn retry(&mut self) -> bool {
+        self.stats.timeouts += 1;
+        if self.retries >= self.config.max_retries {
+            let e = TransferError::TimedOut {
+                retries: self.retries,
+            };
+            let msg = e.to_string();
+            self.fail_local(e, &msg);
+            return false;
+        }
+        self.retries += 1;
+        true
+    }
+
+    /// The next datagram to send, if any. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
+        if self.link.stranger.is_some() {
+            return self.link.poll_stranger();
+        }
+        if self.link.ctrl_pending {
+            if !matches!(self.state, SenderState::Done | SenderState::Failed) {
+                self.deadline = Some(now + self.config.timeout);
+            }
+            return self.link.poll_ctrl();
+        }
+        if self.state != SenderState::Sending
+            || self.next > self.filled
+            || self.next >= self.base + self.windowsize
+        {
+            return None;
+        }
+        let block = self.next;
+        self.next += 1;
+        self.stats.data_sent += 1;
+        self.deadline = Some(now + self.config.timeout);
+        let i = (block % self.windowsize) as usize;
+        let r = self.slot_range(block);
+        let len = self.slot_len[i] as usize;
+        Some(Transmit {
+            destination: self.link.peer,
+            payload: &self.slots[r.start..r.start + len],
+        })
+    }
+
+    /// When the sender next wants [`Sender::handle_timeout`], if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReceiverState {
+    /// Client: RRQ sent, waiting for OACK or DATA 1.
+    Requesting,
+    Receiving,
+    /// Final ACK sent; re-ACK a repeated final DATA until the dally time is over.
+    Dallying,
+    Done,
+    Failed,
+}
+
+/// The side that receives DATA: a server answering a WRQ, or a client that sent an RRQ.
+pub struct Receiver {
+    link: Link,
+    state: ReceiverState,
+    config: TransferConfig,
+    client_options: Option<ClientOptions>,
+    blksize: usize,
+    windowsize: u32,
+    /// Wire number of the next block expected.
+    expected: u16,
+    /// Wire number of the last block received in order (0 before any).
+    last_wire: u16,
+    /// Blocks received in order so far.
+    received: u64,
+    /// What follows 65535: 0, or 1 once a peer is seen to wrap to 1.
+    wrap_to: u16,
+    in_window: u32,
+    gap_acked: bool,
+    deadline: Option<Instant>,
+    retries: u32,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("peer", &self.link.peer)
+            .field("state", &self.state)
+            .field("expected", &self.expected)
+            .field("received", &self.received)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    fn new(peer: SocketAddr, locked: bool, config: TransferConfig) -> Self {
+        Self {
+            link: Link::new(peer, locked),
+            state: ReceiverState::Receiving,
+            config,
+            client_options: None,
+            blksize: DEFAULT_BLKSIZE as usize,
+            windowsize: 1,
+            expected: 1,
+            last_wire: 0,
+            received: 0,
+            wrap_to: 0,
+            in_window: 0,
+            gap_acked: false,
+            deadline: None,
+            retries: 0,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A server's receiver for an accepted WRQ: queues the OACK (when `oack` is non-empty) or
+    /// ACK 0, then expects DATA 1. `negotiated.timeout`, when set, replaces `config.timeout`.
+    pub fn server(
+        peer: SocketAddr,
+        negotiated: Negotiated,
+        oack: OptionList<'_>,
+        config: TransferConfig,
+    ) -> Self {
+        let mut r = Self::new(peer, true, config);
+        r.apply(negotiated);
+        if oack.is_empty() {
+            r.link.set_ack(0);
+        } else {
+            r.link.set_ctrl(&Packet::Oack(oack));
+        }
+        r
+    }
+
+    /// A client's receiver: queues an RRQ for `filename` to `server` (its well-known port).
+    /// The server's TID is taken from the first reply from `server`'s IP address.
+    ///
+    /// # Errors
+    /// [`RequestError::BadFilename`] if `filename` is empty or contains NUL.
+    pub fn client(
+        server: SocketAddr,
+        filename: &[u8],
+        mode: Mode,
+        options: ClientOptions,
+        config: TransferConfig,
+    ) -> Result<Self, RequestError> {
+        check_filename(filename)?;
+        let mut r = Self::new(server, false, config);
+        r.state = ReceiverState::Requesting;
+        r.link.ctrl = build_request(true, filename, mode, &options);
+        r.link.ctrl_pending = true;
+        r.client_options = Some(options);
+        Ok(r)
+    }
+
+    fn apply(&mut self, n: Negotiated) {
+        self.blksize = n.blksize as usize;
+        self.windowsize = u32::from(n.windowsize.max(1));
+        if let Some(t) = n.timeout {
+            self.config.timeout = t;
+        }
+        self.events.push_back(Event::Negotiated(n));
+    }
+
+    /// The peer's address (the server's TID once a client has seen its first reply).
+    pub fn peer(&self) -> SocketAddr {
+        self.link.peer
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// True once the transfer is over (completed and dallied, or failed) and nothing is left
+    /// to send.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, ReceiverState::Done | ReceiverState::Failed)
+            && !self.link.ctrl_pending
+            && self.link.stranger.is_none()
+    }
+
+    /// True once the last block has been received (the receiver may still be dallying).
+    pub fn is_complete(&self) -> bool {
+        matches!(self.state, ReceiverState::Dallying | ReceiverState::Done)
+    }
+
+    /// Ends the transfer now and queues ERROR `code` with `message` for the peer (at most
+    /// 200 bytes of it). Does nothing once the transfer is over or the last block is in.
+    pub fn abort(&mut self, code: ErrorCode, message: &str) {
+        if !matches!(
+            self.state,
+            ReceiverState::Requesting | ReceiverState::Receiving
+        ) {
+            return;
+        }
+        self.fail_local(
+            TransferError::Aborted {
+                code,
+                message: message.to_owned(),
+            },
+            message,
+        );
+    }
+
+    fn fail_local(&mut self, err: TransferError, message: &str) {
+        self.link.set_error(err.code(), message);
+        self.fail_quiet(err);
+    }
+
+    fn fail_quiet(&mut self, err: TransferError) {
+        self.state = ReceiverState::Failed;
+        self.deadline = None;
+        self.events.push_back(Event::Failed(err));
+    }
+
+    fn next_wire(&self, w: u16) -> u16 {
+        if w == u16::MAX {
+            self.wrap_to
+        } else {
+            w + 1
+        }
+    }
+
+    /// Feeds a datagram that arrived from `from` at `now`. Returns the payload of a DATA
+    /// block that arrived in order, which the driver must write before feeding the next
+    /// datagram (it borrows from `datagram`: no copy).
+    pub fn handle_datagram<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'d [u8],
+    ) -> Option<&'d [u8]> {
+        if !self.link.accept_source(from, datagram, &mut self.stats) {
+            return None;
+        }
+        let Ok(packet) = Packet::decode(datagram) else {
+            self.stats.ignored += 1;
+            return None;
+        };
+        match (self.state, packet) {
+            (ReceiverState::Done | ReceiverState::Failed, _) => {
+                self.stats.ignored += 1;
+                None
+            }
+            (ReceiverState::Dallying, Packet::Data { block, .. }) => {
+                if block == self.last_wire {
+                    self.stats.duplicates += 1;
+                    self.link.set_ack(block);
+                } else {
+                    self.stats.ignored += 1;
+                }
+                None
+            }
+            (ReceiverState::Dallying, _) => {
+                self.stats.ignored += 1;
+                None
+            }
+            (_, Packet::Error { code, message }) => {
+                self.fail_quiet(TransferError::Peer {
+                    code,
+                    message: String::from_utf8_lossy(message).into_owned(),
+                });
+                None
+            }
+            (ReceiverState::Requesting, Packet::Oack(list)) => {
+                let asked = self.client_options.unwrap_or_default();
+                match asked.accept_oack(list) {
+                    Ok(n) => {
+                        self.state = ReceiverState::Receiving;
+                        self.retries = 0;
+                        self.apply(n);
+                        self.link.set_ack(0);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.fail_local(TransferError::Negotiation(e), &msg);
+                    }
+                }
+                None
+            }
+            (ReceiverState::Requesting, Packet::Data { block: 1, payload }) => {
+                self.state = ReceiverState::Receiving;
+                self.retries = 0;
+                self.apply(Negotiated::default());
+                self.on_data(now, 1, payload)
+            }
+            (ReceiverState::Receiving, Packet::Oack(_)) if self.received == 0 => {
+                // Our ACK 0 was lost and the server repeated its OACK.
+                if self.client_options.is_some() {
+                    self.stats.duplicates += 1;
+                    self.link.set_ack(0);
+                } else {
+                    self.stats.ignored += 1;
+                }
+                None
+            }
+            (ReceiverState::Receiving, Packet::Data { block, payload }) => {
+                self.on_data(now, block, payload)
+            }
+            _ => {
+                self.stats.ignored += 1;
+                None
+            }
+        }
+    }
+
+    fn on_data<'d>(&mut self, now: Instant, block: u16, payload: &'d [u8]) -> Option<&'d [u8]> {
+        if payload.len() > self.blksize {
+            self.fail_local(
+                TransferError::Protocol("DATA longer than blksize"),
+                "DATA longer than the negotiated blksize",
+            );
+            return None;
+        }
+        let in_order = block == self.expected
+            || (self.expected == 0 && block == 1 && self.received >= u64::from(u16::MAX));
+        if !in_order {
+            if block.wrapping_sub(self.expected) < 0x8000 {
+                // A block from the future: something in between was lost.
+                if !self.gap_acked && (self.received > 0 || self.client_options.is_some()) {
+                    self.gap_acked = true;
+                    self.in_window = 0;
+                    self.link.set_ack(self.last_wire);
+                    self.stats.retransmits += 1;
+                }
+                self.stats.ignored += 1;
+            } else {
+                self.stats.duplicates += 1;
+                // The sender repeated what we already acknowledged: our ACK was lost.
+                if block == self.last_wire && self.received > 0 {
+                    self.in_window = 0;
+                    self.link.set_ack(block);
+                }
+            }
+            return None;
+        }
+        if self.expected == 0 && block == 1 {
+            self.wrap_to = 1;
+        }
+        self.last_wire = block;
+        self.expected = self.next_wire(block);
+        self.received += 1;
+        self.stats.blocks += 1;
+        self.stats.bytes += payload.len() as u64;
+        self.retries = 0;
+        self.gap_acked = false;
+        self.in_window += 1;
+        self.deadline = Some(now + self.config.timeout);
+        if payload.len() < self.blksize {
+            self.link.set_ack(block);
+            self.state = ReceiverState::Dallying;
+            // Dally: long enough for the sender to time out and repeat its last DATA once.
+            self.deadline = Some(now + self.config.timeout * 2);
+            self.events.push_back(Event::Complete);
+        } else if self.in_window >= self.windowsize {
+            self.in_window = 0;
+            self.link.set_ack(block);
+        }
+        Some(payload)
+    }
+
+    /// Feeds the passage of time; call when [`Receiver::poll_timeout`]'s instant is reached.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(d) = self.deadline else { return };
+        if now < d {
+            return;
+        }
+        self.deadline = None;
+        match self.state {
+            ReceiverState::Requesting | ReceiverState::Receiving => {
+                self.stats.timeouts += 1;
+                if self.retries >= self.config.max_retries {
+                    let e = TransferError::TimedOut {
+                        retries: self.retries,
+                    };
+                    let msg = e.to_string();
+                    self.fail_local(e, &msg);
+                    return;
+                }
+                self.retries += 1;
+                self.stats.retransmits += 1;
+                self.in_window = 0;
+                // Resend the request, the OACK / ACK 0, or the ACK of the last block in order.
+                self.link.ctrl_pending = true;
+            }
+            ReceiverState::Dallying => self.state = ReceiverState::Done,
+            ReceiverState::Done | ReceiverState::Failed => {}
+        }
+    }
+
+    /// The next datagram to send, if any. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
+        if self.link.stranger.is_some() {
+            return self.link.poll_stranger();
+        }
+        if self.link.ctrl_pending
+            && matches!(
+                self.state,
+                ReceiverState::Requesting | ReceiverState::Receiving
+            )
+        {
+            self.deadline = Some(now + self.config.timeout);
+        }
+        self.link.poll_ctrl()
+    }
+
+    /// When the receiver next wants [`Receiver::handle_timeout`], if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The negotiated block size in bytes (512 until a client learns otherwise).
+    pub fn blksize(&self) -> usize {
+        self.blksize
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,808 @@
+//! Scripted and simulated tests of the state machines: no sockets, no sleeping.
+
+use super::*;
+use crate::negotiate::Negotiated;
+use crate::wire::{OptionList, Packet};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn server_addr() -> SocketAddr {
+    addr("127.0.0.1:69")
+}
+fn server_tid() -> SocketAddr {
+    addr("127.0.0.1:40000")
+}
+fn client_tid() -> SocketAddr {
+    addr("127.0.0.1:50000")
+}
+
+fn neg(blksize: u16, windowsize: u16) -> Negotiated {
+    Negotiated {
+        blksize,
+        windowsize,
+        ..Negotiated::default()
+    }
+}
+
+fn cfg() -> TransferConfig {
+    TransferConfig {
+        timeout: Duration::from_millis(100),
+        max_retries: 3,
+    }
+}
+
+/// An owned, decoded copy of a transmitted packet, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum P {
+    Rrq(Vec<u8>, Vec<u8>),
+    Wrq(Vec<u8>, Vec<u8>),
+    Data(u16, Vec<u8>),
+    Ack(u16),
+    Error(u16),
+    Oack(Vec<u8>),
+}
+
+fn own(bytes: &[u8]) -> P {
+    match Packet::decode(bytes).unwrap() {
+        Packet::Rrq(r) => P::Rrq(r.filename.to_vec(), r.options.as_bytes().to_vec()),
+        Packet::Wrq(r) => P::Wrq(r.filename.to_vec(), r.options.as_bytes().to_vec()),
+        Packet::Data { block, payload } => P::Data(block, payload.to_vec()),
+        Packet::Ack { block } => P::Ack(block),
+        Packet::Error { code, .. } => P::Error(code.to_u16()),
+        Packet::Oack(o) => P::Oack(o.as_bytes().to_vec()),
+    }
+}
+
+fn enc(p: Packet<'_>) -> Vec<u8> {
+    let mut b = vec![0; p.encoded_len()];
+    p.encode(&mut b).unwrap();
+    b
+}
+
+fn data(block: u16, payload: &[u8]) -> Vec<u8> {
+    enc(Packet::Data { block, payload })
+}
+fn ack(block: u16) -> Vec<u8> {
+    enc(Packet::Ack { block })
+}
+fn error(code: u16) -> Vec<u8> {
+    enc(Packet::Error {
+        code: ErrorCode::from_u16(code),
+        message: b"x",
+    })
+}
+
+fn drain_tx(s: &mut Sender, now: Instant) -> Vec<(SocketAddr, P)> {
+    let mut v = Vec::new();
+    for _ in 0..100_000 {
+        match s.poll_transmit(now) {
+            Some(t) => v.push((t.destination, own(t.payload))),
+            None => return v,
+        }
+    }
+    panic!("sender transmits forever");
+}
+
+fn drain_rx(r: &mut Receiver, now: Instant) -> Vec<(SocketAddr, P)> {
+    let mut v = Vec::new();
+    for _ in 0..100_000 {
+        match r.poll_transmit(now) {
+            Some(t) => v.push((t.destination, own(t.payload))),
+            None => return v,
+        }
+    }
+    panic!("receiver transmits forever");
+}
+
+fn events_s(s: &mut Sender) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+fn events_r(r: &mut Receiver) -> Vec<Event> {
+    std::iter::from_fn(|| r.poll_event()).collect()
+}
+
+/// Fills the sender from `file` starting at byte `*pos`.
+fn fill(s: &mut Sender, file: &[u8], pos: &mut usize, blksize: usize) {
+    while let Some(buf) = s.block_to_fill() {
+        let n = (file.len() - *pos).min(blksize);
+        buf[..n].copy_from_slice(&file[*pos..*pos + n]);
+        *pos += n;
+        s.block_filled(n);
+    }
+}
+
+fn pkts(v: &[(SocketAddr, P)]) -> Vec<P> {
+    v.iter().map(|(_, p)| p.clone()).collect()
+}
+
+#[test]
+fn lockstep_send_completes_and_ignores_duplicate_acks() {
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(8, 1), OptionList::empty(), cfg());
+    let file = b"0123456789abcdefXYZ"; // 8 + 8 + 3 bytes
+    let mut pos = 0;
+    fill(&mut s, file, &mut pos, 8);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t0)),
+        vec![P::Data(1, b"01234567".to_vec())]
+    );
+    s.handle_datagram(t0, client_tid(), &ack(1));
+    fill(&mut s, file, &mut pos, 8);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t0)),
+        vec![P::Data(2, b"89abcdef".to_vec())]
+    );
+    // A duplicate ACK 1 (the client's retransmission) must not produce another DATA 2.
+    s.handle_datagram(t0, client_tid(), &ack(1));
+    assert!(drain_tx(&mut s, t0).is_empty());
+    s.handle_datagram(t0, client_tid(), &ack(2));
+    fill(&mut s, file, &mut pos, 8);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t0)),
+        vec![P::Data(3, b"XYZ".to_vec())]
+    );
+    s.handle_datagram(t0, client_tid(), &ack(3));
+    assert!(s.is_finished());
+    let ev = events_s(&mut s);
+    assert_eq!(ev.last(), Some(&Event::Complete));
+    let st = s.stats();
+    assert_eq!(
+        (st.bytes, st.blocks, st.data_sent, st.duplicates),
+        (19, 3, 3, 1)
+    );
+}
+
+#[test]
+fn exact_multiple_ends_with_empty_block_and_empty_file_is_one_empty_block() {
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(8, 4), OptionList::empty(), cfg());
+    let mut pos = 0;
+    fill(&mut s, b"01234567", &mut pos, 8);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t0)),
+        vec![P::Data(1, b"01234567".to_vec()), P::Data(2, vec![])]
+    );
+    let mut e = Sender::server(client_tid(), neg(512, 1), OptionList::empty(), cfg());
+    let mut pos = 0;
+    fill(&mut e, b"", &mut pos, 512);
+    assert_eq!(pkts(&drain_tx(&mut e, t0)), vec![P::Data(1, vec![])]);
+    e.handle_datagram(t0, client_tid(), &ack(1));
+    assert!(e.is_finished());
+}
+
+#[test]
+fn timeout_retransmits_then_gives_up_with_error() {
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(8, 1), OptionList::empty(), cfg());
+    let mut pos = 0;
+    fill(&mut s, b"abc", &mut pos, 8);
+    assert_eq!(drain_tx(&mut s, t0).len(), 1);
+    let mut now = t0;
+    for i in 1..=3 {
+        // Early wake-ups change nothing.
+        s.handle_timeout(now + 50 * MS);
+        assert!(drain_tx(&mut s, now + 50 * MS).is_empty());
+        now = s.poll_timeout().unwrap();
+        assert_eq!(now, t0 + 100 * MS * i);
+        s.handle_timeout(now);
+        assert_eq!(
+            pkts(&drain_tx(&mut s, now)),
+            vec![P::Data(1, b"abc".to_vec())]
+        );
+    }
+    now = s.poll_timeout().unwrap();
+    s.handle_timeout(now);
+    assert_eq!(pkts(&drain_tx(&mut s, now)), vec![P::Error(0)]);
+    assert!(s.is_finished());
+    assert_eq!(s.poll_timeout(), None);
+    assert!(matches!(
+        events_s(&mut s).last(),
+        Some(Event::Failed(TransferError::TimedOut { retries: 3 }))
+    ));
+    assert_eq!(s.stats().timeouts, 4);
+}
+
+#[test]
+fn stranger_gets_error_5_and_transfer_goes_on() {
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(8, 1), OptionList::empty(), cfg());
+    let mut pos = 0;
+    let file = b"0123456789";
+    fill(&mut s, file, &mut pos, 8);
+    drain_tx(&mut s, t0);
+    let stranger = addr("127.0.0.1:50001");
+    s.handle_datagram(t0, stranger, &ack(1));
+    assert_eq!(drain_tx(&mut s, t0), vec![(stranger, P::Error(5))]);
+    // An ERROR from a stranger is not answered (no ERROR ping-pong).
+    s.handle_datagram(t0, stranger, &error(5));
+    assert!(drain_tx(&mut s, t0).is_empty());
+    s.handle_datagram(t0, client_tid(), &ack(1));
+    fill(&mut s, file, &mut pos, 8);
+    assert_eq!(
+        drain_tx(&mut s, t0),
+        vec![(client_tid(), P::Data(2, b"89".to_vec()))]
+    );
+    assert_eq!(s.stats().strangers, 2);
+}
+
+#[test]
+fn oack_then_ack0_then_data_and_error8_after_oack_ends_quietly() {
+    let t0 = Instant::now();
+    let oack = OptionList::new(b"tsize\x0012\x00").unwrap();
+    let mut s = Sender::server(client_tid(), neg(512, 1), oack, cfg());
+    let mut pos = 0;
+    fill(&mut s, b"hello", &mut pos, 512);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t0)),
+        vec![P::Oack(b"tsize\x0012\x00".to_vec())]
+    );
+    // Lost OACK: resent on timeout.
+    let t1 = s.poll_timeout().unwrap();
+    s.handle_timeout(t1);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t1)),
+        vec![P::Oack(b"tsize\x0012\x00".to_vec())]
+    );
+    s.handle_datagram(t1, client_tid(), &ack(0));
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t1)),
+        vec![P::Data(1, b"hello".to_vec())]
+    );
+
+    // A PXE ROM's size probe: ERROR 8 right after the OACK.
+    let mut p = Sender::server(client_tid(), neg(512, 1), oack, cfg());
+    drain_tx(&mut p, t0);
+    p.handle_datagram(t0, client_tid(), &error(8));
+    assert!(drain_tx(&mut p, t0).is_empty(), "no reply to an ERROR");
+    assert!(p.is_finished());
+    assert!(matches!(
+        events_s(&mut p).last(),
+        Some(Event::Failed(TransferError::Peer {
+            code: ErrorCode::OptionNegotiation,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn window_gap_resends_from_the_gap_at_once() {
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(8, 4), OptionList::empty(), cfg());
+    let file: Vec<u8> = (0..60u8).collect(); // 7.5 blocks of 8
+    let mut pos = 0;
+    fill(&mut s, &file, &mut pos, 8);
+    let sent = pkts(&drain_tx(&mut s, t0));
+    assert_eq!(
+        sent.iter()
+            .map(|p| match p {
+                P::Data(b, _) => *b,
+                _ => 0,
+            })
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    // Block 3 was lost: the receiver ACKs 2.
+    s.handle_datagram(t0, client_tid(), &ack(2));
+    fill(&mut s, &file, &mut pos, 8);
+    let resent: Vec<u16> = pkts(&drain_tx(&mut s, t0))
+        .iter()
+        .map(|p| match p {
+            P::Data(b, _) => *b,
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(resent, vec![3, 4, 5, 6]);
+    // A repeated ACK 2 (duplicate) changes nothing.
+    s.handle_datagram(t0, client_tid(), &ack(2));
+    assert!(drain_tx(&mut s, t0).is_empty());
+    s.handle_datagram(t0, client_tid(), &ack(6));
+    fill(&mut s, &file, &mut pos, 8);
+    let rest: Vec<u16> = pkts(&drain_tx(&mut s, t0))
+        .iter()
+        .map(|p| match p {
+            P::Data(b, _) => *b,
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(rest, vec![7, 8]);
+    s.handle_datagram(t0, client_tid(), &ack(8));
+    assert!(s.is_finished());
+    assert_eq!(s.stats().bytes, 60);
+}
+
+#[test]
+fn receiver_acks_windows_reacks_duplicates_and_acks_gaps_once() {
+    let t0 = Instant::now();
+    let mut r = Receiver::server(client_tid(), neg(4, 2), OptionList::empty(), cfg());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(0)]);
+    assert_eq!(
+        r.handle_datagram(t0, client_tid(), &data(1, b"aaaa")),
+        Some(&b"aaaa"[..])
+    );
+    assert!(drain_rx(&mut r, t0).is_empty(), "mid-window: no ACK");
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(2, b"bbbb"))
+        .is_some());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(2)]);
+    // Window 3..4 arrives as 4 only (3 lost): one ACK 2, not one per stray block.
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(4, b"dddd"))
+        .is_none());
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(5, b"eeee"))
+        .is_none());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(2)]);
+    // A duplicate of the last block in order (our ACK was lost) is re-ACKed, not delivered.
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(2, b"bbbb"))
+        .is_none());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(2)]);
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(1, b"aaaa"))
+        .is_none());
+    assert!(drain_rx(&mut r, t0).is_empty());
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(3, b"cccc"))
+        .is_some());
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(4, b"dd"))
+        .is_some());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(4)]);
+    assert!(r.is_complete() && !r.is_finished());
+    assert_eq!(events_s_r(&mut r).last(), Some(&Event::Complete));
+    assert_eq!(r.stats().bytes, 14);
+}
+
+fn events_s_r(r: &mut Receiver) -> Vec<Event> {
+    events_r(r)
+}
+
+#[test]
+fn receiver_dallies_and_reacks_the_final_block() {
+    let t0 = Instant::now();
+    let mut r = Receiver::server(client_tid(), neg(512, 1), OptionList::empty(), cfg());
+    drain_rx(&mut r, t0);
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(1, b"end"))
+        .is_some());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(1)]);
+    // The final ACK was lost; the sender repeats the last DATA.
+    let t1 = t0 + 100 * MS;
+    assert!(r
+        .handle_datagram(t1, client_tid(), &data(1, b"end"))
+        .is_none());
+    assert_eq!(pkts(&drain_rx(&mut r, t1)), vec![P::Ack(1)]);
+    let end = r.poll_timeout().unwrap();
+    assert_eq!(end, t0 + 200 * MS, "dally lasts two timeouts");
+    r.handle_timeout(end);
+    assert!(r.is_finished());
+    assert_eq!(events_r(&mut r).last(), Some(&Event::Complete));
+}
+
+#[test]
+fn receiver_times_out_with_bounded_retries() {
+    let t0 = Instant::now();
+    let mut r = Receiver::server(client_tid(), neg(512, 1), OptionList::empty(), cfg());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(0)]);
+    let mut now;
+    for _ in 0..3 {
+        now = r.poll_timeout().unwrap();
+        r.handle_timeout(now);
+        assert_eq!(pkts(&drain_rx(&mut r, now)), vec![P::Ack(0)]);
+    }
+    now = r.poll_timeout().unwrap();
+    r.handle_timeout(now);
+    assert_eq!(pkts(&drain_rx(&mut r, now)), vec![P::Error(0)]);
+    assert!(r.is_finished());
+    assert!(matches!(
+        events_r(&mut r).last(),
+        Some(Event::Failed(TransferError::TimedOut { .. }))
+    ));
+}
+
+#[test]
+fn receiver_accepts_rollover_to_zero_and_to_one() {
+    for wrap_to in [0u16, 1] {
+        let t0 = Instant::now();
+        let mut r = Receiver::server(client_tid(), neg(8, 1), OptionList::empty(), cfg());
+        drain_rx(&mut r, t0);
+        let mut wire: u16 = 1;
+        let mut delivered = 0u64;
+        for i in 0..70_000u64 {
+            let payload = [(i % 251) as u8; 8];
+            let d = data(wire, &payload);
+            let got = r.handle_datagram(t0, client_tid(), &d);
+            assert_eq!(got, Some(&payload[..]), "block {i} wire {wire}");
+            delivered += 1;
+            assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(wire)]);
+            wire = if wire == u16::MAX { wrap_to } else { wire + 1 };
+        }
+        assert!(r
+            .handle_datagram(t0, client_tid(), &data(wire, b""))
+            .is_some());
+        assert!(r.is_complete());
+        assert_eq!(delivered, 70_000);
+        assert_eq!(r.stats().bytes, 70_000 * 8);
+    }
+}
+
+#[test]
+fn oversized_data_is_a_protocol_error() {
+    let t0 = Instant::now();
+    let mut r = Receiver::server(client_tid(), neg(8, 1), OptionList::empty(), cfg());
+    drain_rx(&mut r, t0);
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(1, b"123456789"))
+        .is_none());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Error(4)]);
+    assert!(r.is_finished());
+}
+
+#[test]
+fn malformed_datagrams_from_the_peer_are_ignored() {
+    let t0 = Instant::now();
+    let mut r = Receiver::server(client_tid(), neg(512, 1), OptionList::empty(), cfg());
+    drain_rx(&mut r, t0);
+    for junk in [&b""[..], b"\x00", b"\x00\x09zz", b"\x00\x03\x00"] {
+        assert!(r.handle_datagram(t0, client_tid(), junk).is_none());
+    }
+    assert!(drain_rx(&mut r, t0).is_empty());
+    assert_eq!(r.stats().ignored, 4);
+    assert!(r
+        .handle_datagram(t0, client_tid(), &data(1, b"ok"))
+        .is_some());
+}
+
+#[test]
+fn client_read_locks_tid_checks_oack_and_acks_zero() {
+    let t0 = Instant::now();
+    let opts = ClientOptions {
+        blksize: Some(1468),
+        tsize: Some(0),
+        ..ClientOptions::default()
+    };
+    let mut r = Receiver::client(server_addr(), b"boot.img", Mode::Octet, opts, cfg()).unwrap();
+    assert_eq!(
+        drain_rx(&mut r, t0),
+        vec![(
+            server_addr(),
+            P::Rrq(
+                b"boot.img".to_vec(),
+                b"blksize\x001468\x00tsize\x000\x00".to_vec()
+            )
+        )]
+    );
+    // A reply from another host is refused; the request is still pending.
+    let other = addr("127.0.0.2:40000");
+    r.handle_datagram(t0, other, &enc(Packet::Oack(OptionList::empty())));
+    assert_eq!(drain_rx(&mut r, t0), vec![(other, P::Error(5))]);
+    let oack = enc(Packet::Oack(
+        OptionList::new(b"blksize\x001024\x00tsize\x002000\x00").unwrap(),
+    ));
+    r.handle_datagram(t0, server_tid(), &oack);
+    assert_eq!(drain_rx(&mut r, t0), vec![(server_tid(), P::Ack(0))]);
+    assert_eq!(r.peer(), server_tid());
+    assert_eq!(
+        events_r(&mut r),
+        vec![Event::Negotiated(Negotiated {
+            blksize: 1024,
+            windowsize: 1,
+            timeout: None,
+            tsize: Some(2000)
+        })]
+    );
+    // A second transfer answering the same request (from another port) gets ERROR 5.
+    let dup = addr("127.0.0.1:40001");
+    r.handle_datagram(t0, dup, &oack);
+    assert_eq!(drain_rx(&mut r, t0), vec![(dup, P::Error(5))]);
+    // Repeated OACK (our ACK 0 lost): ACK 0 again.
+    r.handle_datagram(t0, server_tid(), &oack);
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(0)]);
+    let block = vec![7u8; 1024];
+    assert!(r
+        .handle_datagram(t0, server_tid(), &data(1, &block))
+        .is_some());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(1)]);
+    assert!(r
+        .handle_datagram(t0, server_tid(), &data(2, b"z"))
+        .is_some());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(2)]);
+    assert!(r.is_complete());
+}
+
+#[test]
+fn client_read_falls_back_to_rfc1350_and_rejects_bad_oack() {
+    let t0 = Instant::now();
+    let opts = ClientOptions {
+        blksize: Some(1468),
+        ..ClientOptions::default()
+    };
+    let mut r = Receiver::client(server_addr(), b"f", Mode::Octet, opts, cfg()).unwrap();
+    drain_rx(&mut r, t0);
+    // The server ignores options and sends DATA 1 at 512 bytes.
+    assert!(r
+        .handle_datagram(t0, server_tid(), &data(1, b"x"))
+        .is_some());
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Ack(1)]);
+    assert!(r.is_complete());
+
+    let mut r = Receiver::client(server_addr(), b"f", Mode::Octet, opts, cfg()).unwrap();
+    drain_rx(&mut r, t0);
+    let bad = enc(Packet::Oack(
+        OptionList::new(b"blksize\x0065464\x00").unwrap(),
+    ));
+    r.handle_datagram(t0, server_tid(), &bad);
+    assert_eq!(drain_rx(&mut r, t0), vec![(server_tid(), P::Error(8))]);
+    assert!(r.is_finished());
+}
+
+#[test]
+fn client_write_sends_wrq_then_data_after_ack0_or_oack() {
+    let t0 = Instant::now();
+    let mut s = Sender::client(
+        server_addr(),
+        b"up.bin",
+        Mode::Octet,
+        ClientOptions::default(),
+        cfg(),
+    )
+    .unwrap();
+    assert!(s.block_to_fill().is_none(), "no block before negotiation");
+    assert_eq!(
+        drain_tx(&mut s, t0),
+        vec![(server_addr(), P::Wrq(b"up.bin".to_vec(), vec![]))]
+    );
+    let t1 = s.poll_timeout().unwrap();
+    s.handle_timeout(t1);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t1)),
+        vec![P::Wrq(b"up.bin".to_vec(), vec![])]
+    );
+    s.handle_datagram(t1, server_tid(), &ack(0));
+    let mut pos = 0;
+    fill(&mut s, b"payload", &mut pos, 512);
+    assert_eq!(
+        drain_tx(&mut s, t1),
+        vec![(server_tid(), P::Data(1, b"payload".to_vec()))]
+    );
+    s.handle_datagram(t1, server_tid(), &ack(1));
+    assert!(s.is_finished());
+
+    let opts = ClientOptions {
+        blksize: Some(16),
+        windowsize: Some(4),
+        tsize: Some(40),
+        ..ClientOptions::default()
+    };
+    let mut s = Sender::client(server_addr(), b"w", Mode::Octet, opts, cfg()).unwrap();
+    drain_tx(&mut s, t0);
+    let oack = enc(Packet::Oack(
+        OptionList::new(b"blksize\x0016\x00windowsize\x002\x00tsize\x0040\x00").unwrap(),
+    ));
+    s.handle_datagram(t0, server_tid(), &oack);
+    let file = [9u8; 40];
+    let mut pos = 0;
+    fill(&mut s, &file, &mut pos, 16);
+    assert_eq!(drain_tx(&mut s, t0).len(), 2, "window of 2 granted");
+}
+
+#[test]
+fn abort_sends_error_once() {
+    let t0 = Instant::now();
+    let mut r = Receiver::server(client_tid(), neg(512, 1), OptionList::empty(), cfg());
+    drain_rx(&mut r, t0);
+    r.abort(ErrorCode::DiskFull, "disk full");
+    r.abort(ErrorCode::NotDefined, "again");
+    assert_eq!(pkts(&drain_rx(&mut r, t0)), vec![P::Error(3)]);
+    assert!(r.is_finished());
+}
+
+// ---- Deterministic two-party simulation with seeded faults ----
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+struct Faults {
+    loss: u64,
+    dup: u64,
+    reorder: u64,
+}
+
+struct Outcome {
+    received: Vec<u8>,
+    sender_done: bool,
+    receiver_complete: bool,
+    data_sent: u64,
+}
+
+/// Runs a client RRQ against a server sender over a lossy "network" with a virtual clock.
+fn simulate(file: &[u8], blksize: u16, windowsize: u16, faults: Faults, seed: u64) -> Outcome {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut rng = Rng(seed | 1);
+    let config = TransferConfig {
+        timeout: Duration::from_millis(100),
+        max_retries: 50,
+    };
+    let mut tx = Sender::server(
+        client_tid(),
+        neg(blksize, windowsize),
+        OptionList::empty(),
+        config,
+    );
+    let mut rx = Receiver::server(
+        server_tid(),
+        neg(blksize, windowsize),
+        OptionList::empty(),
+        config,
+    );
+    drain_rx(&mut rx, now); // the would-be ACK 0 of a WRQ; irrelevant here
+    let mut pos = 0;
+    let mut received = Vec::new();
+    // In-flight datagrams: (arrival time, to_receiver, bytes).
+    let mut net: Vec<(Instant, bool, Vec<u8>)> = Vec::new();
+    for _ in 0..2_000_000 {
+        fill(&mut tx, file, &mut pos, blksize as usize);
+        let mut out = Vec::new();
+        while let Some(t) = tx.poll_transmit(now) {
+            out.push((true, t.payload.to_vec()));
+        }
+        while let Some(t) = rx.poll_transmit(now) {
+            out.push((false, t.payload.to_vec()));
+        }
+        for (to_rx, d) in out {
+            if rng.chance(faults.loss) {
+                continue;
+            }
+            let delay = if rng.chance(faults.reorder) { 7 } else { 1 };
+            if rng.chance(faults.dup) {
+                net.push((now + MS * 2, to_rx, d.clone()));
+            }
+            net.push((now + MS * delay, to_rx, d));
+        }
+        if tx.is_finished() && rx.is_finished() {
+            break;
+        }
+        // Advance to the next event: a datagram arrival or a timer.
+        let next_net = net.iter().map(|x| x.0).min();
+        let next_timer = [tx.poll_timeout(), rx.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = [next_net, next_timer].into_iter().flatten().min() else {
+            break;
+        };
+        now = now.max(next);
+        if let Some(i) = net.iter().position(|x| x.0 <= now) {
+            let (_, to_rx, d) = net.remove(i);
+            if to_rx {
+                if let Some(p) = rx.handle_datagram(now, server_tid(), &d) {
+                    received.extend_from_slice(p);
+                }
+            } else {
+                tx.handle_datagram(now, client_tid(), &d);
+            }
+        }
+        tx.handle_timeout(now);
+        rx.handle_timeout(now);
+    }
+    Outcome {
+        received,
+        sender_done: tx.is_finished() && tx.stats().blocks > 0,
+        receiver_complete: rx.is_complete(),
+        data_sent: tx.stats().data_sent,
+    }
+}
+
+fn test_file(len: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    (0..len).map(|_| r.next() as u8).collect()
+}
+
+#[test]
+fn simulated_transfers_survive_loss_duplication_and_reordering() {
+    let cases = [
+        (0usize, 512u16, 1u16),
+        (511, 512, 1),
+        (512, 512, 1),
+        (513, 512, 1),
+        (20_000, 64, 1),
+        (20_000, 64, 4),
+        (50_000, 100, 16),
+        (8 * 16 * 5, 8, 16),
+    ];
+    for (i, &(len, blksize, ws)) in cases.iter().enumerate() {
+        for seed in 1..6u64 {
+            let file = test_file(len, seed * 31 + i as u64);
+            let o = simulate(
+                &file,
+                blksize,
+                ws,
+                Faults {
+                    loss: 10,
+                    dup: 10,
+                    reorder: 10,
+                },
+                seed,
+            );
+            assert!(
+                o.receiver_complete && o.sender_done,
+                "case {i} seed {seed}: incomplete"
+            );
+            assert!(o.received == file, "case {i} seed {seed}: corrupt");
+        }
+    }
+}
+
+#[test]
+fn clean_network_sends_each_block_once() {
+    for ws in [1u16, 4, 16, 64] {
+        let file = test_file(100_000, 7);
+        let o = simulate(
+            &file,
+            512,
+            ws,
+            Faults {
+                loss: 0,
+                dup: 0,
+                reorder: 0,
+            },
+            1,
+        );
+        assert!(o.received == file);
+        assert_eq!(o.data_sent, 100_000 / 512 + 1, "ws {ws}: no retransmission");
+    }
+}
+
+#[test]
+fn duplicated_acks_never_multiply_data() {
+    // Every datagram duplicated: a Sorcerer's Apprentice sender would double its DATA.
+    let file = test_file(512 * 200 + 3, 9);
+    let o = simulate(
+        &file,
+        512,
+        1,
+        Faults {
+            loss: 0,
+            dup: 100,
+            reorder: 0,
+        },
+        3,
+    );
+    assert!(o.received == file);
+    assert_eq!(o.data_sent, 201);
+}
+
+#[test]
+fn rollover_past_65535_in_simulation() {
+    // 70,000 blocks of 8 bytes: the block number wraps once.
+    let file = test_file(8 * 70_000 + 5, 11);
+    let o = simulate(
+        &file,
+        8,
+        8,
+        Faults {
+            loss: 1,
+            dup: 1,
+            reorder: 1,
+        },
+        5,
+    );
+    assert!(o.receiver_complete && o.sender_done);
+    assert!(o.received == file);
+}

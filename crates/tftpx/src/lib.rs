@@ -1,0 +1,1 @@
+//! tftpx: TFTP server and client.
