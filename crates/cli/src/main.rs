@@ -1,1 +1,91 @@
-fn main() {}
+//! The `tftpx` command: `serve`, `get` (`pull`) and `put` (`push`).
+//!
+//! Exit codes: 0 success, 1 failure (a transfer failed, or the server could not start),
+//! 2 usage error.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::filter::LevelFilter;
+
+mod serve;
+
+/// A TFTP server and client (RFC 1350, 2347, 2348, 2349, 7440).
+#[derive(Debug, Parser)]
+#[command(name = "tftpx", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
+    Serve(serve::ServeArgs),
+}
+
+/// Parses `1s`, `500ms`, `2m` (humantime), or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs > 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err("must be positive, e.g. 1s or 500ms".into());
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 1s or 500ms)"))?;
+    if d.is_zero() {
+        return Err("must be positive, e.g. 1s or 500ms".into());
+    }
+    Ok(d)
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match i16::from(verbose) - i16::from(quiet) {
+        i16::MIN..=-2 => LevelFilter::ERROR,
+        -1 => LevelFilter::WARN,
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -783,12 +783,13 @@ impl Receiver {
     }
 
     /// Ends the transfer now and queues ERROR `code` with `message` for the peer (at most
-    /// 200 bytes of it). Does nothing once the transfer is over or the last block is in.
+    /// 200 bytes of it). Does nothing once the transfer is over.
+    ///
+    /// Called after the last block arrived but before the final ACK went out (a driver
+    /// whose file could not be committed), the ERROR replaces that ACK, so the peer learns
+    /// the upload failed.
     pub fn abort(&mut self, code: ErrorCode, message: &str) {
-        if !matches!(
-            self.state,
-            ReceiverState::Requesting | ReceiverState::Receiving
-        ) {
+        if matches!(self.state, ReceiverState::Done | ReceiverState::Failed) {
             return;
         }
         self.fail_local(

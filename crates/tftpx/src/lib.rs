@@ -1,1 +1,31 @@
-//! tftpx: TFTP server and client.
+//! # tftpx: a TFTP server and client on tokio
+//!
+//! The protocol itself lives in [`tftpx_proto`] (re-exported as [`proto`]), which has no
+//! I/O; this crate drives it with sockets, files and the tokio clock:
+//!
+//! | item | role |
+//! | --- | --- |
+//! | [`Server`], [`ServerBuilder`] | listeners; one task and one socket (TID) per transfer |
+//! | [`Handler`], [`DirHandler`] | what is served: a directory confined to its root, or your own |
+//! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
+//! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
+//!
+//! Every transfer runs in its own task on its own socket bound to the address the request
+//! was sent to, so a slow client never delays another and replies leave from the address
+//! the client asked.
+
+mod driver;
+mod handler;
+mod io;
+mod net;
+mod server;
+
+pub use handler::{
+    DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN,
+    MAX_NAME_LEN,
+};
+pub use server::{
+    Kind, Outcome, Server, ServerBuilder, ServerConfig, ServerError, TransferSummary,
+};
+pub use tftpx_proto as proto;
+pub use tokio_util::sync::CancellationToken;

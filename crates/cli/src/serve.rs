@@ -1,0 +1,151 @@
+//! `tftpx serve`: parse flags into a [`tftpx::Server`] and run it until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tftpx::{DirHandler, Server, ServerError};
+
+use crate::parse_duration;
+
+/// Serve a directory over TFTP.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory to serve (names resolve inside it only).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Address and port to listen on; repeat for several [default: 0.0.0.0:69 and [::]:69]
+    #[arg(short, long = "listen", value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Let clients overwrite existing files.
+    #[arg(long)]
+    pub allow_write: bool,
+
+    /// Let clients create new files (implies --allow-write).
+    #[arg(long)]
+    pub allow_create: bool,
+
+    /// Retransmission timeout when the client negotiates none (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Retransmissions before a transfer is abandoned.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub retries: u32,
+
+    /// Largest blksize granted to clients, in bytes (8..=65464).
+    #[arg(long, default_value_t = 65464, value_parser = clap::value_parser!(u16).range(8..=65464), value_name = "BYTES")]
+    pub max_blksize: u16,
+
+    /// Largest windowsize granted to clients, in blocks (1..=65535).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), value_name = "BLOCKS")]
+    pub max_windowsize: u16,
+
+    /// Largest upload accepted, in bytes (a bigger announced tsize gets ERROR 3).
+    #[arg(long, value_name = "BYTES")]
+    pub max_upload_size: Option<u64>,
+
+    /// Transfers running at once; more requests get "server busy".
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_transfers: usize,
+}
+
+fn defaults() -> Vec<SocketAddr> {
+    vec![
+        "0.0.0.0:69".parse().expect("valid address"),
+        "[::]:69".parse().expect("valid address"),
+    ]
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let handler = DirHandler::new(&args.dir)
+        .with_context(|| format!("cannot serve {}", args.dir.display()))?
+        .allow_write(args.allow_write)
+        .allow_create(args.allow_create);
+    let root = handler.root().to_path_buf();
+    let explicit = !args.listen.is_empty();
+    let mut listen = if explicit {
+        args.listen.clone()
+    } else {
+        defaults()
+    };
+    let server = loop {
+        let mut b = Server::builder(handler.clone())
+            .timeout(args.timeout)
+            .max_retries(args.retries)
+            .max_blksize(args.max_blksize)
+            .max_windowsize(args.max_windowsize)
+            .max_upload_size(args.max_upload_size)
+            .max_transfers(args.max_transfers);
+        for a in &listen {
+            b = b.listen(*a);
+        }
+        match b.bind() {
+            Ok(s) => break s,
+            // A machine without IPv6 still serves IPv4 by default.
+            Err(ServerError::Bind { addr, source })
+                if !explicit && addr.is_ipv6() && listen.len() > 1 && ipv6_missing(&source) =>
+            {
+                tracing::warn!("IPv6 unavailable ({source}); serving IPv4 only");
+                listen.retain(|a| *a != addr);
+            }
+            Err(ServerError::Bind { addr, source })
+                if source.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 =>
+            {
+                anyhow::bail!(
+                    "cannot listen on {addr}: {source}; ports below 1024 need root \
+                     (or try --listen 127.0.0.1:6969)"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mode = if args.allow_create {
+        "read-write, may create files"
+    } else if args.allow_write {
+        "read-write, existing files only"
+    } else {
+        "read-only"
+    };
+    for a in server.local_addrs() {
+        tracing::info!("serving {} on {a} ({mode})", root.display());
+    }
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: ending running transfers");
+        token.cancel();
+    });
+    server.run().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {},
+                _ = i.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// True for the errors binding `[::]` gives on a machine without IPv6.
+fn ipv6_missing(e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+    ) || e.raw_os_error() == Some(EAFNOSUPPORT)
+}

@@ -1,0 +1,245 @@
+//! Drives the sans-I/O state machines with a tokio socket, a file and the tokio clock.
+//! Shared by the server and the client.
+
+use std::io;
+use std::time::Duration;
+
+use tftpx_proto::negotiate::Negotiated;
+use tftpx_proto::transfer::{Event, Receiver, Sender, Stats, TransferError};
+use tftpx_proto::wire::{ErrorCode, Packet, DATA_HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::io::{Sink, Source};
+
+/// What a transfer reported through its events.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    pub negotiated: Option<Negotiated>,
+    pub result: Option<Result<(), TransferError>>,
+}
+
+impl Tracker {
+    fn record(&mut self, ev: Event) {
+        match ev {
+            Event::Negotiated(n) => self.negotiated = Some(n),
+            Event::Complete => self.result = Some(Ok(())),
+            Event::Failed(e) => self.result = Some(Err(e)),
+        }
+    }
+
+    /// The final result; a transfer that ended without saying counts as a time-out.
+    pub fn outcome(&self) -> Result<(), TransferError> {
+        self.result
+            .clone()
+            .unwrap_or(Err(TransferError::TimedOut { retries: 0 }))
+    }
+}
+
+/// Maps a local file error to the TFTP error code and message reported to the peer.
+pub(crate) fn io_error_code(e: &io::Error) -> (ErrorCode, String) {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => (
+            ErrorCode::DiskFull,
+            "Disk full or allocation exceeded".to_owned(),
+        ),
+        io::ErrorKind::FileTooLarge => (ErrorCode::DiskFull, "File too large".to_owned()),
+        io::ErrorKind::PermissionDenied => {
+            (ErrorCode::AccessViolation, "Permission denied".to_owned())
+        }
+        _ => (ErrorCode::NotDefined, format!("I/O error: {e}")),
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Sends one datagram; a send failure is logged and otherwise treated as a loss (the
+/// retransmission timer recovers).
+async fn send(sock: &UdpSocket, payload: &[u8], to: std::net::SocketAddr) {
+    if let Err(e) = sock.send_to(payload, to).await {
+        tracing::debug!(%to, "send failed: {e}");
+    }
+}
+
+/// Sends a single ERROR (used before a state machine exists).
+pub(crate) async fn send_error(
+    sock: &UdpSocket,
+    to: std::net::SocketAddr,
+    code: ErrorCode,
+    message: &str,
+) {
+    let mut buf = [0u8; 260];
+    let msg = &message.as_bytes()[..message.len().min(200)];
+    let p = Packet::Error { code, message: msg };
+    if let Ok(n) = p.encode(&mut buf) {
+        send(sock, &buf[..n], to).await;
+    }
+}
+
+enum Wake {
+    Datagram(usize, std::net::SocketAddr),
+    Timer,
+    Cancelled,
+}
+
+async fn wait(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    deadline: Option<std::time::Instant>,
+    fallback: Duration,
+    cancel: &CancellationToken,
+) -> Wake {
+    let at = match deadline {
+        Some(d) => Instant::from_std(d),
+        None => Instant::now() + fallback,
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Wake::Cancelled,
+        r = sock.recv_from(buf) => match r {
+            Ok((n, from)) => Wake::Datagram(n, from),
+            Err(e) => {
+                // ICMP errors surface here on some systems; they are not fatal for UDP.
+                tracing::debug!("recv failed: {e}");
+                Wake::Timer
+            }
+        },
+        _ = tokio::time::sleep_until(at) => Wake::Timer,
+    }
+}
+
+/// Runs a sender to the end: fills blocks from `src`, sends, waits for ACKs and timers.
+/// `progress` sees the counters after every step.
+pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
+    sock: &UdpSocket,
+    tx: &mut Sender,
+    src: &mut Source<R>,
+    cancel: &CancellationToken,
+    idle: Duration,
+    progress: &mut (dyn FnMut(&Stats) + Send),
+) -> Tracker {
+    let mut tracker = Tracker::default();
+    // A sender only ever receives ACK, OACK and ERROR: small datagrams.
+    let mut buf = vec![0u8; 4096];
+    let mut cancelled = false;
+    loop {
+        while let Some(slot) = tx.block_to_fill() {
+            match src.fill(slot).await {
+                Ok(n) => tx.block_filled(n),
+                Err(e) => {
+                    let (code, msg) = io_error_code(&e);
+                    tx.abort(code, &msg);
+                }
+            }
+        }
+        let t = now();
+        while let Some(out) = tx.poll_transmit(t) {
+            send(sock, out.payload, out.destination).await;
+        }
+        while let Some(ev) = tx.poll_event() {
+            tracker.record(ev);
+        }
+        progress(&tx.stats());
+        if tx.is_finished() || cancelled {
+            break;
+        }
+        match wait(sock, &mut buf, tx.poll_timeout(), idle, cancel).await {
+            Wake::Datagram(n, from) => tx.handle_datagram(now(), from, &buf[..n]),
+            Wake::Timer => tx.handle_timeout(now()),
+            Wake::Cancelled => {
+                tx.abort(ErrorCode::NotDefined, "Transfer cancelled");
+                cancelled = true;
+            }
+        }
+    }
+    tracker
+}
+
+/// Runs a receiver until the last block is in (its final ACK still unsent, so the caller
+/// can commit the data first) or the transfer fails. Payloads go to `sink`.
+pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
+    sock: &UdpSocket,
+    rx: &mut Receiver,
+    sink: &mut Sink<W>,
+    tracker: &mut Tracker,
+    cancel: &CancellationToken,
+    idle: Duration,
+    progress: &mut (dyn FnMut(&Stats) + Send),
+) {
+    let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
+    loop {
+        while let Some(ev) = rx.poll_event() {
+            if let Event::Negotiated(n) = &ev {
+                let want = n.blksize as usize + DATA_HEADER_LEN + 1;
+                if buf.len() != want {
+                    buf = vec![0u8; want];
+                }
+            }
+            tracker.record(ev);
+        }
+        if rx.is_complete() || rx.is_finished() {
+            break;
+        }
+        let t = now();
+        while let Some(out) = rx.poll_transmit(t) {
+            send(sock, out.payload, out.destination).await;
+        }
+        progress(&rx.stats());
+        if rx.is_finished() {
+            continue;
+        }
+        match wait(sock, &mut buf, rx.poll_timeout(), idle, cancel).await {
+            Wake::Datagram(n, from) => {
+                if let Some(payload) = rx.handle_datagram(now(), from, &buf[..n]) {
+                    if let Err(e) = sink.write(payload).await {
+                        let (code, msg) = io_error_code(&e);
+                        rx.abort(code, &msg);
+                    }
+                }
+            }
+            Wake::Timer => rx.handle_timeout(now()),
+            Wake::Cancelled => {
+                rx.abort(ErrorCode::NotDefined, "Transfer cancelled");
+            }
+        }
+    }
+    while let Some(ev) = rx.poll_event() {
+        tracker.record(ev);
+    }
+}
+
+/// Sends what a receiver still has to send (its final ACK or an ERROR) and dallies until it
+/// is finished, or until cancelled.
+pub(crate) async fn finish_receiver(
+    sock: &UdpSocket,
+    rx: &mut Receiver,
+    tracker: &mut Tracker,
+    cancel: &CancellationToken,
+    idle: Duration,
+) {
+    let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
+    loop {
+        let t = now();
+        while let Some(out) = rx.poll_transmit(t) {
+            send(sock, out.payload, out.destination).await;
+        }
+        while let Some(ev) = rx.poll_event() {
+            tracker.record(ev);
+        }
+        if rx.is_finished() {
+            break;
+        }
+        match wait(sock, &mut buf, rx.poll_timeout(), idle, cancel).await {
+            Wake::Datagram(n, from) => {
+                // Only a repeated final DATA can matter now; nothing is delivered.
+                let _ = rx.handle_datagram(now(), from, &buf[..n]);
+            }
+            Wake::Timer => rx.handle_timeout(now()),
+            Wake::Cancelled => break,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Sockets: the listener that learns each request's destination address (so replies leave
+//! from the address the client asked), and per-transfer sockets sized to their window.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// A request as it arrived at a listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// The local address the datagram was sent to; replies must leave from it.
+    pub local: SocketAddr,
+}
+
+fn new_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(*addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Let `0.0.0.0:69` and `[::]:69` be bound side by side.
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Binds a listening socket that reports each datagram's destination address
+/// (IP_PKTINFO / IPV6_RECVPKTINFO).
+pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = new_socket(&addr)?;
+    // Bursts of requests (a PXE boot storm) should queue, not drop.
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.bind(&addr.into())?;
+    if addr.is_ipv6() {
+        setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
+    } else {
+        setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+    }
+    UdpSocket::from_std(s.into())
+}
+
+/// Receives one datagram on a listener, with its destination address. `cmsg` is scratch
+/// space for control messages, reused across calls.
+pub(crate) async fn recv_request(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> io::Result<Arrival> {
+    let bound = sock.local_addr()?;
+    sock.async_io(Interest::READABLE, || {
+        let fd = sock.as_raw_fd();
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), MsgFlags::empty())
+            .map_err(io::Error::from)?;
+        let from = msg
+            .address
+            .and_then(|a| to_std(&a))
+            .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+        let mut local_ip = bound.ip();
+        let mut scope = 0;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4PacketInfo(info) => {
+                        let dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                        let spec = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                        // A broadcast or multicast request is answered from the interface's
+                        // own address.
+                        local_ip = if dst.is_broadcast() || dst.is_multicast() {
+                            IpAddr::V4(spec)
+                        } else {
+                            IpAddr::V4(dst)
+                        };
+                    }
+                    ControlMessageOwned::Ipv6PacketInfo(info) => {
+                        local_ip = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                        scope = info.ipi6_ifindex;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let local = match local_ip {
+            IpAddr::V4(ip) => SocketAddr::new(IpAddr::V4(ip), 0),
+            IpAddr::V6(ip) => {
+                let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+                SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    0,
+                    0,
+                    if link_local { scope } else { 0 },
+                ))
+            }
+        };
+        Ok(Arrival {
+            len: msg.bytes,
+            from,
+            local,
+        })
+    })
+    .await
+}
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+}
+
+/// Binds a transfer's own socket (its TID) on `local`'s IP and a port the OS picks, with
+/// send and receive buffers of at least `window_bytes` (so a whole window fits).
+pub(crate) fn bind_transfer(local: SocketAddr, window_bytes: usize) -> io::Result<UdpSocket> {
+    let s = new_socket(&local)?;
+    size_buffers(&s, window_bytes);
+    s.bind(&local.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Binds a client socket for talking to `server` (any local address, OS-picked port).
+pub(crate) fn bind_client(server: SocketAddr, window_bytes: usize) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = new_socket(&local)?;
+    size_buffers(&s, window_bytes);
+    s.bind(&local.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn size_buffers(s: &Socket, window_bytes: usize) {
+    // Twice the window: one in flight, one being retransmitted. The kernel caps the request
+    // at net.core.{r,w}mem_max; that is fine, it only means less headroom.
+    let want = (window_bytes * 2).max(64 * 1024);
+    for set in [Socket::set_recv_buffer_size, Socket::set_send_buffer_size] {
+        let _ = set(s, want);
+    }
+}

@@ -1,0 +1,658 @@
+//! The TFTP server: listeners, one task and one socket (TID) per transfer.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tftpx_proto::negotiate::{negotiate_server, Direction, Negotiated, ServerLimits};
+use tftpx_proto::transfer::{Receiver, Sender, Stats, TransferConfig, TransferError};
+use tftpx_proto::wire::{ErrorCode, Mode, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::driver::{self, Tracker};
+use crate::handler::{Handler, RequestInfo, Upload};
+use crate::io::{Sink, Source};
+use crate::net;
+
+/// RRQ or WRQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A download (read request).
+    Rrq,
+    /// An upload (write request).
+    Wrq,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Rrq => "RRQ",
+            Kind::Wrq => "WRQ",
+        })
+    }
+}
+
+/// How a transfer ended, as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All data moved (and, for a WRQ, the file was committed).
+    Ok,
+    /// The request was refused before any data moved (ERROR sent to the client).
+    Refused {
+        /// The code sent.
+        code: ErrorCode,
+        /// The message sent.
+        message: String,
+    },
+    /// The transfer started and failed.
+    Failed(TransferError),
+}
+
+/// One line's worth of facts about a finished transfer: what the server logs, and what a
+/// [`ServerBuilder::on_transfer_end`] hook receives.
+#[derive(Debug, Clone)]
+pub struct TransferSummary {
+    /// The client's address and port.
+    pub peer: SocketAddr,
+    /// RRQ or WRQ.
+    pub kind: Kind,
+    /// The requested file name (lossy UTF-8).
+    pub filename: String,
+    /// The transfer mode, if it was valid.
+    pub mode: Option<Mode>,
+    /// The options in force, once negotiated.
+    pub negotiated: Option<Negotiated>,
+    /// Counters (bytes are payload bytes, as they went on the wire).
+    pub stats: Stats,
+    /// From the request to the end of the transfer (before dallying).
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    started: Instant,
+}
+
+impl fmt::Display for TransferSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} from {} {:?}", self.kind, self.peer, self.filename)?;
+        if let Some(m) = self.mode {
+            write!(f, " {m}")?;
+        }
+        match &self.outcome {
+            Outcome::Ok => {
+                let secs = self.duration.as_secs_f64();
+                let rate = if secs > 0.0 {
+                    self.stats.bytes as f64 / secs / 1e6
+                } else {
+                    0.0
+                };
+                write!(
+                    f,
+                    ": ok, {} bytes in {:.3} s ({:.1} MB/s)",
+                    self.stats.bytes, secs, rate
+                )?;
+            }
+            Outcome::Refused { code, message } => {
+                write!(f, ": refused with ERROR {code}: {message}")?;
+            }
+            Outcome::Failed(e) => {
+                write!(
+                    f,
+                    ": failed after {} bytes in {:.3} s: {e}",
+                    self.stats.bytes,
+                    self.duration.as_secs_f64()
+                )?;
+            }
+        }
+        if let Some(n) = &self.negotiated {
+            write!(f, ", blksize={} windowsize={}", n.blksize, n.windowsize)?;
+            if let Some(t) = n.tsize {
+                write!(f, " tsize={t}")?;
+            }
+            if let Some(t) = n.timeout {
+                write!(f, " timeout={}ms", t.as_millis())?;
+            }
+        }
+        if self.stats.retransmits > 0 || self.stats.timeouts > 0 {
+            write!(
+                f,
+                ", {} timeouts, {} retransmits",
+                self.stats.timeouts, self.stats.retransmits
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Server settings. Build them with [`Server::builder`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on (RFC 1350's well-known port is 69).
+    pub listen: Vec<SocketAddr>,
+    /// Retransmission timeout when the client negotiates none (RFC 2349); default 1 s.
+    pub timeout: Duration,
+    /// Retransmissions before a transfer is abandoned; default 5.
+    pub max_retries: u32,
+    /// Caps on what clients may negotiate, and the upload size limit.
+    pub limits: ServerLimits,
+    /// Transfers running at once; requests beyond it get ERROR 0 "server busy". Default 1024.
+    pub max_transfers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+            limits: ServerLimits::default(),
+            max_transfers: 1024,
+        }
+    }
+}
+
+/// Errors starting a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A listen address could not be bound (in use, or a privileged port without root).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No listen address was given.
+    #[error("no listen address given")]
+    NoListenAddress,
+}
+
+type Hook = Arc<dyn Fn(&TransferSummary) + Send + Sync>;
+
+/// Builds a [`Server`].
+pub struct ServerBuilder<H> {
+    handler: H,
+    config: ServerConfig,
+    hook: Option<Hook>,
+}
+
+impl<H: Handler> ServerBuilder<H> {
+    /// Adds a listen address (repeatable). Port 0 lets the OS pick one; see
+    /// [`Server::local_addrs`].
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen.push(addr);
+        self
+    }
+
+    /// Retransmission timeout used when the client negotiates none (default 1 s).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.config.timeout = t;
+        self
+    }
+
+    /// Retransmissions before a transfer is abandoned (default 5).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.config.max_retries = n;
+        self
+    }
+
+    /// Largest blksize granted, in bytes (clamped to 8..=65464; default 65464).
+    pub fn max_blksize(mut self, n: u16) -> Self {
+        self.config.limits.max_blksize = n.clamp(8, MAX_BLKSIZE);
+        self
+    }
+
+    /// Largest windowsize granted, in blocks (1..=65535; default 64). Memory per transfer is
+    /// about blksize x windowsize bytes.
+    pub fn max_windowsize(mut self, n: u16) -> Self {
+        self.config.limits.max_windowsize = n.max(1);
+        self
+    }
+
+    /// Largest upload accepted, in bytes, checked against a WRQ's `tsize` (ERROR 3) and
+    /// while receiving. `None` (the default): no limit.
+    pub fn max_upload_size(mut self, n: Option<u64>) -> Self {
+        self.config.limits.max_upload_size = n;
+        self
+    }
+
+    /// Transfers running at once (default 1024).
+    pub fn max_transfers(mut self, n: usize) -> Self {
+        self.config.max_transfers = n.max(1);
+        self
+    }
+
+    /// Calls `hook` with the summary of every transfer when it ends.
+    pub fn on_transfer_end(
+        mut self,
+        hook: impl Fn(&TransferSummary) + Send + Sync + 'static,
+    ) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Binds every listen address.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] for the first address that cannot be bound;
+    /// [`ServerError::NoListenAddress`] if none was given.
+    pub fn bind(self) -> Result<Server<H>, ServerError> {
+        if self.config.listen.is_empty() {
+            return Err(ServerError::NoListenAddress);
+        }
+        let mut listeners = Vec::new();
+        for &addr in &self.config.listen {
+            let s =
+                net::bind_listener(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(s);
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared {
+                handler: self.handler,
+                slots: Arc::new(Semaphore::new(self.config.max_transfers)),
+                config: self.config,
+                hook: self.hook,
+            }),
+            cancel: CancellationToken::new(),
+        })
+    }
+}
+
+struct Shared<H> {
+    handler: H,
+    config: ServerConfig,
+    slots: Arc<Semaphore>,
+    hook: Option<Hook>,
+}
+
+/// A bound TFTP server. [`Server::run`] serves until [`Server::shutdown_token`] is
+/// cancelled.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use tftpx::{DirHandler, Server};
+/// let server = Server::builder(DirHandler::new("/srv/tftp")?)
+///     .listen("127.0.0.1:6969".parse()?)
+///     .bind()?;
+/// server.run().await;
+/// # Ok(()) }
+/// ```
+pub struct Server<H> {
+    listeners: Vec<UdpSocket>,
+    shared: Arc<Shared<H>>,
+    cancel: CancellationToken,
+}
+
+impl Server<()> {
+    /// Starts building a server that serves `handler`.
+    pub fn builder<H: Handler>(handler: H) -> ServerBuilder<H> {
+        ServerBuilder {
+            handler,
+            config: ServerConfig::default(),
+            hook: None,
+        }
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// The bound listen addresses (with the OS-picked port where port 0 was asked).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// A token that stops the server when cancelled: listeners stop at once, running
+    /// transfers end with ERROR 0 to their peers and uploads in progress are discarded.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for transfers to end.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let mut listeners = Vec::new();
+        for sock in self.listeners {
+            let shared = self.shared.clone();
+            let cancel = self.cancel.clone();
+            let t = tracker.clone();
+            listeners.push(tokio::spawn(listen(sock, shared, cancel, t)));
+        }
+        for l in listeners {
+            let _ = l.await;
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+async fn listen<H: Handler>(
+    sock: UdpSocket,
+    shared: Arc<Shared<H>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut cmsg = vec![0u8; 256];
+    loop {
+        let arrival = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = net::recv_request(&sock, &mut buf, &mut cmsg) => r,
+        };
+        let arrival = match arrival {
+            Ok(a) => a,
+            Err(e) => {
+                debug!("listener receive error: {e}");
+                continue;
+            }
+        };
+        let datagram = &buf[..arrival.len];
+        match Packet::decode(datagram) {
+            Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {}
+            Ok(Packet::Error { .. }) => continue,
+            Ok(p) => {
+                debug!(peer = %arrival.from, "{:?} sent to the listen port; answering ERROR 4", p.opcode());
+                reply_error(
+                    &sock,
+                    arrival.from,
+                    ErrorCode::IllegalOperation,
+                    "Expected RRQ or WRQ",
+                )
+                .await;
+                continue;
+            }
+            Err(e) => {
+                debug!(peer = %arrival.from, "undecodable request dropped: {e}");
+                continue;
+            }
+        }
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            warn!(peer = %arrival.from, "too many transfers ({}); request refused", shared.config.max_transfers);
+            reply_error(
+                &sock,
+                arrival.from,
+                ErrorCode::NotDefined,
+                "Server busy, try again later",
+            )
+            .await;
+            continue;
+        };
+        let request = datagram.to_vec();
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            transfer(shared, request, arrival.from, arrival.local, cancel).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn reply_error(sock: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str) {
+    driver::send_error(sock, to, code, message).await;
+}
+
+async fn transfer<H: Handler>(
+    shared: Arc<Shared<H>>,
+    request: Vec<u8>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    cancel: CancellationToken,
+) {
+    let start = Instant::now();
+    let Ok(packet) = Packet::decode(&request) else {
+        return;
+    };
+    let (kind, req) = match packet {
+        Packet::Rrq(r) => (Kind::Rrq, r),
+        Packet::Wrq(r) => (Kind::Wrq, r),
+        _ => return,
+    };
+    let mut summary = TransferSummary {
+        peer,
+        kind,
+        filename: req.filename_lossy().into_owned(),
+        mode: Mode::parse(req.mode),
+        negotiated: None,
+        stats: Stats::default(),
+        duration: Duration::ZERO,
+        outcome: Outcome::Ok,
+        started: start,
+    };
+    info!(
+        "{kind} from {peer} {:?} {} [{}]",
+        summary.filename,
+        String::from_utf8_lossy(req.mode),
+        req.options
+    );
+    let config = &shared.config;
+    // Size the socket for the largest window this request may negotiate.
+    let window_bytes = usize::from(
+        config.limits.max_blksize.min(
+            req.options
+                .get("blksize")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+                .unwrap_or(512),
+        ),
+    ) * usize::from(
+        config.limits.max_windowsize.min(
+            req.options
+                .get("windowsize")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+                .unwrap_or(1),
+        ),
+    );
+    let sock = match net::bind_transfer(local, window_bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("{kind} from {peer}: cannot open a transfer socket on {local}: {e}");
+            return;
+        }
+    };
+    let refuse = |summary: &mut TransferSummary, code: ErrorCode, message: String| {
+        summary.outcome = Outcome::Refused { code, message };
+    };
+    let timing = TransferConfig {
+        timeout: config.timeout,
+        max_retries: config.max_retries,
+    };
+    let idle = config.timeout * (config.max_retries + 2);
+    match summary.mode {
+        None => {
+            let msg = format!("Unsupported mode {:?}", String::from_utf8_lossy(req.mode));
+            driver::send_error(&sock, peer, ErrorCode::IllegalOperation, &msg).await;
+            refuse(&mut summary, ErrorCode::IllegalOperation, msg);
+        }
+        Some(mode) => {
+            let info = RequestInfo {
+                peer,
+                filename: req.filename,
+                mode,
+            };
+            match kind {
+                Kind::Rrq => {
+                    serve_read(
+                        &shared,
+                        &sock,
+                        &info,
+                        req.options,
+                        timing,
+                        idle,
+                        &cancel,
+                        &mut summary,
+                    )
+                    .await
+                }
+                Kind::Wrq => {
+                    serve_write(
+                        &shared,
+                        &sock,
+                        &info,
+                        req.options,
+                        timing,
+                        idle,
+                        &cancel,
+                        &mut summary,
+                    )
+                    .await
+                }
+            }
+        }
+    }
+    if summary.duration.is_zero() {
+        summary.duration = start.elapsed();
+    }
+    log_summary(&summary);
+    if let Some(h) = &shared.hook {
+        h(&summary);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_read<H: Handler>(
+    shared: &Shared<H>,
+    sock: &UdpSocket,
+    info: &RequestInfo<'_>,
+    options: tftpx_proto::wire::OptionList<'_>,
+    timing: TransferConfig,
+    idle: Duration,
+    cancel: &CancellationToken,
+    summary: &mut TransferSummary,
+) {
+    let file = match shared.handler.open_read(info).await {
+        Ok(f) => f,
+        Err(e) => {
+            driver::send_error(sock, info.peer, e.code, &e.message).await;
+            summary.outcome = Outcome::Refused {
+                code: e.code,
+                message: e.message,
+            };
+            return;
+        }
+    };
+    // The size of a netascii transfer is not known without reading the file: no tsize.
+    let size = if info.mode == Mode::Octet {
+        file.size
+    } else {
+        None
+    };
+    let neg = match negotiate_server(Direction::Read, options, &shared.config.limits, size) {
+        Ok(n) => n,
+        Err(e) => {
+            driver::send_error(sock, info.peer, e.code(), &e.to_string()).await;
+            summary.outcome = Outcome::Refused {
+                code: e.code(),
+                message: e.to_string(),
+            };
+            return;
+        }
+    };
+    let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
+    let mut src = Source::new(file.reader, info.mode);
+    let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_| {}).await;
+    finish_summary(summary, &tracker, tx.stats());
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_write<H: Handler>(
+    shared: &Shared<H>,
+    sock: &UdpSocket,
+    info: &RequestInfo<'_>,
+    options: tftpx_proto::wire::OptionList<'_>,
+    timing: TransferConfig,
+    idle: Duration,
+    cancel: &CancellationToken,
+    summary: &mut TransferSummary,
+) {
+    let limits = &shared.config.limits;
+    let neg = match negotiate_server(Direction::Write, options, limits, None) {
+        Ok(n) => n,
+        Err(e) => {
+            driver::send_error(sock, info.peer, e.code(), &e.to_string()).await;
+            summary.outcome = Outcome::Refused {
+                code: e.code(),
+                message: e.to_string(),
+            };
+            return;
+        }
+    };
+    let upload = match shared.handler.open_write(info, neg.negotiated.tsize).await {
+        Ok(u) => u,
+        Err(e) => {
+            driver::send_error(sock, info.peer, e.code, &e.message).await;
+            summary.outcome = Outcome::Refused {
+                code: e.code,
+                message: e.message,
+            };
+            return;
+        }
+    };
+    let mut rx = Receiver::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
+    let mut sink = Sink::new(upload, info.mode).with_limit(limits.max_upload_size);
+    let mut tracker = Tracker::default();
+    driver::run_receiver(
+        sock,
+        &mut rx,
+        &mut sink,
+        &mut tracker,
+        cancel,
+        idle,
+        &mut |_| {},
+    )
+    .await;
+    if rx.is_complete() {
+        // Commit before the final ACK leaves: an ACK means the file is in place.
+        let committed = match sink.finish().await {
+            Ok(upload) => upload.commit().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            let (code, msg) = driver::io_error_code(&e);
+            rx.abort(code, &msg);
+        }
+    }
+    // An upload not committed above is dropped here, which removes its temporary file.
+    let stats = rx.stats();
+    // The transfer's duration ends here; dallying is not part of it.
+    summary.duration = summary_start_elapsed(summary);
+    driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
+    finish_summary(summary, &tracker, stats);
+}
+
+fn summary_start_elapsed(summary: &TransferSummary) -> Duration {
+    summary.started.elapsed()
+}
+
+fn finish_summary(summary: &mut TransferSummary, tracker: &Tracker, stats: Stats) {
+    summary.negotiated = tracker.negotiated;
+    summary.stats = stats;
+    summary.outcome = match tracker.outcome() {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::Failed(e),
+    };
+}
+
+fn log_summary(s: &TransferSummary) {
+    match &s.outcome {
+        Outcome::Ok => info!("{s}"),
+        // Missing files are routine (PXELINUX probes for a dozen config names).
+        Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => info!("{s}"),
+        Outcome::Refused { .. } => warn!("{s}"),
+        // A client that ends the transfer after reading the OACK (PXE size probe).
+        Outcome::Failed(TransferError::Peer { code, .. })
+            if *code == ErrorCode::OptionNegotiation
+                || (*code == ErrorCode::NotDefined && s.stats.blocks == 0) =>
+        {
+            info!("{s} (client ended the transfer after the OACK: a size probe)")
+        }
+        Outcome::Failed(_) => warn!("{s}"),
+    }
+}
