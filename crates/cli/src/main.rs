@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
 
 mod serve;
+mod transfer;
 
 /// A TFTP server and client (RFC 1350, 2347, 2348, 2349, 7440).
 #[derive(Debug, Parser)]
@@ -30,6 +31,21 @@ struct Cli {
 enum Command {
     /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
     Serve(serve::ServeArgs),
+    /// Download a file: `tftpx get HOST[:PORT] REMOTE [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
+    #[command(visible_alias = "pull")]
+    Get(transfer::GetArgs),
+    /// Upload a file: `tftpx put HOST[:PORT] LOCAL [REMOTE]`
+    #[command(visible_alias = "push")]
+    Put(transfer::PutArgs),
+}
+
+/// How a command failed: decides the exit code.
+#[derive(Debug)]
+pub(crate) enum CliError {
+    /// The command line was wrong (exit 2).
+    Usage(String),
+    /// The work failed (exit 1).
+    Failed(String),
 }
 
 /// Parses `1s`, `500ms`, `2m` (humantime), or a bare number of seconds.
@@ -76,15 +92,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let quiet = cli.quiet > 0;
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(args)
+                .await
+                .map_err(|e| CliError::Failed(format!("{e:#}"))),
+            Command::Get(args) => transfer::get(args, quiet).await,
+            Command::Put(args) => transfer::put(args, quiet).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
+        Err(CliError::Usage(msg)) => {
+            eprintln!("error: {msg}\n\nFor more information, try '--help'.");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(msg)) => {
+            eprintln!("error: {msg}");
             ExitCode::from(1)
         }
     }

@@ -37,6 +37,9 @@ pub struct TransferConfig {
     /// Retransmissions of one packet or window before the transfer is abandoned (0 = give
     /// up at the first timeout).
     pub max_retries: u32,
+    /// How long a receiver lingers after its final ACK to re-acknowledge a repeated final
+    /// DATA (RFC 1350 §6). Zero ends the transfer as soon as the final ACK is sent.
+    pub dally: Duration,
 }
 
 impl Default for TransferConfig {
@@ -44,6 +47,7 @@ impl Default for TransferConfig {
         Self {
             timeout: Duration::from_secs(1),
             max_retries: 5,
+            dally: Duration::from_secs(2),
         }
     }
 }
@@ -755,6 +759,10 @@ impl Receiver {
         self.windowsize = u32::from(n.windowsize.max(1));
         if let Some(t) = n.timeout {
             self.config.timeout = t;
+            // Dally at least as long as the sender waits before repeating its last DATA.
+            if !self.config.dally.is_zero() {
+                self.config.dally = self.config.dally.max(t);
+            }
         }
         self.events.push_back(Event::Negotiated(n));
     }
@@ -948,8 +956,7 @@ impl Receiver {
         if payload.len() < self.blksize {
             self.link.set_ack(block);
             self.state = ReceiverState::Dallying;
-            // Dally: long enough for the sender to time out and repeat its last DATA once.
-            self.deadline = Some(now + self.config.timeout * 2);
+            self.deadline = Some(now + self.config.dally);
             self.events.push_back(Event::Complete);
         } else if self.in_window >= self.windowsize {
             self.in_window = 0;

@@ -406,10 +406,7 @@ fn split_cstr(b: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
 fn lenient_options(raw: &[u8]) -> OptionList<'_> {
     let mut end = 0;
     let mut rest = raw;
-    loop {
-        let Ok((name, r)) = split_cstr(rest) else {
-            break;
-        };
+    while let Ok((name, r)) = split_cstr(rest) {
         if name.is_empty() {
             break;
         }

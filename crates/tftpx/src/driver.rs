@@ -120,7 +120,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     src: &mut Source<R>,
     cancel: &CancellationToken,
     idle: Duration,
-    progress: &mut (dyn FnMut(&Stats) + Send),
+    progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) -> Tracker {
     let mut tracker = Tracker::default();
     // A sender only ever receives ACK, OACK and ERROR: small datagrams.
@@ -133,6 +133,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
                 Err(e) => {
                     let (code, msg) = io_error_code(&e);
                     tx.abort(code, &msg);
+                    break;
                 }
             }
         }
@@ -143,7 +144,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         while let Some(ev) = tx.poll_event() {
             tracker.record(ev);
         }
-        progress(&tx.stats());
+        progress(&tx.stats(), tracker.negotiated.as_ref());
         if tx.is_finished() || cancelled {
             break;
         }
@@ -168,7 +169,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     tracker: &mut Tracker,
     cancel: &CancellationToken,
     idle: Duration,
-    progress: &mut (dyn FnMut(&Stats) + Send),
+    progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) {
     let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
     loop {
@@ -188,7 +189,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
         while let Some(out) = rx.poll_transmit(t) {
             send(sock, out.payload, out.destination).await;
         }
-        progress(&rx.stats());
+        progress(&rx.stats(), tracker.negotiated.as_ref());
         if rx.is_finished() {
             continue;
         }

@@ -11,6 +11,7 @@ pub(crate) struct Source<R> {
     inner: R,
     netascii: Option<(Encoder, Box<[u8]>, usize, usize)>,
     eof: bool,
+    error: Option<io::Error>,
 }
 
 impl<R: AsyncRead + Unpin> Source<R> {
@@ -23,11 +24,26 @@ impl<R: AsyncRead + Unpin> Source<R> {
             inner,
             netascii,
             eof: false,
+            error: None,
         }
     }
 
-    /// Fills `out` completely unless the data ends; returns the bytes written.
+    /// The read error that ended the transfer, if any.
+    pub(crate) fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
+    /// Fills `out` completely unless the data ends; returns the bytes written. A read error
+    /// is also kept for [`Source::take_error`].
     pub(crate) async fn fill(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let r = self.fill_inner(out).await;
+        if let Err(e) = &r {
+            self.error = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+        r
+    }
+
+    async fn fill_inner(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
         match &mut self.netascii {
             None => {

@@ -9,17 +9,20 @@
 //! | [`Handler`], [`DirHandler`] | what is served: a directory confined to its root, or your own |
 //! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
 //! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
+//! | [`Client`], [`ClientBuilder`] | downloads into any `AsyncWrite`, uploads from any `AsyncRead` |
 //!
 //! Every transfer runs in its own task on its own socket bound to the address the request
 //! was sent to, so a slow client never delays another and replies leave from the address
 //! the client asked.
 
+mod client;
 mod driver;
 mod handler;
 mod io;
 mod net;
 mod server;
 
+pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
 pub use handler::{
     DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN,
     MAX_NAME_LEN,

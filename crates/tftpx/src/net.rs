@@ -51,7 +51,7 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
 pub(crate) async fn recv_request(
     sock: &UdpSocket,
     buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u8],
 ) -> io::Result<Arrival> {
     let bound = sock.local_addr()?;
     sock.async_io(Interest::READABLE, || {

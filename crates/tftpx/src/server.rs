@@ -463,6 +463,8 @@ async fn transfer<H: Handler>(
     let timing = TransferConfig {
         timeout: config.timeout,
         max_retries: config.max_retries,
+        // Long enough for the client to time out and repeat its final DATA once.
+        dally: config.timeout * 2,
     };
     let idle = config.timeout * (config.max_retries + 2);
     match summary.mode {
@@ -557,7 +559,7 @@ async fn serve_read<H: Handler>(
     };
     let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
     let mut src = Source::new(file.reader, info.mode);
-    let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_| {}).await;
+    let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_, _| {}).await;
     finish_summary(summary, &tracker, tx.stats());
 }
 
@@ -605,7 +607,7 @@ async fn serve_write<H: Handler>(
         &mut tracker,
         cancel,
         idle,
-        &mut |_| {},
+        &mut |_, _| {},
     )
     .await;
     if rx.is_complete() {

@@ -32,6 +32,7 @@ fn cfg() -> TransferConfig {
     TransferConfig {
         timeout: Duration::from_millis(100),
         max_retries: 3,
+        dally: Duration::from_millis(200),
     }
 }
 
@@ -377,7 +378,7 @@ fn receiver_dallies_and_reacks_the_final_block() {
         .is_none());
     assert_eq!(pkts(&drain_rx(&mut r, t1)), vec![P::Ack(1)]);
     let end = r.poll_timeout().unwrap();
-    assert_eq!(end, t0 + 200 * MS, "dally lasts two timeouts");
+    assert_eq!(end, t0 + 200 * MS, "dally lasts as configured");
     r.handle_timeout(end);
     assert!(r.is_finished());
     assert_eq!(events_r(&mut r).last(), Some(&Event::Complete));
@@ -638,6 +639,7 @@ fn simulate(file: &[u8], blksize: u16, windowsize: u16, faults: Faults, seed: u6
     let config = TransferConfig {
         timeout: Duration::from_millis(100),
         max_retries: 50,
+        dally: Duration::from_millis(200),
     };
     let mut tx = Sender::server(
         client_tid(),

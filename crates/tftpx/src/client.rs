@@ -1,0 +1,344 @@
+//! The TFTP client: downloads into any `AsyncWrite`, uploads from any `AsyncRead`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tftpx_proto::negotiate::{ClientOptions, NegotiateError, Negotiated};
+use tftpx_proto::transfer::{Receiver, RequestError, Sender, Stats, TransferConfig, TransferError};
+use tftpx_proto::wire::{ErrorCode, Mode, DATA_HEADER_LEN, MAX_BLKSIZE};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{self, Tracker};
+use crate::io::{Sink, Source};
+use crate::net;
+
+/// How far a transfer has come, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Payload bytes moved so far (as they go on the wire).
+    pub bytes: u64,
+    /// The total in bytes, when known (from `tsize`).
+    pub total: Option<u64>,
+}
+
+/// What a completed transfer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Payload bytes moved (as they went on the wire; netascii counts CR LF as two).
+    pub bytes: u64,
+    /// From the request to the last ACK, in wall time (dallying excluded).
+    pub duration: Duration,
+    /// The options in force: what the server accepted, or the RFC 1350 defaults.
+    pub negotiated: Negotiated,
+    /// Counters (retransmissions, duplicates, ...).
+    pub stats: Stats,
+}
+
+/// Why a client transfer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with ERROR.
+    #[error("server sent ERROR {code}: {message}")]
+    Server {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server stopped answering.
+    #[error("timed out after {retries} retries")]
+    TimedOut {
+        /// Retransmissions made.
+        retries: u32,
+    },
+    /// The server's OACK was unacceptable (ERROR 8 was sent to it).
+    #[error("option negotiation failed: {0}")]
+    Negotiation(NegotiateError),
+    /// The server broke the protocol (ERROR 4 was sent to it).
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// The remote file name is empty or contains NUL.
+    #[error("invalid remote file name: {0}")]
+    BadFilename(#[from] RequestError),
+    /// A local I/O error: the socket, or the local file (the server was sent an ERROR).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The transfer was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ClientError {
+    fn from_transfer(e: TransferError, local: Option<io::Error>) -> Self {
+        if let Some(io) = local {
+            return Self::Io(io);
+        }
+        match e {
+            TransferError::TimedOut { retries } => Self::TimedOut { retries },
+            TransferError::Peer { code, message } => Self::Server { code, message },
+            TransferError::Protocol(p) => Self::Protocol(p),
+            TransferError::Negotiation(n) => Self::Negotiation(n),
+            TransferError::Aborted { message, .. } if message == "Transfer cancelled" => {
+                Self::Cancelled
+            }
+            TransferError::Aborted { message, .. } => Self::Io(io::Error::other(message)),
+            other => Self::Io(io::Error::other(other.to_string())),
+        }
+    }
+}
+
+/// A TFTP client for one server. Cheap to clone; each transfer uses its own socket.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use tftpx::Client;
+/// let client = Client::builder("127.0.0.1:6969".parse()?)
+///     .blksize(1468)
+///     .windowsize(16)
+///     .build();
+/// let mut image = Vec::new();
+/// let report = client.get("boot/kernel.img", &mut image, |_| {}).await?;
+/// println!("{} bytes in {:?}", report.bytes, report.duration);
+/// client.put("upload/config.txt", &b"hostname sw1\n"[..], Some(13), |_| {}).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    server: SocketAddr,
+    mode: Mode,
+    blksize: Option<u16>,
+    windowsize: Option<u16>,
+    negotiate_timeout: Option<u8>,
+    tsize: bool,
+    config: TransferConfig,
+    cancel: CancellationToken,
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    client: Client,
+}
+
+impl ClientBuilder {
+    /// Transfer mode (default octet).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.client.mode = mode;
+        self
+    }
+
+    /// Asks for this block size in bytes (RFC 2348; clamped to 8..=65464). Default: not
+    /// asked, so 512.
+    pub fn blksize(mut self, n: u16) -> Self {
+        self.client.blksize = Some(n.clamp(8, MAX_BLKSIZE));
+        self
+    }
+
+    /// Asks for this window size in blocks (RFC 7440; 1..=65535). Default: not asked, so 1.
+    pub fn windowsize(mut self, n: u16) -> Self {
+        self.client.windowsize = Some(n.max(1));
+        self
+    }
+
+    /// Asks for (RRQ: `tsize 0`) or announces (WRQ: the size) the transfer size (RFC 2349).
+    /// Default on.
+    pub fn tsize(mut self, yes: bool) -> Self {
+        self.client.tsize = yes;
+        self
+    }
+
+    /// Retransmission timeout (default 1 s). When it is a whole number of seconds in
+    /// 1..=255 it is also sent to the server as the `timeout` option (RFC 2349).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.client.config.timeout = t;
+        let secs = t.as_secs();
+        self.client.negotiate_timeout =
+            (t.subsec_nanos() == 0 && (1..=255).contains(&secs)).then_some(secs as u8);
+        self
+    }
+
+    /// Retransmissions before giving up (default 5).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.client.config.max_retries = n;
+        self
+    }
+
+    /// How long a download lingers after its final ACK to answer a repeated final DATA
+    /// (default: one timeout). The download's result is known before; only the call's
+    /// return waits for it.
+    pub fn dally(mut self, d: Duration) -> Self {
+        self.client.config.dally = d;
+        self
+    }
+
+    /// A token that cancels running transfers (they send ERROR 0 to the server).
+    pub fn cancel_token(mut self, token: CancellationToken) -> Self {
+        self.client.cancel = token;
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> Client {
+        self.client
+    }
+}
+
+impl Client {
+    /// Starts building a client for `server` (its well-known port, usually 69).
+    pub fn builder(server: SocketAddr) -> ClientBuilder {
+        ClientBuilder {
+            client: Client {
+                server,
+                mode: Mode::Octet,
+                blksize: None,
+                windowsize: None,
+                negotiate_timeout: None,
+                tsize: true,
+                config: TransferConfig {
+                    dally: Duration::from_secs(1),
+                    ..TransferConfig::default()
+                },
+                cancel: CancellationToken::new(),
+            },
+        }
+    }
+
+    fn options(&self, tsize: Option<u64>) -> ClientOptions {
+        ClientOptions {
+            blksize: self.blksize,
+            windowsize: self.windowsize,
+            timeout: self.negotiate_timeout,
+            tsize: if self.tsize { tsize } else { None },
+        }
+    }
+
+    fn window_bytes(&self) -> usize {
+        usize::from(self.blksize.unwrap_or(512)) * usize::from(self.windowsize.unwrap_or(1))
+    }
+
+    fn idle(&self) -> Duration {
+        self.config.timeout * (self.config.max_retries + 2)
+    }
+
+    /// Downloads `remote` (RRQ) into `out`, calling `progress` as data arrives. `out` is
+    /// flushed before the final ACK is sent.
+    ///
+    /// # Errors
+    /// [`ClientError`]: the server's ERROR, a time-out, a bad OACK, or a local I/O error.
+    pub async fn get<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        out: W,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<Report, ClientError> {
+        let start = Instant::now();
+        let sock = net::bind_client(self.server, self.window_bytes() + DATA_HEADER_LEN)?;
+        let mut rx = Receiver::client(
+            self.server,
+            remote.as_bytes(),
+            self.mode,
+            self.options(Some(0)),
+            self.config,
+        )?;
+        let mut sink = Sink::new(out, self.mode);
+        let mut tracker = Tracker::default();
+        let mut local_error = None;
+        driver::run_receiver(
+            &sock,
+            &mut rx,
+            &mut sink,
+            &mut tracker,
+            &self.cancel,
+            self.idle(),
+            &mut |st, n| {
+                progress(Progress {
+                    bytes: st.bytes,
+                    total: n.and_then(|n| n.tsize),
+                })
+            },
+        )
+        .await;
+        let total = tracker.negotiated.and_then(|n| n.tsize);
+        if rx.is_complete() {
+            if let Err(e) = sink.finish().await {
+                let (code, msg) = driver::io_error_code(&e);
+                rx.abort(code, &msg);
+                local_error = Some(e);
+            }
+        }
+        let duration = start.elapsed();
+        let stats = rx.stats();
+        progress(Progress {
+            bytes: stats.bytes,
+            total,
+        });
+        let outcome = tracker.outcome();
+        driver::finish_receiver(&sock, &mut rx, &mut tracker, &self.cancel, self.idle()).await;
+        match outcome {
+            Ok(()) if local_error.is_none() => Ok(Report {
+                bytes: stats.bytes,
+                duration,
+                negotiated: tracker.negotiated.unwrap_or_default(),
+                stats,
+            }),
+            Ok(()) => Err(ClientError::from_transfer(
+                TransferError::Protocol("local error"),
+                local_error,
+            )),
+            Err(e) => Err(ClientError::from_transfer(e, local_error)),
+        }
+    }
+
+    /// Uploads `input` as `remote` (WRQ). `size` in bytes, when known, is announced as
+    /// `tsize` (with netascii it is left out, since translation changes it).
+    ///
+    /// # Errors
+    /// [`ClientError`]: the server's ERROR, a time-out, a bad OACK, or a local I/O error.
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        remote: &str,
+        input: R,
+        size: Option<u64>,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<Report, ClientError> {
+        let start = Instant::now();
+        let sock = net::bind_client(self.server, self.window_bytes() + DATA_HEADER_LEN)?;
+        let size = if self.mode == Mode::Octet { size } else { None };
+        let mut tx = Sender::client(
+            self.server,
+            remote.as_bytes(),
+            self.mode,
+            self.options(size),
+            self.config,
+        )?;
+        let mut src = Source::new(input, self.mode);
+        let tracker = driver::run_sender(
+            &sock,
+            &mut tx,
+            &mut src,
+            &self.cancel,
+            self.idle(),
+            &mut |st, _| {
+                progress(Progress {
+                    bytes: st.bytes,
+                    total: size,
+                })
+            },
+        )
+        .await;
+        let stats = tx.stats();
+        match tracker.outcome() {
+            Ok(()) => Ok(Report {
+                bytes: stats.bytes,
+                duration: start.elapsed(),
+                negotiated: tracker.negotiated.unwrap_or_default(),
+                stats,
+            }),
+            Err(e) => Err(ClientError::from_transfer(e, src.take_error())),
+        }
+    }
+}
