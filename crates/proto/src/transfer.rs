@@ -597,8 +597,13 @@ impl Sender {
             let e = TransferError::TimedOut {
                 retries: self.retries,
             };
-            let msg = e.to_string();
-            self.fail_local(e, &msg);
+            if self.link.locked {
+                let msg = e.to_string();
+                self.fail_local(e, &msg);
+            } else {
+                // Nobody ever answered the request: there is no TID to tell.
+                self.fail_quiet(e);
+            }
             return false;
         }
         self.retries += 1;
@@ -979,8 +984,13 @@ impl Receiver {
                     let e = TransferError::TimedOut {
                         retries: self.retries,
                     };
-                    let msg = e.to_string();
-                    self.fail_local(e, &msg);
+                    if self.link.locked {
+                        let msg = e.to_string();
+                        self.fail_local(e, &msg);
+                    } else {
+                        // Nobody ever answered the request: there is no TID to tell.
+                        self.fail_quiet(e);
+                    }
                     return;
                 }
                 self.retries += 1;

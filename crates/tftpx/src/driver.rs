@@ -128,8 +128,19 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     let mut cancelled = false;
     loop {
         while let Some(slot) = tx.block_to_fill() {
-            match src.fill(slot).await {
+            // A slow source (a pipe, a stalled disk) must not make the transfer deaf to
+            // cancellation.
+            let filled = tokio::select! {
+                r = src.fill(slot) => r,
+                _ = cancel.cancelled() => Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")),
+            };
+            match filled {
                 Ok(n) => tx.block_filled(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && cancel.is_cancelled() => {
+                    tx.abort(ErrorCode::NotDefined, "Transfer cancelled");
+                    cancelled = true;
+                    break;
+                }
                 Err(e) => {
                     let (code, msg) = io_error_code(&e);
                     tx.abort(code, &msg);

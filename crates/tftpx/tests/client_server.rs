@@ -1,0 +1,399 @@
+//! tftpx client against tftpx server, in one process over loopback: every option
+//! combination, both directions, both modes, refusals, limits and shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tftpx::proto::{ErrorCode, Mode};
+use tftpx::{Client, ClientError, DirHandler, Outcome, Server, TransferSummary};
+
+struct TestServer {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    token: tftpx::CancellationToken,
+    summaries: Arc<Mutex<Vec<TransferSummary>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(
+    configure: impl FnOnce(DirHandler) -> DirHandler,
+    limits: impl FnOnce(tftpx::ServerBuilder<DirHandler>) -> tftpx::ServerBuilder<DirHandler>,
+) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let handler = configure(DirHandler::new(dir.path()).unwrap());
+    let summaries = Arc::new(Mutex::new(Vec::new()));
+    let s2 = summaries.clone();
+    let server = limits(
+        Server::builder(handler)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .timeout(Duration::from_millis(200))
+            .max_retries(3),
+    )
+    .on_transfer_end(move |s| s2.lock().unwrap().push(s.clone()))
+    .bind()
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    let token = server.shutdown_token();
+    let task = tokio::spawn(server.run());
+    TestServer {
+        addr,
+        dir,
+        token,
+        summaries,
+        task,
+    }
+}
+
+impl TestServer {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+
+    /// Waits (bounded) until `n` transfers have ended, and returns their summaries.
+    async fn summaries(&self, n: usize) -> Vec<TransferSummary> {
+        for _ in 0..200 {
+            if self.summaries.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.summaries.lock().unwrap().clone()
+    }
+}
+
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn client(addr: SocketAddr, blksize: Option<u16>, windowsize: Option<u16>, mode: Mode) -> Client {
+    let mut b = Client::builder(addr)
+        .mode(mode)
+        .timeout(Duration::from_millis(200))
+        .retries(3)
+        .dally(Duration::from_millis(50));
+    if let Some(n) = blksize {
+        b = b.blksize(n);
+    }
+    if let Some(n) = windowsize {
+        b = b.windowsize(n);
+    }
+    b.build()
+}
+
+async fn get(c: &Client, name: &str) -> Result<(Vec<u8>, tftpx::Report), ClientError> {
+    let mut out = Vec::new();
+    let r = c.get(name, &mut out, |_| {}).await?;
+    Ok((out, r))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_combination_both_directions() {
+    let srv = start(|h| h.allow_create(true), |b| b).await;
+    let blksizes = [None, Some(8), Some(512), Some(1468), Some(65464)];
+    let windows = [None, Some(1), Some(4), Some(16)];
+    let mut case = 0u64;
+    for blksize in blksizes {
+        let bs = usize::from(blksize.unwrap_or(512));
+        for windowsize in windows {
+            for tsize in [true, false] {
+                let sizes = [0, 1, bs - 1, bs, bs + 1, bs * 3, 70_000];
+                for len in sizes {
+                    case += 1;
+                    let data = content(len, case);
+                    let name = format!("f{case}.bin");
+                    let c = Client::builder(srv.addr)
+                        .timeout(Duration::from_millis(200))
+                        .dally(Duration::ZERO)
+                        .tsize(tsize);
+                    let c = match blksize {
+                        Some(n) => c.blksize(n),
+                        None => c,
+                    };
+                    let c = match windowsize {
+                        Some(n) => c.windowsize(n),
+                        None => c,
+                    }
+                    .build();
+                    let up = c
+                        .put(&name, &data[..], Some(len as u64), |_| {})
+                        .await
+                        .unwrap_or_else(|e| panic!("put {name} {blksize:?}/{windowsize:?}: {e}"));
+                    assert_eq!(up.bytes, len as u64);
+                    assert_eq!(up.negotiated.blksize as usize, bs);
+                    assert_eq!(up.negotiated.windowsize, windowsize.unwrap_or(1));
+                    assert_eq!(
+                        std::fs::read(srv.path(&name)).unwrap(),
+                        data,
+                        "{name} on disk"
+                    );
+                    let (back, r) = get(&c, &name).await.unwrap();
+                    assert!(back == data, "{name}: downloaded bytes differ");
+                    assert_eq!(r.negotiated.tsize, tsize.then_some(len as u64));
+                    assert_eq!(r.stats.retransmits, 0, "{name}: clean loopback");
+                }
+            }
+        }
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn rollover_past_65535_blocks() {
+    let srv = start(|h| h.allow_create(true), |b| b).await;
+    // 8-byte blocks: 80,000 blocks, the block number wraps once.
+    let data = content(8 * 80_000 + 3, 42);
+    let c = client(srv.addr, Some(8), Some(32), Mode::Octet);
+    c.put("roll.bin", &data[..], Some(data.len() as u64), |_| {})
+        .await
+        .unwrap();
+    assert!(std::fs::read(srv.path("roll.bin")).unwrap() == data);
+    let (back, r) = get(&c, "roll.bin").await.unwrap();
+    assert!(back == data);
+    assert_eq!(r.stats.blocks, 80_001);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn netascii_round_trip_translates_line_ends() {
+    let srv = start(|h| h.allow_create(true), |b| b).await;
+    let text = b"line one\nline two\r\nbare\rcr\n\n".repeat(100);
+    let c = client(srv.addr, Some(16), Some(4), Mode::Netascii);
+    let up = c.put("t.txt", &text[..], None, |_| {}).await.unwrap();
+    // On the wire each LF became CR LF and each CR became CR NUL.
+    let crs = text.iter().filter(|&&b| b == b'\r' || b == b'\n').count();
+    assert_eq!(up.bytes, (text.len() + crs) as u64);
+    assert_eq!(std::fs::read(srv.path("t.txt")).unwrap(), text);
+    let (back, _) = get(&c, "t.txt").await.unwrap();
+    assert_eq!(back, text);
+    // The same file read in octet mode is the stored bytes.
+    let (raw, _) = get(&client(srv.addr, None, None, Mode::Octet), "t.txt")
+        .await
+        .unwrap();
+    assert_eq!(raw, text);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn server_caps_blksize_and_windowsize() {
+    let srv = start(|h| h, |b| b.max_blksize(1024).max_windowsize(4)).await;
+    let data = content(100_000, 5);
+    std::fs::write(srv.path("cap.bin"), &data).unwrap();
+    let c = client(srv.addr, Some(65464), Some(64), Mode::Octet);
+    let (back, r) = get(&c, "cap.bin").await.unwrap();
+    assert!(back == data);
+    assert_eq!((r.negotiated.blksize, r.negotiated.windowsize), (1024, 4));
+    srv.stop().await;
+}
+
+fn server_error(r: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected a server ERROR, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_the_right_error_codes() {
+    let ro = start(|h| h, |b| b).await;
+    std::fs::write(ro.path("exists.txt"), b"old").unwrap();
+    let c = client(ro.addr, None, None, Mode::Octet);
+    let (code, _) = server_error(get(&c, "missing.txt").await);
+    assert_eq!(code, ErrorCode::FileNotFound);
+    let (code, _) = server_error(get(&c, "../etc/passwd").await);
+    assert_eq!(code, ErrorCode::AccessViolation);
+    let (code, _) = server_error(c.put("exists.txt", &b"new"[..], Some(3), |_| {}).await);
+    assert_eq!(code, ErrorCode::AccessViolation, "read-only server");
+    assert_eq!(std::fs::read(ro.path("exists.txt")).unwrap(), b"old");
+    std::fs::create_dir(ro.path("sub")).unwrap();
+    let (code, _) = server_error(get(&c, "sub").await);
+    assert_eq!(
+        code,
+        ErrorCode::AccessViolation,
+        "a directory is not served"
+    );
+    let s = ro.summaries(4).await;
+    assert!(s
+        .iter()
+        .all(|s| matches!(s.outcome, Outcome::Refused { .. })));
+    ro.stop().await;
+
+    // --allow-write without --allow-create: overwrite yes, create no.
+    let rw = start(|h| h.allow_write(true), |b| b.max_upload_size(Some(1000))).await;
+    std::fs::write(rw.path("exists.txt"), b"old").unwrap();
+    let c = client(rw.addr, None, None, Mode::Octet);
+    c.put("exists.txt", &b"new"[..], Some(3), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(rw.path("exists.txt")).unwrap(), b"new");
+    let (code, _) = server_error(c.put("new.txt", &b"x"[..], Some(1), |_| {}).await);
+    assert_eq!(code, ErrorCode::AccessViolation);
+    assert!(!rw.path("new.txt").exists());
+    // Over the size limit: announced (tsize) and not announced.
+    let big = content(5000, 1);
+    let (code, _) = server_error(c.put("exists.txt", &big[..], Some(5000), |_| {}).await);
+    assert_eq!(code, ErrorCode::DiskFull);
+    let quiet = Client::builder(rw.addr)
+        .tsize(false)
+        .dally(Duration::ZERO)
+        .build();
+    let (code, _) = server_error(quiet.put("exists.txt", &big[..], None, |_| {}).await);
+    assert_eq!(code, ErrorCode::DiskFull);
+    assert_eq!(std::fs::read(rw.path("exists.txt")).unwrap(), b"new");
+    assert_no_temp_files(rw.dir.path());
+    rw.stop().await;
+}
+
+fn assert_no_temp_files(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tftpx-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// A reader that yields `n` bytes and then never completes (a stalled local source).
+struct Stall(usize);
+
+impl tokio::io::AsyncRead for Stall {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0 == 0 {
+            return std::task::Poll::Pending;
+        }
+        let n = self.0.min(buf.remaining());
+        buf.put_slice(&vec![b'x'; n]);
+        self.0 -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn abandoned_upload_leaves_the_old_file_intact() {
+    let srv = start(|h| h.allow_write(true), |b| b).await;
+    std::fs::write(srv.path("keep.bin"), b"precious").unwrap();
+    let token = tftpx::CancellationToken::new();
+    let c = Client::builder(srv.addr)
+        .timeout(Duration::from_millis(200))
+        .cancel_token(token.clone())
+        .build();
+    let upload = tokio::spawn(async move { c.put("keep.bin", Stall(100_000), None, |_| {}).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(5), upload)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Err(ClientError::Cancelled)), "{r:?}");
+    let s = srv.summaries(1).await;
+    assert!(
+        matches!(s[0].outcome, Outcome::Failed(_)),
+        "{:?}",
+        s[0].outcome
+    );
+    assert_eq!(std::fs::read(srv.path("keep.bin")).unwrap(), b"precious");
+    assert_no_temp_files(srv.dir.path());
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_running_transfers_with_an_error() {
+    let srv = start(|h| h.allow_create(true), |b| b).await;
+    // A raw client: WRQ, one full DATA block, then silence.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(b"\x00\x02half.bin\x00octet\x00", srv.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 600];
+    let (n, tid) = sock.recv_from(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"\x00\x04\x00\x00", "ACK 0");
+    let mut data = b"\x00\x03\x00\x01".to_vec();
+    data.extend_from_slice(&[7u8; 512]);
+    sock.send_to(&data, tid).await.unwrap();
+    let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"\x00\x04\x00\x01", "ACK 1");
+    let dir = srv.dir.path().to_path_buf();
+    let TestServer {
+        dir: _keep,
+        token,
+        task,
+        ..
+    } = srv;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("server stops with a transfer running")
+        .unwrap();
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("the client is told")
+        .unwrap();
+    assert_eq!(from, tid);
+    assert_eq!(&buf[..4], b"\x00\x05\x00\x00", "ERROR 0: {:?}", &buf[..n]);
+    assert!(!dir.join("half.bin").exists(), "no half-written file");
+    assert_no_temp_files(&dir);
+}
+
+#[tokio::test]
+async fn client_times_out_against_a_silent_port() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let c = Client::builder(silent.local_addr().unwrap())
+        .timeout(Duration::from_millis(50))
+        .retries(2)
+        .build();
+    let mut out = Vec::new();
+    let r = c.get("x", &mut out, |_| {}).await;
+    assert!(
+        matches!(r, Err(ClientError::TimedOut { retries: 2 })),
+        "{r:?}"
+    );
+    // The request and its two retransmissions reached the port, nothing else.
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 600];
+    let mut n = 0;
+    while silent.recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn summaries_describe_transfers() {
+    let srv = start(|h| h, |b| b).await;
+    std::fs::write(srv.path("s.bin"), content(3000, 9)).unwrap();
+    let c = client(srv.addr, Some(1468), Some(2), Mode::Octet);
+    get(&c, "s.bin").await.unwrap();
+    let s = srv.summaries(1).await;
+    let line = s[0].to_string();
+    assert!(line.starts_with("RRQ from 127.0.0.1:"), "{line}");
+    assert!(
+        line.contains("\"s.bin\" octet: ok, 3000 bytes in"),
+        "{line}"
+    );
+    assert!(
+        line.contains("blksize=1468 windowsize=2 tsize=3000"),
+        "{line}"
+    );
+    srv.stop().await;
+}
