@@ -251,3 +251,51 @@ fn silent_server_times_out_with_exit_1() {
     );
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
 }
+
+/// A multi-homed host answers from the address the client asked: with the server on
+/// 0.0.0.0, requests to 127.0.0.2 and 127.0.0.3 get replies from those addresses (the
+/// client refuses replies from any other address, so a completed download proves it).
+/// Runs in a private network namespace (root), so the wildcard listener is reachable from
+/// nowhere else.
+#[test]
+fn replies_leave_from_the_address_the_request_was_sent_to() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("f.txt"), b"multi-homed\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let script = r#"
+        set -u
+        ip link set lo up || exit 90
+        "$BIN" serve "$ROOT" --listen 0.0.0.0:6969 --listen '[::]:6969' -q &
+        P=$!
+        rc=1
+        for i in $(seq 1 50); do
+            if "$BIN" get 127.0.0.1:6969 f.txt -o "$OUT/probe" -q --timeout 100ms --retries 1; then rc=0; break; fi
+            sleep 0.1
+        done
+        if [ $rc -eq 0 ]; then
+            for dst in 127.0.0.2 127.0.0.3 '[::1]'; do
+                "$BIN" get "$dst:6969" f.txt -o "$OUT/from-$dst" -q --timeout 200ms --retries 2 || rc=1
+            done
+        fi
+        kill $P
+        wait $P 2>/dev/null
+        exit $rc
+    "#;
+    let o = Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .env("BIN", BIN)
+        .env("ROOT", root.path())
+        .env("OUT", out.path())
+        .output()
+        .expect("unshare (util-linux) is installed");
+    assert!(
+        o.status.success(),
+        "status {:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for dst in ["127.0.0.2", "127.0.0.3", "[::1]"] {
+        let got = std::fs::read(out.path().join(format!("from-{dst}"))).unwrap();
+        assert_eq!(got, b"multi-homed\n", "{dst}");
+    }
+}

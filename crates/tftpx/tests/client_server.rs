@@ -397,3 +397,29 @@ async fn summaries_describe_transfers() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_never_delays_another() {
+    let srv = start(|h| h, |b| b.timeout(Duration::from_secs(1)).max_retries(5)).await;
+    let data = content(200_000, 3);
+    std::fs::write(srv.path("a.bin"), &data).unwrap();
+    // Ten clients that request and then never ACK: each holds a transfer for ~6 s.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.send_to(b"\x00\x01a.bin\x00octet\x00", srv.addr)
+            .await
+            .unwrap();
+        silent.push(s);
+    }
+    let c = client(srv.addr, None, None, Mode::Octet);
+    for _ in 0..3 {
+        let (back, _) = get(&c, "a.bin").await.unwrap();
+        assert!(back == data);
+    }
+    // All three downloads ended while every silent transfer was still retrying.
+    let s = srv.summaries(3).await;
+    assert_eq!(s.len(), 3, "only the real downloads have ended");
+    assert!(s.iter().all(|s| s.outcome == Outcome::Ok));
+    srv.stop().await;
+}
