@@ -10,14 +10,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tftpx_proto::wire::{ErrorCode, Mode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// Longest file name accepted in a request, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 /// Longest single path component accepted, in bytes (the usual NAME_MAX).
 pub const MAX_COMPONENT_LEN: usize = 255;
-/// Buffer between the transfer and the file, in bytes: file I/O happens in chunks this big.
-const FILE_BUFFER: usize = 256 * 1024;
+/// Write buffer of an upload, in bytes: file writes happen in chunks this big.
+const UPLOAD_BUFFER: usize = 64 * 1024;
 
 /// A refused request: the TFTP error code and message sent to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +75,9 @@ pub struct RequestInfo<'a> {
 
 /// A file opened for an RRQ.
 pub struct ReadFile<R> {
-    /// The file's bytes, as stored (the server does netascii translation itself).
+    /// The file's bytes, as stored (the server does netascii translation itself). The
+    /// server reads it through a buffer sized to the negotiated window (16 KiB..=1 MiB), so
+    /// the reader need not buffer.
     pub reader: R,
     /// The file's size in bytes, if known (reported as `tsize`).
     pub size: Option<u64>,
@@ -222,7 +224,7 @@ impl DirHandler {
 }
 
 impl Handler for DirHandler {
-    type Reader = BufReader<tokio::fs::File>;
+    type Reader = tokio::fs::File;
     type Writer = DirUpload;
 
     async fn open_read(
@@ -247,7 +249,7 @@ impl Handler for DirHandler {
             return Err(HandlerError::access("Not a regular file"));
         }
         Ok(ReadFile {
-            reader: BufReader::with_capacity(FILE_BUFFER, file),
+            reader: file,
             size: Some(meta.len()),
         })
     }
@@ -323,7 +325,7 @@ impl Handler for DirHandler {
         .map_err(|e| HandlerError::from_io(&e))?;
         let (file, temp_path) = tmp.into_parts();
         Ok(DirUpload {
-            file: BufWriter::with_capacity(FILE_BUFFER, tokio::fs::File::from_std(file)),
+            file: BufWriter::with_capacity(UPLOAD_BUFFER, tokio::fs::File::from_std(file)),
             temp: Some(temp_path),
             target,
         })

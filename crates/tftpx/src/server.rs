@@ -558,7 +558,12 @@ async fn serve_read<H: Handler>(
         }
     };
     let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
-    let mut src = Source::new(file.reader, info.mode);
+    // Read ahead about two windows, so lock-step 512 does not pay a file read per block
+    // and memory stays proportional to the window.
+    let window = usize::from(neg.negotiated.blksize) * usize::from(neg.negotiated.windowsize);
+    let reader =
+        tokio::io::BufReader::with_capacity((window * 2).clamp(16 << 10, 1 << 20), file.reader);
+    let mut src = Source::new(reader, info.mode);
     let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_, _| {}).await;
     finish_summary(summary, &tracker, tx.stats());
 }
