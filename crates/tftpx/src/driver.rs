@@ -22,7 +22,7 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    fn record(&mut self, ev: Event) {
+    pub fn record(&mut self, ev: Event) {
         match ev {
             Event::Negotiated(n) => self.negotiated = Some(n),
             Event::Complete => self.result = Some(Ok(())),

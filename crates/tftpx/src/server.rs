@@ -76,6 +76,7 @@ pub struct TransferSummary {
     /// How it ended.
     pub outcome: Outcome,
     started: Instant,
+    reported: bool,
 }
 
 impl fmt::Display for TransferSummary {
@@ -426,6 +427,7 @@ async fn transfer<H: Handler>(
         duration: Duration::ZERO,
         outcome: Outcome::Ok,
         started: start,
+        reported: false,
     };
     info!(
         "{kind} from {peer} {:?} {} [{}]",
@@ -509,13 +511,7 @@ async fn transfer<H: Handler>(
             }
         }
     }
-    if summary.duration.is_zero() {
-        summary.duration = start.elapsed();
-    }
-    log_summary(&summary);
-    if let Some(h) = &shared.hook {
-        h(&summary);
-    }
+    report(&shared, &mut summary);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -627,15 +623,29 @@ async fn serve_write<H: Handler>(
         }
     }
     // An upload not committed above is dropped here, which removes its temporary file.
-    let stats = rx.stats();
-    // The transfer's duration ends here; dallying is not part of it.
-    summary.duration = summary_start_elapsed(summary);
+    // The outcome is known now: report it before dallying, which is not part of the
+    // transfer's duration.
+    while let Some(ev) = rx.poll_event() {
+        tracker.record(ev);
+    }
+    summary.duration = summary.started.elapsed();
+    finish_summary(summary, &tracker, rx.stats());
+    report(shared, summary);
     driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
-    finish_summary(summary, &tracker, stats);
 }
 
-fn summary_start_elapsed(summary: &TransferSummary) -> Duration {
-    summary.started.elapsed()
+/// Logs the summary and calls the hook, once per transfer.
+fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
+    if std::mem::replace(&mut summary.reported, true) {
+        return;
+    }
+    if summary.duration.is_zero() {
+        summary.duration = summary.started.elapsed();
+    }
+    log_summary(summary);
+    if let Some(h) = &shared.hook {
+        h(summary);
+    }
 }
 
 fn finish_summary(summary: &mut TransferSummary, tracker: &Tracker, stats: Stats) {
