@@ -2,6 +2,7 @@
 //! Shared by the server and the client.
 
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tftpx_proto::negotiate::Negotiated;
@@ -10,7 +11,7 @@ use tftpx_proto::wire::{ErrorCode, Packet, DATA_HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::io::{Sink, Source};
 
@@ -86,29 +87,66 @@ enum Wake {
     Cancelled,
 }
 
-async fn wait(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-    deadline: Option<std::time::Instant>,
-    fallback: Duration,
-    cancel: &CancellationToken,
-) -> Wake {
-    let at = match deadline {
-        Some(d) => Instant::from_std(d),
-        None => Instant::now() + fallback,
-    };
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Wake::Cancelled,
-        r = sock.recv_from(buf) => match r {
-            Ok((n, from)) => Wake::Datagram(n, from),
+/// Waits for the next datagram, the state machine's timer, or cancellation. One per
+/// transfer: its timer and cancellation futures are created once and reused, so a wait costs
+/// no allocation and no timer registration churn.
+struct Waiter {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    token: CancellationToken,
+}
+
+impl Waiter {
+    fn new(cancel: &CancellationToken) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            cancelled: Box::pin(cancel.clone().cancelled_owned()),
+            token: cancel.clone(),
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        sock: &UdpSocket,
+        buf: &mut [u8],
+        deadline: Option<std::time::Instant>,
+        fallback: Duration,
+    ) -> Wake {
+        if self.token.is_cancelled() {
+            return Wake::Cancelled;
+        }
+        let now = Instant::now();
+        let at = match deadline {
+            Some(d) => Instant::from_std(d),
+            None => now + fallback,
+        };
+        if at <= now {
+            return Wake::Timer;
+        }
+        // Fast path: a datagram already queued needs no task wake-up.
+        match sock.try_recv_from(buf) {
+            Ok((n, from)) => return Wake::Datagram(n, from),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
-                // ICMP errors surface here on some systems; they are not fatal for UDP.
                 tracing::debug!("recv failed: {e}");
-                Wake::Timer
             }
-        },
-        _ = tokio::time::sleep_until(at) => Wake::Timer,
+        }
+        if self.sleep.deadline() != at {
+            self.sleep.as_mut().reset(at);
+        }
+        tokio::select! {
+            biased;
+            _ = self.cancelled.as_mut() => Wake::Cancelled,
+            r = sock.recv_from(buf) => match r {
+                Ok((n, from)) => Wake::Datagram(n, from),
+                Err(e) => {
+                    // ICMP errors surface here on some systems; they are not fatal for UDP.
+                    tracing::debug!("recv failed: {e}");
+                    Wake::Timer
+                }
+            },
+            _ = self.sleep.as_mut() => Wake::Timer,
+        }
     }
 }
 
@@ -126,6 +164,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     // A sender only ever receives ACK, OACK and ERROR: small datagrams.
     let mut buf = vec![0u8; 4096];
     let mut cancelled = false;
+    let mut waiter = Waiter::new(cancel);
     loop {
         while let Some(slot) = tx.block_to_fill() {
             // A slow source (a pipe, a stalled disk) must not make the transfer deaf to
@@ -159,7 +198,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         if tx.is_finished() || cancelled {
             break;
         }
-        match wait(sock, &mut buf, tx.poll_timeout(), idle, cancel).await {
+        match waiter.wait(sock, &mut buf, tx.poll_timeout(), idle).await {
             Wake::Datagram(n, from) => tx.handle_datagram(now(), from, &buf[..n]),
             Wake::Timer => tx.handle_timeout(now()),
             Wake::Cancelled => {
@@ -183,6 +222,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) {
     let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
+    let mut waiter = Waiter::new(cancel);
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
@@ -204,7 +244,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
         if rx.is_finished() {
             continue;
         }
-        match wait(sock, &mut buf, rx.poll_timeout(), idle, cancel).await {
+        match waiter.wait(sock, &mut buf, rx.poll_timeout(), idle).await {
             Wake::Datagram(n, from) => {
                 if let Some(payload) = rx.handle_datagram(now(), from, &buf[..n]) {
                     if let Err(e) = sink.write(payload).await {
@@ -234,6 +274,7 @@ pub(crate) async fn finish_receiver(
     idle: Duration,
 ) {
     let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
+    let mut waiter = Waiter::new(cancel);
     loop {
         let t = now();
         while let Some(out) = rx.poll_transmit(t) {
@@ -245,7 +286,7 @@ pub(crate) async fn finish_receiver(
         if rx.is_finished() {
             break;
         }
-        match wait(sock, &mut buf, rx.poll_timeout(), idle, cancel).await {
+        match waiter.wait(sock, &mut buf, rx.poll_timeout(), idle).await {
             Wake::Datagram(n, from) => {
                 // Only a repeated final DATA can matter now; nothing is delivered.
                 let _ = rx.handle_datagram(now(), from, &buf[..n]);
