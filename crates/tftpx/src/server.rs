@@ -459,9 +459,6 @@ async fn transfer<H: Handler>(
             return;
         }
     };
-    let refuse = |summary: &mut TransferSummary, code: ErrorCode, message: String| {
-        summary.outcome = Outcome::Refused { code, message };
-    };
     let timing = TransferConfig {
         timeout: config.timeout,
         max_retries: config.max_retries,
@@ -472,8 +469,7 @@ async fn transfer<H: Handler>(
     match summary.mode {
         None => {
             let msg = format!("Unsupported mode {:?}", String::from_utf8_lossy(req.mode));
-            driver::send_error(&sock, peer, ErrorCode::IllegalOperation, &msg).await;
-            refuse(&mut summary, ErrorCode::IllegalOperation, msg);
+            refuse(&sock, peer, &mut summary, ErrorCode::IllegalOperation, msg).await;
         }
         Some(mode) => {
             let info = RequestInfo {
@@ -481,58 +477,39 @@ async fn transfer<H: Handler>(
                 filename: req.filename,
                 mode,
             };
+            let ctx = Ctx {
+                shared: &shared,
+                sock: &sock,
+                timing,
+                idle,
+                cancel: &cancel,
+            };
             match kind {
-                Kind::Rrq => {
-                    serve_read(
-                        &shared,
-                        &sock,
-                        &info,
-                        req.options,
-                        timing,
-                        idle,
-                        &cancel,
-                        &mut summary,
-                    )
-                    .await
-                }
-                Kind::Wrq => {
-                    serve_write(
-                        &shared,
-                        &sock,
-                        &info,
-                        req.options,
-                        timing,
-                        idle,
-                        &cancel,
-                        &mut summary,
-                    )
-                    .await
-                }
+                Kind::Rrq => serve_read(&ctx, &info, req.options, &mut summary).await,
+                Kind::Wrq => serve_write(&ctx, &info, req.options, &mut summary).await,
             }
         }
     }
     report(&shared, &mut summary);
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_read<H: Handler>(
-    shared: &Shared<H>,
-    sock: &UdpSocket,
+    ctx: &Ctx<'_, H>,
     info: &RequestInfo<'_>,
     options: tftpx_proto::wire::OptionList<'_>,
-    timing: TransferConfig,
-    idle: Duration,
-    cancel: &CancellationToken,
     summary: &mut TransferSummary,
 ) {
+    let Ctx {
+        shared,
+        sock,
+        timing,
+        idle,
+        cancel,
+    } = *ctx;
     let file = match shared.handler.open_read(info).await {
         Ok(f) => f,
         Err(e) => {
-            driver::send_error(sock, info.peer, e.code, &e.message).await;
-            summary.outcome = Outcome::Refused {
-                code: e.code,
-                message: e.message,
-            };
+            refuse(sock, info.peer, summary, e.code, e.message).await;
             return;
         }
     };
@@ -545,11 +522,7 @@ async fn serve_read<H: Handler>(
     let neg = match negotiate_server(Direction::Read, options, &shared.config.limits, size) {
         Ok(n) => n,
         Err(e) => {
-            driver::send_error(sock, info.peer, e.code(), &e.to_string()).await;
-            summary.outcome = Outcome::Refused {
-                code: e.code(),
-                message: e.to_string(),
-            };
+            refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
             return;
         }
     };
@@ -564,37 +537,31 @@ async fn serve_read<H: Handler>(
     finish_summary(summary, &tracker, tx.stats());
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_write<H: Handler>(
-    shared: &Shared<H>,
-    sock: &UdpSocket,
+    ctx: &Ctx<'_, H>,
     info: &RequestInfo<'_>,
     options: tftpx_proto::wire::OptionList<'_>,
-    timing: TransferConfig,
-    idle: Duration,
-    cancel: &CancellationToken,
     summary: &mut TransferSummary,
 ) {
+    let Ctx {
+        shared,
+        sock,
+        timing,
+        idle,
+        cancel,
+    } = *ctx;
     let limits = &shared.config.limits;
     let neg = match negotiate_server(Direction::Write, options, limits, None) {
         Ok(n) => n,
         Err(e) => {
-            driver::send_error(sock, info.peer, e.code(), &e.to_string()).await;
-            summary.outcome = Outcome::Refused {
-                code: e.code(),
-                message: e.to_string(),
-            };
+            refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
             return;
         }
     };
     let upload = match shared.handler.open_write(info, neg.negotiated.tsize).await {
         Ok(u) => u,
         Err(e) => {
-            driver::send_error(sock, info.peer, e.code, &e.message).await;
-            summary.outcome = Outcome::Refused {
-                code: e.code,
-                message: e.message,
-            };
+            refuse(sock, info.peer, summary, e.code, e.message).await;
             return;
         }
     };
@@ -646,6 +613,34 @@ fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
     if let Some(h) = &shared.hook {
         h(summary);
     }
+}
+
+/// What every transfer of one request shares.
+struct Ctx<'a, H> {
+    shared: &'a Shared<H>,
+    sock: &'a UdpSocket,
+    timing: TransferConfig,
+    idle: Duration,
+    cancel: &'a CancellationToken,
+}
+
+impl<H> Clone for Ctx<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<H> Copy for Ctx<'_, H> {}
+
+/// Refuses a request: ERROR to the client, and the outcome for the summary.
+async fn refuse(
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    summary: &mut TransferSummary,
+    code: ErrorCode,
+    message: String,
+) {
+    driver::send_error(sock, peer, code, &message).await;
+    summary.outcome = Outcome::Refused { code, message };
 }
 
 fn finish_summary(summary: &mut TransferSummary, tracker: &Tracker, stats: Stats) {
