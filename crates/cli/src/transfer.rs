@@ -44,6 +44,18 @@ pub struct TransferOpts {
     /// Transfer mode: octet (bytes as they are) or netascii (text, CR LF on the wire).
     #[arg(long, value_parser = parse_mode, value_name = "octet|netascii")]
     pub mode: Option<Mode>,
+
+    /// After a download's final ACK, linger this long to re-acknowledge a repeated last
+    /// DATA (RFC 1350 dally); 0 exits at once [default: the timeout]
+    #[arg(long, value_parser = parse_dally, value_name = "DURATION")]
+    pub dally: Option<Duration>,
+}
+
+fn parse_dally(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -207,7 +219,10 @@ fn build_client(server: std::net::SocketAddr, opts: &TransferOpts, mode: Mode) -
         b = b.windowsize(n);
     }
     if let Some(t) = opts.timeout {
-        b = b.timeout(t);
+        b = b.timeout(t).dally(t);
+    }
+    if let Some(d) = opts.dally {
+        b = b.dally(d);
     }
     b.build()
 }

@@ -241,7 +241,9 @@ impl Client {
             self.server,
             remote.as_bytes(),
             self.mode,
-            self.options(Some(0)),
+            // tftpd-hpa refuses tsize in a netascii RRQ (ERROR 8), and the size on the wire
+            // is not the local size anyway: ask for it in octet mode only.
+            self.options((self.mode == Mode::Octet).then_some(0)),
             self.config,
         )?;
         let mut sink = Sink::new(out, self.mode);

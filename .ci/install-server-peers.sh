@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Installs the real TFTP servers that crates/cli/tests/interop_client.rs drives the tftpx client
+# against: tftpd-hpa, atftpd (unpacked under /opt/tftpx-peers/atftpd: it conflicts with tftpd-hpa
+# in apt), dnsmasq (dnsmasq-base: no service) and rs-tftpd (crates.io `tftpd`, pinned), plus
+# iproute2 and util-linux for the private network namespace that dnsmasq's fixed port 69 needs.
+#
+# Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
+# installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
+# and a port they pick; no system service is started here.
+set -euo pipefail
+
+ATFTPD_DIR=/opt/tftpx-peers/atftpd
+RS_TFTPD_VERSION=1.0.0
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+export DEBIAN_FRONTEND=noninteractive
+installed=()
+
+pkg_missing() {
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 0
+    done
+    return 1
+}
+
+# Debian packages. Keep tftpd-hpa's postinst from starting its service (it would bind port 69 on
+# every address): a policy-rc.d that refuses every start, only for this install, only if the
+# machine has none of its own.
+apt_pkgs=(tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0)
+if pkg_missing "${apt_pkgs[@]}"; then
+    apt-get update -qq
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        own_policy=1
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+    if [ "$own_policy" = 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+    installed+=("apt: ${apt_pkgs[*]}")
+fi
+# On a machine run by systemd (which may ignore policy-rc.d), turn the unit off by its name.
+# Nothing here stops in.tftpd processes by name: a tftpd-hpa service that was already running
+# binds port 69, which the tests never use outside their own network namespace.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    systemctl disable --now tftpd-hpa >/dev/null 2>&1 || true
+fi
+
+# atftpd: unpacked, not installed (apt would remove tftpd-hpa). Its libraries (libwrap0,
+# libpcre2-8-0) come from the apt step above.
+if [ ! -x "$ATFTPD_DIR/usr/sbin/atftpd" ]; then
+    apt-cache policy atftpd 2>/dev/null | grep -q 'Candidate: [0-9]' || apt-get update -qq
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root atftpd >/dev/null)
+    mkdir -p "$ATFTPD_DIR"
+    dpkg -x "$tmp"/atftpd_*.deb "$ATFTPD_DIR"
+    rm -rf "$tmp"
+    installed+=("atftpd in $ATFTPD_DIR")
+fi
+if ldd "$ATFTPD_DIR/usr/sbin/atftpd" | grep -q 'not found'; then
+    echo "atftpd misses shared libraries:" >&2
+    ldd "$ATFTPD_DIR/usr/sbin/atftpd" | grep 'not found' >&2
+    exit 1
+fi
+
+# rs-tftpd, pinned.
+if ! cargo install --list 2>/dev/null | grep -q "^tftpd v$RS_TFTPD_VERSION:"; then
+    cargo install --quiet --locked tftpd --version "$RS_TFTPD_VERSION"
+    installed+=("rs-tftpd $RS_TFTPD_VERSION in $CARGO_BIN")
+fi
+
+for bin in /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
+    /usr/bin/unshare /usr/sbin/ip; do
+    [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
+done
+
+if [ ${#installed[@]} -eq 0 ]; then
+    echo "server peers: all present (tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION)"
+else
+    printf 'server peers installed: %s\n' "${installed[@]}"
+fi
