@@ -665,6 +665,13 @@ fn log_summary(s: &TransferSummary) {
         {
             info!("{s} (client ended the transfer after the OACK: a size probe)")
         }
+        // A client that repeated its request talks to the first transfer and tells this
+        // one ERROR 5: routine on a slow first reply, not a failure worth a warning.
+        Outcome::Failed(TransferError::Peer { code, .. })
+            if *code == ErrorCode::UnknownTid && s.stats.blocks == 0 =>
+        {
+            info!("{s} (duplicate request: the client continues with another transfer)")
+        }
         Outcome::Failed(_) => warn!("{s}"),
     }
 }
