@@ -8,7 +8,7 @@
 //! servers that take writes, hashed as the server wrote them; a missing file; `--no-tsize`,
 //! `--timeout`, `tftp://` URLs and netascii.
 //!
-//! A missing server fails the test, naming `.ci/install-server-peers.sh`: nothing is skipped.
+//! A missing server fails the test, naming `.ci/install-peers.sh`: nothing is skipped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tftpx");
-const INSTALL: &str = "run `bash .ci/install-server-peers.sh` as root to install the TFTP servers \
+const INSTALL: &str = "run `bash .ci/install-peers.sh` as root to install the TFTP servers \
                        the interop tests need";
 const ATFTPD: &str = "/opt/tftpx-peers/atftpd/usr/sbin/atftpd";
 const IN_TFTPD: &str = "/usr/sbin/in.tftpd";

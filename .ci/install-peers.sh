@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real TFTP servers that crates/cli/tests/interop_client.rs drives the tftpx client
-# against: tftpd-hpa, atftpd (unpacked under /opt/tftpx-peers/atftpd: it conflicts with tftpd-hpa
+# Installs every real TFTP peer the tests drive. Clients for crates/cli/tests/interop_server.rs:
+# tftp-hpa, atftp, curl, busybox. Servers for crates/cli/tests/interop_client.rs: tftpd-hpa, atftpd (unpacked under /opt/tftpx-peers/atftpd: it conflicts with tftpd-hpa
 # in apt), dnsmasq (dnsmasq-base: no service) and rs-tftpd (crates.io `tftpd`, pinned), plus
 # iproute2 and util-linux for the private network namespace that dnsmasq's fixed port 69 needs.
 #
@@ -27,7 +27,7 @@ pkg_missing() {
 # Debian packages. Keep tftpd-hpa's postinst from starting its service (it would bind port 69 on
 # every address): a policy-rc.d that refuses every start, only for this install, only if the
 # machine has none of its own.
-apt_pkgs=(tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0)
+apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -74,13 +74,13 @@ if ! cargo install --list 2>/dev/null | grep -q "^tftpd v$RS_TFTPD_VERSION:"; th
     installed+=("rs-tftpd $RS_TFTPD_VERSION in $CARGO_BIN")
 fi
 
-for bin in /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
+for bin in /usr/bin/tftp /usr/bin/atftp /usr/bin/curl /bin/busybox /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
     /usr/bin/unshare /usr/sbin/ip; do
     [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
 done
 
 if [ ${#installed[@]} -eq 0 ]; then
-    echo "server peers: all present (tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION)"
+    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION)"
 else
-    printf 'server peers installed: %s\n' "${installed[@]}"
+    printf 'peers installed: %s\n' "${installed[@]}"
 fi
