@@ -349,6 +349,8 @@ pub async fn get(args: GetArgs, quiet: bool) -> Result<(), CliError> {
     if !quiet {
         eprintln!("{}", summary("received", &report));
     }
+    // The file is in place and reported; linger for the dally before exiting.
+    client.finish().await;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tftpx_proto::wire::{ErrorCode, Mode, DATA_HEADER_LEN, MAX_BLKSIZE};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::driver::{self, Tracker};
 use crate::io::{Sink, Source};
@@ -116,6 +117,7 @@ pub struct Client {
     tsize: bool,
     config: TransferConfig,
     cancel: CancellationToken,
+    dallies: TaskTracker,
 }
 
 /// Builds a [`Client`].
@@ -168,8 +170,8 @@ impl ClientBuilder {
     }
 
     /// How long a download lingers after its final ACK to answer a repeated final DATA
-    /// (default: one timeout). The download's result is known before; only the call's
-    /// return waits for it.
+    /// (default: one timeout). It runs in the background after [`Client::get`] returns;
+    /// [`Client::finish`] waits for it.
     pub fn dally(mut self, d: Duration) -> Self {
         self.client.config.dally = d;
         self
@@ -203,6 +205,7 @@ impl Client {
                     ..TransferConfig::default()
                 },
                 cancel: CancellationToken::new(),
+                dallies: TaskTracker::new(),
             },
         }
     }
@@ -224,8 +227,19 @@ impl Client {
         self.config.timeout * (self.config.max_retries + 2)
     }
 
+    /// Waits until every download of this client (and its clones) has finished dallying
+    /// after its final ACK. Call it before the runtime shuts down (a command-line tool:
+    /// before exiting); a long-running program need not.
+    pub async fn finish(&self) {
+        self.dallies.close();
+        self.dallies.wait().await;
+        self.dallies.reopen();
+    }
+
     /// Downloads `remote` (RRQ) into `out`, calling `progress` as data arrives. `out` is
-    /// flushed before the final ACK is sent.
+    /// flushed before the final ACK is sent. Returns as soon as the final ACK is sent; the
+    /// dally (RFC 1350: re-acknowledging a repeated last DATA) continues in a background
+    /// task, see [`Client::finish`].
     ///
     /// # Errors
     /// [`ClientError`]: the server's ERROR, a time-out, a bad OACK, or a local I/O error.
@@ -279,7 +293,16 @@ impl Client {
             total,
         });
         let outcome = tracker.outcome();
-        driver::finish_receiver(&sock, &mut rx, &mut tracker, &self.cancel, self.idle()).await;
+        // The final ACK (or our ERROR) leaves now; the dally goes on in the background so
+        // the caller has its data at once. [`Client::finish`] waits for it.
+        driver::flush_receiver(&sock, &mut rx).await;
+        if outcome.is_ok() && local_error.is_none() && !rx.is_finished() {
+            let (cancel, idle) = (self.cancel.clone(), self.idle());
+            let mut dally_tracker = Tracker::default();
+            self.dallies.spawn(async move {
+                driver::finish_receiver(&sock, &mut rx, &mut dally_tracker, &cancel, idle).await;
+            });
+        }
         match outcome {
             Ok(()) if local_error.is_none() => Ok(Report {
                 bytes: stats.bytes,

@@ -264,6 +264,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Sends what a receiver has queued (its final ACK or an ERROR), without waiting.
+pub(crate) async fn flush_receiver(sock: &UdpSocket, rx: &mut Receiver) {
+    let t = now();
+    while let Some(out) = rx.poll_transmit(t) {
+        send(sock, out.payload, out.destination).await;
+    }
+}
+
 /// Sends what a receiver still has to send (its final ACK or an ERROR) and dallies until it
 /// is finished, or until cancelled.
 pub(crate) async fn finish_receiver(

@@ -423,3 +423,40 @@ async fn a_silent_client_never_delays_another() {
     assert!(s.iter().all(|s| s.outcome == Outcome::Ok));
     srv.stop().await;
 }
+
+/// `get` returns once the final ACK is sent; the dally goes on in the background and still
+/// re-acknowledges a repeated last DATA (the server missed our final ACK).
+#[tokio::test]
+async fn download_returns_at_once_and_dallies_in_the_background() {
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c = Client::builder(server.local_addr().unwrap())
+        .tsize(false)
+        .timeout(Duration::from_millis(200))
+        .dally(Duration::from_secs(2))
+        .build();
+    let fake = async {
+        let mut buf = [0u8; 600];
+        let (_, client) = server.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..2], b"\x00\x01", "RRQ");
+        let tid = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        tid.send_to(b"\x00\x03\x00\x01end", client).await.unwrap();
+        let (n, _) = tid.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"\x00\x04\x00\x01");
+        (tid, client)
+    };
+    let mut out = Vec::new();
+    let (r, (tid, client)) = tokio::join!(c.get("f", &mut out, |_| {}), fake);
+    r.unwrap();
+    assert_eq!(out, b"end");
+    // get has returned; the server repeats its last DATA and is answered again.
+    tid.send_to(b"\x00\x03\x00\x01end", client).await.unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), tid.recv_from(&mut buf))
+        .await
+        .expect("re-ACK during the dally")
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"\x00\x04\x00\x01"[..], client));
+    tokio::time::timeout(Duration::from_secs(5), c.finish())
+        .await
+        .expect("finish() returns once the dally is over");
+}
