@@ -131,7 +131,10 @@ impl Waiter {
                 tracing::debug!("recv failed: {e}");
             }
         }
-        if self.sleep.deadline() != at {
+        // Deadlines move later with every packet of a healthy transfer. Re-arming the timer
+        // each time would touch the timer wheel per packet, so keep an earlier deadline:
+        // when it fires early the state machine sees it is not due yet, and it is re-armed.
+        if at < self.sleep.deadline() || self.sleep.is_elapsed() {
             self.sleep.as_mut().reset(at);
         }
         tokio::select! {
