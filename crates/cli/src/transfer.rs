@@ -270,7 +270,8 @@ fn summary(verb: &str, r: &Report) -> String {
 }
 
 fn transfer_failed(e: ClientError) -> CliError {
-    CliError::Failed(e.to_string())
+    // The server's message is untrusted: no control characters reach the terminal.
+    CliError::Failed(tftpx::printable(&e.to_string()))
 }
 
 fn base_name(remote: &str) -> Option<&str> {

@@ -275,6 +275,7 @@ impl fmt::Debug for OptionList<'_> {
     }
 }
 
+/// `name=value` pairs separated by spaces, with control characters escaped.
 impl fmt::Display for OptionList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
@@ -283,11 +284,12 @@ impl fmt::Display for OptionList<'_> {
                 f.write_str(" ")?;
             }
             first = false;
+            // Escaped: option bytes come from the network and end up in logs.
             write!(
                 f,
                 "{}={}",
-                String::from_utf8_lossy(n),
-                String::from_utf8_lossy(v)
+                String::from_utf8_lossy(n).escape_debug(),
+                String::from_utf8_lossy(v).escape_debug()
             )?;
         }
         Ok(())
@@ -692,6 +694,12 @@ mod tests {
         let Packet::Rrq(r) = p else { panic!() };
         assert_eq!(r.options.iter().count(), 1);
         assert_eq!(r.options.get("TSIZE"), Some(&b"0"[..]));
+    }
+
+    #[test]
+    fn option_display_escapes_control_characters() {
+        let o = OptionList::new(b"blksize\x00512\x00evil\nline\x00x\x1b[31m\x00").unwrap();
+        assert_eq!(o.to_string(), "blksize=512 evil\\nline=x\\u{1b}[31m");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use handler::{
     MAX_NAME_LEN,
 };
 pub use server::{
-    Kind, Outcome, Server, ServerBuilder, ServerConfig, ServerError, TransferSummary,
+    printable, Kind, Outcome, Server, ServerBuilder, ServerConfig, ServerError, TransferSummary,
 };
 pub use tftpx_proto as proto;
 pub use tokio_util::sync::CancellationToken;

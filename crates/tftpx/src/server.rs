@@ -100,14 +100,15 @@ impl fmt::Display for TransferSummary {
                 )?;
             }
             Outcome::Refused { code, message } => {
-                write!(f, ": refused with ERROR {code}: {message}")?;
+                write!(f, ": refused with ERROR {code}: {}", printable(message))?;
             }
             Outcome::Failed(e) => {
                 write!(
                     f,
-                    ": failed after {} bytes in {:.3} s: {e}",
+                    ": failed after {} bytes in {:.3} s: {}",
                     self.stats.bytes,
-                    self.duration.as_secs_f64()
+                    self.duration.as_secs_f64(),
+                    printable(&e.to_string())
                 )?;
             }
         }
@@ -129,6 +130,20 @@ impl fmt::Display for TransferSummary {
         }
         Ok(())
     }
+}
+
+/// `s` with control characters escaped (`\n` -> `\\n`, ESC -> `\\u{1b}`): peers' file names
+/// and messages end up in logs and terminals, where they must not inject lines or escapes.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Server settings. Build them with [`Server::builder`].
@@ -432,7 +447,7 @@ async fn transfer<H: Handler>(
     info!(
         "{kind} from {peer} {:?} {} [{}]",
         summary.filename,
-        String::from_utf8_lossy(req.mode),
+        String::from_utf8_lossy(req.mode).escape_debug(),
         req.options
     );
     let config = &shared.config;

@@ -112,13 +112,19 @@ async fn error_8_after_oack_ends_the_transfer_quietly() {
     .unwrap();
     let (oack, tid) = recv(&s).await;
     assert_eq!(oack, b"\x00\x06blksize\x001468\x00tsize\x005000\x00");
-    s.send_to(&error(8, "size probe"), tid).await.unwrap();
+    s.send_to(&error(8, "size\nprobe\x1b[2J"), tid)
+        .await
+        .unwrap();
     // The server neither answers nor retransmits.
     let mut buf = [0u8; 100];
     let r = tokio::time::timeout(Duration::from_millis(800), s.recv_from(&mut buf)).await;
     assert!(r.is_err(), "no packet after the client's ERROR 8");
     let sums = srv.summaries.lock().unwrap().clone();
     assert_eq!(sums.len(), 1);
+    // The client's message cannot inject a log line or a terminal escape.
+    let line = sums[0].to_string();
+    assert!(line.contains(r"size\nprobe\u{1b}[2J"), "{line}");
+    assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
     assert!(
         matches!(&sums[0].outcome, Outcome::Failed(tftpx::proto::transfer::TransferError::Peer { code, .. }) if code.to_u16() == 8)
     );
