@@ -33,6 +33,14 @@ pub struct Negotiated {
     pub tsize: Option<u64>,
 }
 
+impl Negotiated {
+    /// Bytes of payload in one window: blksize x windowsize (what a sender buffers and a
+    /// socket must hold).
+    pub fn window_bytes(&self) -> usize {
+        usize::from(self.blksize) * usize::from(self.windowsize.max(1))
+    }
+}
+
 impl Default for Negotiated {
     fn default() -> Self {
         Self {

@@ -223,6 +223,16 @@ impl Link {
         });
     }
 
+    /// The peer stopped answering after `retries` retransmissions: queues ERROR 0 to it,
+    /// unless nobody ever answered the request (then there is no TID to tell).
+    fn timed_out(&mut self, retries: u32) -> TransferError {
+        let e = TransferError::TimedOut { retries };
+        if self.locked {
+            self.set_error(e.code(), &e.to_string());
+        }
+        e
+    }
+
     fn poll_stranger(&mut self) -> Option<Transmit<'_>> {
         let to = self.stranger.take()?;
         Some(Transmit {
@@ -594,16 +604,8 @@ impl Sender {
     fn retry(&mut self) -> bool {
         self.stats.timeouts += 1;
         if self.retries >= self.config.max_retries {
-            let e = TransferError::TimedOut {
-                retries: self.retries,
-            };
-            if self.link.locked {
-                let msg = e.to_string();
-                self.fail_local(e, &msg);
-            } else {
-                // Nobody ever answered the request: there is no TID to tell.
-                self.fail_quiet(e);
-            }
+            let e = self.link.timed_out(self.retries);
+            self.fail_quiet(e);
             return false;
         }
         self.retries += 1;
@@ -981,16 +983,8 @@ impl Receiver {
             ReceiverState::Requesting | ReceiverState::Receiving => {
                 self.stats.timeouts += 1;
                 if self.retries >= self.config.max_retries {
-                    let e = TransferError::TimedOut {
-                        retries: self.retries,
-                    };
-                    if self.link.locked {
-                        let msg = e.to_string();
-                        self.fail_local(e, &msg);
-                    } else {
-                        // Nobody ever answered the request: there is no TID to tell.
-                        self.fail_quiet(e);
-                    }
+                    let e = self.link.timed_out(self.retries);
+                    self.fail_quiet(e);
                     return;
                 }
                 self.retries += 1;

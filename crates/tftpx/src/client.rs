@@ -74,19 +74,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    fn from_transfer(e: TransferError, local: Option<io::Error>) -> Self {
-        if let Some(io) = local {
-            return Self::Io(io);
-        }
+    fn from_transfer(e: TransferError) -> Self {
         match e {
             TransferError::TimedOut { retries } => Self::TimedOut { retries },
             TransferError::Peer { code, message } => Self::Server { code, message },
             TransferError::Protocol(p) => Self::Protocol(p),
             TransferError::Negotiation(n) => Self::Negotiation(n),
-            TransferError::Aborted { message, .. } if message == "Transfer cancelled" => {
-                Self::Cancelled
-            }
-            TransferError::Aborted { message, .. } => Self::Io(io::Error::other(message)),
             other => Self::Io(io::Error::other(other.to_string())),
         }
     }
@@ -310,11 +303,19 @@ impl Client {
                 negotiated: tracker.negotiated.unwrap_or_default(),
                 stats,
             }),
-            Ok(()) => Err(ClientError::from_transfer(
-                TransferError::Protocol("local error"),
-                local_error,
-            )),
-            Err(e) => Err(ClientError::from_transfer(e, local_error)),
+            Ok(()) => Err(self.failure(None, local_error)),
+            Err(e) => Err(self.failure(Some(e), local_error)),
+        }
+    }
+
+    /// Why a transfer failed, as the caller should hear it: a local I/O error first (the
+    /// server only got our ERROR about it), then cancellation, then the protocol's reason.
+    fn failure(&self, e: Option<TransferError>, local: Option<io::Error>) -> ClientError {
+        match (local, e) {
+            (Some(io), _) => ClientError::Io(io),
+            _ if self.cancel.is_cancelled() => ClientError::Cancelled,
+            (None, Some(e)) => ClientError::from_transfer(e),
+            (None, None) => ClientError::Protocol("transfer ended without a result"),
         }
     }
 
@@ -363,7 +364,7 @@ impl Client {
                 negotiated: tracker.negotiated.unwrap_or_default(),
                 stats,
             }),
-            Err(e) => Err(ClientError::from_transfer(e, src.take_error())),
+            Err(e) => Err(self.failure(Some(e), src.take_error())),
         }
     }
 }

@@ -41,17 +41,8 @@ impl Tracker {
 
 /// Maps a local file error to the TFTP error code and message reported to the peer.
 pub(crate) fn io_error_code(e: &io::Error) -> (ErrorCode, String) {
-    match e.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => (
-            ErrorCode::DiskFull,
-            "Disk full or allocation exceeded".to_owned(),
-        ),
-        io::ErrorKind::FileTooLarge => (ErrorCode::DiskFull, "File too large".to_owned()),
-        io::ErrorKind::PermissionDenied => {
-            (ErrorCode::AccessViolation, "Permission denied".to_owned())
-        }
-        _ => (ErrorCode::NotDefined, format!("I/O error: {e}")),
-    }
+    let h = crate::handler::HandlerError::from_io(e);
+    (h.code, h.message)
 }
 
 fn now() -> std::time::Instant {
@@ -105,17 +96,19 @@ impl Waiter {
         }
     }
 
+    /// `now` is the caller's latest clock reading (one per packet is enough).
     async fn wait(
         &mut self,
         sock: &UdpSocket,
         buf: &mut [u8],
         deadline: Option<std::time::Instant>,
         fallback: Duration,
+        now: std::time::Instant,
     ) -> Wake {
         if self.token.is_cancelled() {
             return Wake::Cancelled;
         }
-        let now = Instant::now();
+        let now = Instant::from_std(now);
         let at = match deadline {
             Some(d) => Instant::from_std(d),
             None => now + fallback,
@@ -151,6 +144,22 @@ impl Waiter {
             _ = self.sleep.as_mut() => Wake::Timer,
         }
     }
+
+    /// Runs `fut` unless the transfer is cancelled first (then `None`), reusing the one
+    /// cancellation future instead of creating one per block.
+    async fn unless_cancelled<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        if self.token.is_cancelled() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            r = fut => Some(r),
+            _ = self.cancelled.as_mut() => None,
+        }
+    }
 }
 
 /// Runs a sender to the end: fills blocks from `src`, sends, waits for ACKs and timers.
@@ -172,18 +181,14 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         while let Some(slot) = tx.block_to_fill() {
             // A slow source (a pipe, a stalled disk) must not make the transfer deaf to
             // cancellation.
-            let filled = tokio::select! {
-                r = src.fill(slot) => r,
-                _ = cancel.cancelled() => Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")),
-            };
-            match filled {
-                Ok(n) => tx.block_filled(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && cancel.is_cancelled() => {
+            match waiter.unless_cancelled(src.fill(slot)).await {
+                Some(Ok(n)) => tx.block_filled(n),
+                None => {
                     tx.abort(ErrorCode::NotDefined, "Transfer cancelled");
                     cancelled = true;
                     break;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let (code, msg) = io_error_code(&e);
                     tx.abort(code, &msg);
                     break;
@@ -201,7 +206,10 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         if tx.is_finished() || cancelled {
             break;
         }
-        match waiter.wait(sock, &mut buf, tx.poll_timeout(), idle).await {
+        let wake = waiter
+            .wait(sock, &mut buf, tx.poll_timeout(), idle, t)
+            .await;
+        match wake {
             Wake::Datagram(n, from) => tx.handle_datagram(now(), from, &buf[..n]),
             Wake::Timer => tx.handle_timeout(now()),
             Wake::Cancelled => {
@@ -226,6 +234,8 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
 ) {
     let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
     let mut waiter = Waiter::new(cancel);
+    // One clock reading per wake-up serves the datagram, the replies and the next wait.
+    let mut t = now();
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
@@ -239,7 +249,6 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
         if rx.is_complete() || rx.is_finished() {
             break;
         }
-        let t = now();
         while let Some(out) = rx.poll_transmit(t) {
             send(sock, out.payload, out.destination).await;
         }
@@ -247,16 +256,20 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
         if rx.is_finished() {
             continue;
         }
-        match waiter.wait(sock, &mut buf, rx.poll_timeout(), idle).await {
+        let wake = waiter
+            .wait(sock, &mut buf, rx.poll_timeout(), idle, t)
+            .await;
+        t = now();
+        match wake {
             Wake::Datagram(n, from) => {
-                if let Some(payload) = rx.handle_datagram(now(), from, &buf[..n]) {
+                if let Some(payload) = rx.handle_datagram(t, from, &buf[..n]) {
                     if let Err(e) = sink.write(payload).await {
                         let (code, msg) = io_error_code(&e);
                         rx.abort(code, &msg);
                     }
                 }
             }
-            Wake::Timer => rx.handle_timeout(now()),
+            Wake::Timer => rx.handle_timeout(t),
             Wake::Cancelled => {
                 rx.abort(ErrorCode::NotDefined, "Transfer cancelled");
             }
@@ -287,22 +300,23 @@ pub(crate) async fn finish_receiver(
     let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
     let mut waiter = Waiter::new(cancel);
     loop {
-        let t = now();
-        while let Some(out) = rx.poll_transmit(t) {
-            send(sock, out.payload, out.destination).await;
-        }
+        flush_receiver(sock, rx).await;
         while let Some(ev) = rx.poll_event() {
             tracker.record(ev);
         }
         if rx.is_finished() {
             break;
         }
-        match waiter.wait(sock, &mut buf, rx.poll_timeout(), idle).await {
+        let wake = waiter
+            .wait(sock, &mut buf, rx.poll_timeout(), idle, now())
+            .await;
+        let t = now();
+        match wake {
             Wake::Datagram(n, from) => {
                 // Only a repeated final DATA can matter now; nothing is delivered.
-                let _ = rx.handle_datagram(now(), from, &buf[..n]);
+                let _ = rx.handle_datagram(t, from, &buf[..n]);
             }
-            Wake::Timer => rx.handle_timeout(now()),
+            Wake::Timer => rx.handle_timeout(t),
             Wake::Cancelled => break,
         }
     }

@@ -48,8 +48,9 @@ impl HandlerError {
         Self::new(ErrorCode::AccessViolation, message)
     }
 
-    /// Maps an I/O error from opening a file: NotFound -> 1, PermissionDenied -> 2,
-    /// disk full / quota -> 3, anything else -> 0.
+    /// Maps a local I/O error (opening, reading or writing a file) to what the peer is
+    /// told: NotFound -> 1, PermissionDenied -> 2, disk full / quota / file too large -> 3,
+    /// anything else -> 0 with the error's text.
     pub fn from_io(e: &io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::NotFound => Self::not_found(),
@@ -57,7 +58,8 @@ impl HandlerError {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 Self::new(ErrorCode::DiskFull, "Disk full or allocation exceeded")
             }
-            _ => Self::new(ErrorCode::NotDefined, e.to_string()),
+            io::ErrorKind::FileTooLarge => Self::new(ErrorCode::DiskFull, "File too large"),
+            _ => Self::new(ErrorCode::NotDefined, format!("I/O error: {e}")),
         }
     }
 }

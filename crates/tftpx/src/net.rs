@@ -115,16 +115,16 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
 }
 
-/// Binds a transfer's own socket (its TID) on `local`'s IP and a port the OS picks, with
-/// send and receive buffers of at least `window_bytes` (so a whole window fits).
-pub(crate) fn bind_transfer(local: SocketAddr, window_bytes: usize) -> io::Result<UdpSocket> {
+/// Binds a transfer's own socket (its TID) on `local`'s IP and a port the OS picks. Size
+/// its buffers with [`fit_window`] once the window is negotiated.
+pub(crate) fn bind_transfer(local: SocketAddr) -> io::Result<UdpSocket> {
     let s = new_socket(&local)?;
-    size_buffers(&s, window_bytes);
     s.bind(&local.into())?;
     UdpSocket::from_std(s.into())
 }
 
-/// Binds a client socket for talking to `server` (any local address, OS-picked port).
+/// Binds a client socket for talking to `server` (any local address, OS-picked port), with
+/// buffers for a window of `window_bytes`.
 pub(crate) fn bind_client(server: SocketAddr, window_bytes: usize) -> io::Result<UdpSocket> {
     let local: SocketAddr = if server.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
@@ -132,16 +132,21 @@ pub(crate) fn bind_client(server: SocketAddr, window_bytes: usize) -> io::Result
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
     let s = new_socket(&local)?;
-    size_buffers(&s, window_bytes);
     s.bind(&local.into())?;
-    UdpSocket::from_std(s.into())
+    let s = UdpSocket::from_std(s.into())?;
+    fit_window(&s, window_bytes);
+    Ok(s)
 }
 
-fn size_buffers(s: &Socket, window_bytes: usize) {
-    // Twice the window: one in flight, one being retransmitted. The kernel caps the request
-    // at net.core.{r,w}mem_max; that is fine, it only means less headroom.
-    let want = (window_bytes * 2).max(64 * 1024);
-    for set in [Socket::set_recv_buffer_size, Socket::set_send_buffer_size] {
-        let _ = set(s, want);
+/// Grows a socket's send and receive buffers to hold a window of `window_bytes` twice (one
+/// in flight, one being retransmitted). Only windows past the system default are touched;
+/// the kernel caps the request at net.core.{r,w}mem_max, which only means less headroom.
+pub(crate) fn fit_window(sock: &UdpSocket, window_bytes: usize) {
+    let want = window_bytes * 2;
+    if want <= 64 * 1024 {
+        return;
     }
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_recv_buffer_size(want);
+    let _ = s.set_send_buffer_size(want);
 }

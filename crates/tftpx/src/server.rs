@@ -451,23 +451,7 @@ async fn transfer<H: Handler>(
         req.options
     );
     let config = &shared.config;
-    // Size the socket for the largest window this request may negotiate.
-    let window_bytes = usize::from(
-        config.limits.max_blksize.min(
-            req.options
-                .get("blksize")
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-                .unwrap_or(512),
-        ),
-    ) * usize::from(
-        config.limits.max_windowsize.min(
-            req.options
-                .get("windowsize")
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-                .unwrap_or(1),
-        ),
-    );
-    let sock = match net::bind_transfer(local, window_bytes) {
+    let sock = match net::bind_transfer(local) {
         Ok(s) => s,
         Err(e) => {
             warn!("{kind} from {peer}: cannot open a transfer socket on {local}: {e}");
@@ -500,120 +484,125 @@ async fn transfer<H: Handler>(
                 cancel: &cancel,
             };
             match kind {
-                Kind::Rrq => serve_read(&ctx, &info, req.options, &mut summary).await,
-                Kind::Wrq => serve_write(&ctx, &info, req.options, &mut summary).await,
+                Kind::Rrq => ctx.serve_read(&info, req.options, &mut summary).await,
+                Kind::Wrq => ctx.serve_write(&info, req.options, &mut summary).await,
             }
         }
     }
     report(&shared, &mut summary);
 }
 
-async fn serve_read<H: Handler>(
-    ctx: &Ctx<'_, H>,
-    info: &RequestInfo<'_>,
-    options: tftpx_proto::wire::OptionList<'_>,
-    summary: &mut TransferSummary,
-) {
-    let Ctx {
-        shared,
-        sock,
-        timing,
-        idle,
-        cancel,
-    } = *ctx;
-    let file = match shared.handler.open_read(info).await {
-        Ok(f) => f,
-        Err(e) => {
-            refuse(sock, info.peer, summary, e.code, e.message).await;
-            return;
-        }
-    };
-    // The size of a netascii transfer is not known without reading the file: no tsize.
-    let size = if info.mode == Mode::Octet {
-        file.size
-    } else {
-        None
-    };
-    let neg = match negotiate_server(Direction::Read, options, &shared.config.limits, size) {
-        Ok(n) => n,
-        Err(e) => {
-            refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
-            return;
-        }
-    };
-    let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
-    // Read ahead about two windows, so lock-step 512 does not pay a file read per block
-    // and memory stays proportional to the window.
-    let window = usize::from(neg.negotiated.blksize) * usize::from(neg.negotiated.windowsize);
-    let reader =
-        tokio::io::BufReader::with_capacity((window * 2).clamp(16 << 10, 1 << 20), file.reader);
-    let mut src = Source::new(reader, info.mode);
-    let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_, _| {}).await;
-    finish_summary(summary, &tracker, tx.stats());
-}
-
-async fn serve_write<H: Handler>(
-    ctx: &Ctx<'_, H>,
-    info: &RequestInfo<'_>,
-    options: tftpx_proto::wire::OptionList<'_>,
-    summary: &mut TransferSummary,
-) {
-    let Ctx {
-        shared,
-        sock,
-        timing,
-        idle,
-        cancel,
-    } = *ctx;
-    let limits = &shared.config.limits;
-    let neg = match negotiate_server(Direction::Write, options, limits, None) {
-        Ok(n) => n,
-        Err(e) => {
-            refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
-            return;
-        }
-    };
-    let upload = match shared.handler.open_write(info, neg.negotiated.tsize).await {
-        Ok(u) => u,
-        Err(e) => {
-            refuse(sock, info.peer, summary, e.code, e.message).await;
-            return;
-        }
-    };
-    let mut rx = Receiver::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
-    let mut sink = Sink::new(upload, info.mode).with_limit(limits.max_upload_size);
-    let mut tracker = Tracker::default();
-    driver::run_receiver(
-        sock,
-        &mut rx,
-        &mut sink,
-        &mut tracker,
-        cancel,
-        idle,
-        &mut |_, _| {},
-    )
-    .await;
-    if rx.is_complete() {
-        // Commit before the final ACK leaves: an ACK means the file is in place.
-        let committed = match sink.finish().await {
-            Ok(upload) => upload.commit().await,
-            Err(e) => Err(e),
+impl<H: Handler> Ctx<'_, H> {
+    async fn serve_read(
+        &self,
+        info: &RequestInfo<'_>,
+        options: tftpx_proto::wire::OptionList<'_>,
+        summary: &mut TransferSummary,
+    ) {
+        let Ctx {
+            shared,
+            sock,
+            timing,
+            idle,
+            cancel,
+        } = *self;
+        let file = match shared.handler.open_read(info).await {
+            Ok(f) => f,
+            Err(e) => {
+                refuse(sock, info.peer, summary, e.code, e.message).await;
+                return;
+            }
         };
-        if let Err(e) = committed {
-            let (code, msg) = driver::io_error_code(&e);
-            rx.abort(code, &msg);
+        // The size of a netascii transfer is not known without reading the file: no tsize.
+        let size = if info.mode == Mode::Octet {
+            file.size
+        } else {
+            None
+        };
+        let neg = match negotiate_server(Direction::Read, options, &shared.config.limits, size) {
+            Ok(n) => n,
+            Err(e) => {
+                refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
+                return;
+            }
+        };
+        let window = neg.negotiated.window_bytes();
+        net::fit_window(sock, window);
+        let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
+        // Read ahead about two windows, so lock-step 512 does not pay a file read per block
+        // and memory stays proportional to the window.
+        let reader =
+            tokio::io::BufReader::with_capacity((window * 2).clamp(16 << 10, 1 << 20), file.reader);
+        let mut src = Source::new(reader, info.mode);
+        let tracker =
+            driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_, _| {}).await;
+        finish_summary(summary, &tracker, tx.stats());
+    }
+
+    async fn serve_write(
+        &self,
+        info: &RequestInfo<'_>,
+        options: tftpx_proto::wire::OptionList<'_>,
+        summary: &mut TransferSummary,
+    ) {
+        let Ctx {
+            shared,
+            sock,
+            timing,
+            idle,
+            cancel,
+        } = *self;
+        let limits = &shared.config.limits;
+        let neg = match negotiate_server(Direction::Write, options, limits, None) {
+            Ok(n) => n,
+            Err(e) => {
+                refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
+                return;
+            }
+        };
+        let upload = match shared.handler.open_write(info, neg.negotiated.tsize).await {
+            Ok(u) => u,
+            Err(e) => {
+                refuse(sock, info.peer, summary, e.code, e.message).await;
+                return;
+            }
+        };
+        net::fit_window(sock, neg.negotiated.window_bytes());
+        let mut rx = Receiver::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
+        let mut sink = Sink::new(upload, info.mode).with_limit(limits.max_upload_size);
+        let mut tracker = Tracker::default();
+        driver::run_receiver(
+            sock,
+            &mut rx,
+            &mut sink,
+            &mut tracker,
+            cancel,
+            idle,
+            &mut |_, _| {},
+        )
+        .await;
+        if rx.is_complete() {
+            // Commit before the final ACK leaves: an ACK means the file is in place.
+            let committed = match sink.finish().await {
+                Ok(upload) => upload.commit().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = committed {
+                let (code, msg) = driver::io_error_code(&e);
+                rx.abort(code, &msg);
+            }
         }
+        // An upload not committed above is dropped here, which removes its temporary file.
+        // The outcome is known now: report it before dallying, which is not part of the
+        // transfer's duration.
+        while let Some(ev) = rx.poll_event() {
+            tracker.record(ev);
+        }
+        summary.duration = summary.started.elapsed();
+        finish_summary(summary, &tracker, rx.stats());
+        report(shared, summary);
+        driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
     }
-    // An upload not committed above is dropped here, which removes its temporary file.
-    // The outcome is known now: report it before dallying, which is not part of the
-    // transfer's duration.
-    while let Some(ev) = rx.poll_event() {
-        tracker.record(ev);
-    }
-    summary.duration = summary.started.elapsed();
-    finish_summary(summary, &tracker, rx.stats());
-    report(shared, summary);
-    driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
 }
 
 /// Logs the summary and calls the hook, once per transfer.

@@ -1,6 +1,10 @@
 //! tftpx client against tftpx server, in one process over loopback: every option
 //! combination, both directions, both modes, refusals, limits and shutdown.
 
+#[path = "support/data.rs"]
+mod data;
+use data::content;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -69,18 +73,6 @@ impl TestServer {
         }
         self.summaries.lock().unwrap().clone()
     }
-}
-
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn client(addr: SocketAddr, blksize: Option<u16>, windowsize: Option<u16>, mode: Mode) -> Client {

@@ -2,6 +2,10 @@
 //! duplication, reordering and exact drops complete byte-identical, and duplicate ACKs never
 //! multiply DATA. (The full fault matrix and the real peers behind the relay are issue 4.)
 
+#[path = "support/data.rs"]
+mod data;
+use data::content;
+
 #[path = "support/relay.rs"]
 mod relay;
 
@@ -34,18 +38,6 @@ async fn server() -> Srv {
     let token = s.shutdown_token();
     tokio::spawn(s.run());
     Srv { addr, dir, token }
-}
-
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn client(addr: std::net::SocketAddr, blksize: u16, windowsize: u16) -> Client {

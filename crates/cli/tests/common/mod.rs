@@ -175,23 +175,8 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 // The server
 // ---------------------------------------------------------------------------------------
 
-/// Request kind, as the server's log names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A download.
-    Rrq,
-    /// An upload.
-    Wrq,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Rrq => "RRQ",
-            Kind::Wrq => "WRQ",
-        })
-    }
-}
+/// Request kind, as the server's log names it (`RRQ` / `WRQ`).
+pub use tftpx::Kind;
 
 /// A running `tftpx serve DIR --listen 127.0.0.1:0`, killed when dropped. Its stderr is
 /// drained into a log for the whole of its life; a test that panics prints that log.
