@@ -52,6 +52,20 @@ pub struct ServeArgs {
     /// Transfers running at once; more requests get "server busy".
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_transfers: usize,
+
+    /// Transfers running at once for one client IP address; 0 = no limit.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_transfers_per_client: usize,
+
+    /// Requests per second accepted from one source IP address (bursts of twice that);
+    /// beyond it requests are dropped and the source is told once per 10 s. 0 = no limit.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub rate_limit: u32,
+
+    /// Retransmissions to a client that has not answered since its request (its address
+    /// may be forged: this bounds how much a spoofed RRQ can reflect).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_unanswered_retries: u32,
 }
 
 fn defaults() -> Vec<SocketAddr> {
@@ -80,7 +94,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .max_blksize(args.max_blksize)
             .max_windowsize(args.max_windowsize)
             .max_upload_size(args.max_upload_size)
-            .max_transfers(args.max_transfers);
+            .max_transfers(args.max_transfers)
+            .max_transfers_per_client(
+                (args.max_transfers_per_client > 0).then_some(args.max_transfers_per_client),
+            )
+            .rate_limit(Some(args.rate_limit))
+            .max_unanswered_retries(args.max_unanswered_retries);
         for a in &listen {
             b = b.listen(*a);
         }

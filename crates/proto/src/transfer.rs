@@ -40,6 +40,12 @@ pub struct TransferConfig {
     /// How long a receiver lingers after its final ACK to re-acknowledge a repeated final
     /// DATA (RFC 1350 §6). Zero ends the transfer as soon as the final ACK is sent.
     pub dally: Duration,
+    /// Retransmissions allowed, on the server side only ([`Sender::server`],
+    /// [`Receiver::server`]), while the peer has sent nothing since its request. The request's
+    /// source address may be forged (a reflection attack aims the server's DATA at a victim),
+    /// so a peer that never answers gets at most this many retransmissions (capped by
+    /// `max_retries`) and no closing ERROR. Default 2.
+    pub max_unanswered_retries: u32,
 }
 
 impl Default for TransferConfig {
@@ -48,6 +54,7 @@ impl Default for TransferConfig {
             timeout: Duration::from_secs(1),
             max_retries: 5,
             dally: Duration::from_secs(2),
+            max_unanswered_retries: 2,
         }
     }
 }
@@ -153,6 +160,11 @@ struct Link {
     peer: SocketAddr,
     /// False for a client until the first reply fixes the server's TID.
     locked: bool,
+    /// True once any datagram came from the peer's TID (after its request, for a server).
+    heard: bool,
+    /// Server side: the peer's address came from a request and may be forged, so the
+    /// retransmissions it gets before it is heard from are capped.
+    guarded: bool,
     ctrl: Vec<u8>,
     ctrl_pending: bool,
     stranger: Option<SocketAddr>,
@@ -165,6 +177,8 @@ impl Link {
         Self {
             peer,
             locked,
+            heard: false,
+            guarded: locked,
             ctrl: Vec::with_capacity(64),
             ctrl_pending: false,
             stranger: None,
@@ -177,11 +191,13 @@ impl Link {
     /// client's TID on the first reply), false after queueing ERROR 5 to a stranger.
     fn accept_source(&mut self, from: SocketAddr, datagram: &[u8], stats: &mut Stats) -> bool {
         if from == self.peer {
+            self.heard = true;
             return true;
         }
         if !self.locked && from.ip() == self.peer.ip() {
             self.peer = from;
             self.locked = true;
+            self.heard = true;
             return true;
         }
         stats.strangers += 1;
@@ -223,11 +239,22 @@ impl Link {
         });
     }
 
+    /// Retransmissions allowed now: `max_retries`, or fewer for a server whose peer has not
+    /// answered yet (see [`TransferConfig::max_unanswered_retries`]).
+    fn retry_budget(&self, config: &TransferConfig) -> u32 {
+        if self.guarded && !self.heard {
+            config.max_retries.min(config.max_unanswered_retries)
+        } else {
+            config.max_retries
+        }
+    }
+
     /// The peer stopped answering after `retries` retransmissions: queues ERROR 0 to it,
-    /// unless nobody ever answered the request (then there is no TID to tell).
+    /// unless it never answered at all (a client's request nobody took up has no TID to
+    /// tell; a server's peer that never answered may be a forged address).
     fn timed_out(&mut self, retries: u32) -> TransferError {
         let e = TransferError::TimedOut { retries };
-        if self.locked {
+        if self.locked && self.heard {
             self.set_error(e.code(), &e.to_string());
         }
         e
@@ -603,7 +630,7 @@ impl Sender {
 
     fn retry(&mut self) -> bool {
         self.stats.timeouts += 1;
-        if self.retries >= self.config.max_retries {
+        if self.retries >= self.link.retry_budget(&self.config) {
             let e = self.link.timed_out(self.retries);
             self.fail_quiet(e);
             return false;
@@ -982,7 +1009,7 @@ impl Receiver {
         match self.state {
             ReceiverState::Requesting | ReceiverState::Receiving => {
                 self.stats.timeouts += 1;
-                if self.retries >= self.config.max_retries {
+                if self.retries >= self.link.retry_budget(&self.config) {
                     let e = self.link.timed_out(self.retries);
                     self.fail_quiet(e);
                     return;

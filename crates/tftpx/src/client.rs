@@ -103,6 +103,7 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     server: SocketAddr,
+    local: Option<SocketAddr>,
     mode: Mode,
     blksize: Option<u16>,
     windowsize: Option<u16>,
@@ -120,6 +121,14 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// The local address (and port; 0 lets the OS pick) the client's socket binds to, e.g.
+    /// to choose the source address on a multi-homed host. Default: any address of the
+    /// server's family.
+    pub fn bind(mut self, local: SocketAddr) -> Self {
+        self.client.local = Some(local);
+        self
+    }
+
     /// Transfer mode (default octet).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.client.mode = mode;
@@ -188,6 +197,7 @@ impl Client {
         ClientBuilder {
             client: Client {
                 server,
+                local: None,
                 mode: Mode::Octet,
                 blksize: None,
                 windowsize: None,
@@ -243,7 +253,11 @@ impl Client {
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Report, ClientError> {
         let start = Instant::now();
-        let sock = net::bind_client(self.server, self.window_bytes() + DATA_HEADER_LEN)?;
+        let sock = net::bind_client(
+            self.server,
+            self.local,
+            self.window_bytes() + DATA_HEADER_LEN,
+        )?;
         let mut rx = Receiver::client(
             self.server,
             remote.as_bytes(),
@@ -332,7 +346,11 @@ impl Client {
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Report, ClientError> {
         let start = Instant::now();
-        let sock = net::bind_client(self.server, self.window_bytes() + DATA_HEADER_LEN)?;
+        let sock = net::bind_client(
+            self.server,
+            self.local,
+            self.window_bytes() + DATA_HEADER_LEN,
+        )?;
         let size = if self.mode == Mode::Octet { size } else { None };
         let mut tx = Sender::client(
             self.server,

@@ -15,6 +15,7 @@
 //! was sent to, so a slow client never delays another and replies leave from the address
 //! the client asked.
 
+mod admission;
 mod client;
 mod driver;
 mod handler;
@@ -28,7 +29,8 @@ pub use handler::{
     MAX_NAME_LEN,
 };
 pub use server::{
-    printable, Kind, Outcome, Server, ServerBuilder, ServerConfig, ServerError, TransferSummary,
+    printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,
+    TransferSummary,
 };
 pub use tftpx_proto as proto;
 pub use tokio_util::sync::CancellationToken;

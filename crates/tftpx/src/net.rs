@@ -123,13 +123,17 @@ pub(crate) fn bind_transfer(local: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Binds a client socket for talking to `server` (any local address, OS-picked port), with
-/// buffers for a window of `window_bytes`.
-pub(crate) fn bind_client(server: SocketAddr, window_bytes: usize) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if server.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
+/// Binds a client socket for talking to `server` (on `local`, or any local address and an
+/// OS-picked port), with buffers for a window of `window_bytes`.
+pub(crate) fn bind_client(
+    server: SocketAddr,
+    local: Option<SocketAddr>,
+    window_bytes: usize,
+) -> io::Result<UdpSocket> {
+    let local: SocketAddr = match local {
+        Some(l) => l,
+        None if server.is_ipv6() => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        None => (Ipv4Addr::UNSPECIFIED, 0).into(),
     };
     let s = new_socket(&local)?;
     s.bind(&local.into())?;

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub use crate::admission::RateLimit;
+use crate::admission::{Admission, Ticket, Verdict};
 use crate::driver::{self, Tracker};
 use crate::handler::{Handler, RequestInfo, Upload};
 use crate::io::{Sink, Source};
@@ -155,10 +157,20 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// Retransmissions before a transfer is abandoned; default 5.
     pub max_retries: u32,
+    /// Retransmissions to a peer that has not answered since its request (its address may
+    /// be forged: RRQ reflection); default 2. See [`TransferConfig::max_unanswered_retries`].
+    pub max_unanswered_retries: u32,
     /// Caps on what clients may negotiate, and the upload size limit.
     pub limits: ServerLimits,
     /// Transfers running at once; requests beyond it get ERROR 0 "server busy". Default 1024.
     pub max_transfers: usize,
+    /// Transfers running at once for one client IP address; requests beyond it get ERROR 0.
+    /// Default 32; `None`: no limit.
+    pub max_transfers_per_client: Option<usize>,
+    /// Datagrams accepted per second from one source IP address at the listeners; beyond
+    /// it, requests are dropped (the first of every 10 s answered with ERROR 0 and logged).
+    /// Default 20 per second with a burst of 40; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for ServerConfig {
@@ -167,8 +179,11 @@ impl Default for ServerConfig {
             listen: Vec::new(),
             timeout: Duration::from_secs(1),
             max_retries: 5,
+            max_unanswered_retries: 2,
             limits: ServerLimits::default(),
             max_transfers: 1024,
+            max_transfers_per_client: Some(32),
+            rate_limit: RateLimit::per_second(20),
         }
     }
 }
@@ -219,6 +234,14 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Retransmissions to a peer that has sent nothing since its request (default 2, never
+    /// more than [`ServerBuilder::max_retries`]). A forged RRQ thus draws at most `1 + n`
+    /// copies of the first DATA (or OACK) toward its victim, and no closing ERROR.
+    pub fn max_unanswered_retries(mut self, n: u32) -> Self {
+        self.config.max_unanswered_retries = n;
+        self
+    }
+
     /// Largest blksize granted, in bytes (clamped to 8..=65464; default 65464).
     pub fn max_blksize(mut self, n: u16) -> Self {
         self.config.limits.max_blksize = n.clamp(8, MAX_BLKSIZE);
@@ -242,6 +265,23 @@ impl<H: Handler> ServerBuilder<H> {
     /// Transfers running at once (default 1024).
     pub fn max_transfers(mut self, n: usize) -> Self {
         self.config.max_transfers = n.max(1);
+        self
+    }
+
+    /// Transfers running at once for one client IP address (default 32; `None`: no
+    /// limit). A request beyond it gets ERROR 0 "Too many transfers from your address".
+    pub fn max_transfers_per_client(mut self, n: Option<usize>) -> Self {
+        self.config.max_transfers_per_client = n.map(|n| n.max(1));
+        self
+    }
+
+    /// Requests per second accepted from one source IP address, with a burst of twice that
+    /// (default 20; `None` or 0: no limit). Datagrams beyond it are dropped; the first of
+    /// every 10 s gets ERROR 0 and a warning in the log that counts the others. This keeps a
+    /// flood from one address (or forged requests aimed at one victim) from costing more than
+    /// a few packets per second.
+    pub fn rate_limit(mut self, per_second: Option<u32>) -> Self {
+        self.config.rate_limit = per_second.and_then(RateLimit::per_second);
         self
     }
 
@@ -274,6 +314,10 @@ impl<H: Handler> ServerBuilder<H> {
             shared: Arc::new(Shared {
                 handler: self.handler,
                 slots: Arc::new(Semaphore::new(self.config.max_transfers)),
+                admission: Admission::new(
+                    self.config.rate_limit,
+                    self.config.max_transfers_per_client,
+                ),
                 config: self.config,
                 hook: self.hook,
             }),
@@ -286,6 +330,7 @@ struct Shared<H> {
     handler: H,
     config: ServerConfig,
     slots: Arc<Semaphore>,
+    admission: Admission,
     hook: Option<Hook>,
 }
 
@@ -372,6 +417,27 @@ async fn listen<H: Handler>(
             }
         };
         let datagram = &buf[..arrival.len];
+        let now = Instant::now().into_std();
+        if let Err(Verdict::RateLimited { notify, refused }) =
+            shared.admission.check_rate(arrival.from, now)
+        {
+            if notify {
+                warn!(
+                    peer = %arrival.from,
+                    "over the request rate limit ({}/s): {refused} request(s) refused; \
+                     further ones are dropped for 10 s without an answer",
+                    shared.config.rate_limit.map_or(0, |r| r.per_second)
+                );
+                reply_error(
+                    &sock,
+                    arrival.from,
+                    ErrorCode::NotDefined,
+                    "Too many requests from your address, slow down",
+                )
+                .await;
+            }
+            continue;
+        }
         match Packet::decode(datagram) {
             Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {}
             Ok(Packet::Error { .. }) => continue,
@@ -391,6 +457,25 @@ async fn listen<H: Handler>(
                 continue;
             }
         }
+        let ticket = match shared.admission.admit(arrival.from, datagram, now) {
+            Verdict::Admit(t) => t,
+            Verdict::Duplicate => {
+                debug!(peer = %arrival.from, "repeated request ignored: its transfer is running and retransmits on its own");
+                continue;
+            }
+            Verdict::ClientBusy { running } => {
+                warn!(peer = %arrival.from, "{running} transfers already running for this client (--max-transfers-per-client); request refused");
+                reply_error(
+                    &sock,
+                    arrival.from,
+                    ErrorCode::NotDefined,
+                    "Too many transfers from your address, try again later",
+                )
+                .await;
+                continue;
+            }
+            Verdict::RateLimited { .. } => continue,
+        };
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             warn!(peer = %arrival.from, "too many transfers ({}); request refused", shared.config.max_transfers);
             reply_error(
@@ -406,8 +491,17 @@ async fn listen<H: Handler>(
         let shared = shared.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            transfer(shared, request, arrival.from, arrival.local, cancel).await;
+            transfer(
+                shared,
+                request,
+                arrival.from,
+                arrival.local,
+                cancel,
+                &ticket,
+            )
+            .await;
             drop(permit);
+            drop(ticket);
         });
     }
 }
@@ -422,6 +516,7 @@ async fn transfer<H: Handler>(
     peer: SocketAddr,
     local: SocketAddr,
     cancel: CancellationToken,
+    ticket: &Ticket,
 ) {
     let start = Instant::now();
     let Ok(packet) = Packet::decode(&request) else {
@@ -463,6 +558,7 @@ async fn transfer<H: Handler>(
         max_retries: config.max_retries,
         // Long enough for the client to time out and repeat its final DATA once.
         dally: config.timeout * 2,
+        max_unanswered_retries: config.max_unanswered_retries,
     };
     let idle = config.timeout * (config.max_retries + 2);
     match summary.mode {
@@ -482,6 +578,7 @@ async fn transfer<H: Handler>(
                 timing,
                 idle,
                 cancel: &cancel,
+                ticket,
             };
             match kind {
                 Kind::Rrq => ctx.serve_read(&info, req.options, &mut summary).await,
@@ -505,6 +602,7 @@ impl<H: Handler> Ctx<'_, H> {
             timing,
             idle,
             cancel,
+            ticket,
         } = *self;
         let file = match shared.handler.open_read(info).await {
             Ok(f) => f,
@@ -534,8 +632,12 @@ impl<H: Handler> Ctx<'_, H> {
         let reader =
             tokio::io::BufReader::with_capacity((window * 2).clamp(16 << 10, 1 << 20), file.reader);
         let mut src = Source::new(reader, info.mode);
-        let tracker =
-            driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |_, _| {}).await;
+        let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |stats, _| {
+            if stats.blocks > 0 {
+                ticket.heard();
+            }
+        })
+        .await;
         finish_summary(summary, &tracker, tx.stats());
     }
 
@@ -551,6 +653,7 @@ impl<H: Handler> Ctx<'_, H> {
             timing,
             idle,
             cancel,
+            ticket,
         } = *self;
         let limits = &shared.config.limits;
         let neg = match negotiate_server(Direction::Write, options, limits, None) {
@@ -578,7 +681,11 @@ impl<H: Handler> Ctx<'_, H> {
             &mut tracker,
             cancel,
             idle,
-            &mut |_, _| {},
+            &mut |stats, _| {
+                if stats.blocks > 0 {
+                    ticket.heard();
+                }
+            },
         )
         .await;
         if rx.is_complete() {
@@ -626,6 +733,8 @@ struct Ctx<'a, H> {
     timing: TransferConfig,
     idle: Duration,
     cancel: &'a CancellationToken,
+    /// Told once the client answers, so a repeat of its request counts as a restart.
+    ticket: &'a Ticket,
 }
 
 impl<H> Clone for Ctx<'_, H> {
