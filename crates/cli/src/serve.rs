@@ -29,6 +29,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_create: bool,
 
+    /// Serve files that have more than one hard link (refused by default: another name of
+    /// the same file may lie outside DIR).
+    #[arg(long)]
+    pub allow_hard_links: bool,
+
     /// Retransmission timeout when the client negotiates none (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -79,7 +84,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let handler = DirHandler::new(&args.dir)
         .with_context(|| format!("cannot serve {}", args.dir.display()))?
         .allow_write(args.allow_write)
-        .allow_create(args.allow_create);
+        .allow_create(args.allow_create)
+        .allow_hard_links(args.allow_hard_links);
     let root = handler.root().to_path_buf();
     let explicit = !args.listen.is_empty();
     let mut listen = if explicit {

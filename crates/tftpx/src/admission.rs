@@ -92,9 +92,25 @@ pub(crate) struct Ticket {
     peer: SocketAddr,
     id: u64,
     heard: Arc<AtomicBool>,
+    released: AtomicBool,
 }
 
 impl Ticket {
+    /// Frees the place before the ticket is dropped (a transfer that only dallies no longer
+    /// counts against its client). Idempotent.
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if t.active.get(&self.peer).is_some_and(|a| a.id == self.id) {
+            t.active.remove(&self.peer);
+        }
+        if let Some(s) = t.sources.get_mut(&self.peer.ip()) {
+            s.transfers = s.transfers.saturating_sub(1);
+        }
+    }
+
     /// Marks the client as heard from (it ACKed or sent DATA): a later identical request
     /// from its TID is then a restart, not a duplicate.
     pub fn heard(&self) {
@@ -106,13 +122,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if t.active.get(&self.peer).is_some_and(|a| a.id == self.id) {
-            t.active.remove(&self.peer);
-        }
-        if let Some(s) = t.sources.get_mut(&self.peer.ip()) {
-            s.transfers = s.transfers.saturating_sub(1);
-        }
+        self.release();
     }
 }
 
@@ -204,6 +214,7 @@ impl Admission {
             peer,
             id,
             heard,
+            released: AtomicBool::new(false),
         })
     }
 
@@ -301,9 +312,11 @@ mod tests {
     fn per_client_limit_counts_running_transfers() {
         let a = Admission::new(None, Some(2));
         let t0 = Instant::now();
-        let one = a.admit(peer("10.0.0.1:1001"), b"r1", t0);
+        let Verdict::Admit(one) = a.admit(peer("10.0.0.1:1001"), b"r1", t0) else {
+            panic!()
+        };
         let two = a.admit(peer("10.0.0.1:1002"), b"r1", t0);
-        assert!(matches!(one, Verdict::Admit(_)) && matches!(two, Verdict::Admit(_)));
+        assert!(matches!(two, Verdict::Admit(_)));
         assert!(matches!(
             a.admit(peer("10.0.0.1:1003"), b"r1", t0),
             Verdict::ClientBusy { running: 2 }
@@ -312,10 +325,13 @@ mod tests {
             a.admit(peer("10.0.0.2:1003"), b"r1", t0),
             Verdict::Admit(_)
         ));
-        drop(one);
+        one.release();
+        drop(one); // releasing twice frees one place only
+        let three = a.admit(peer("10.0.0.1:1003"), b"r1", t0);
+        assert!(matches!(three, Verdict::Admit(_)));
         assert!(matches!(
-            a.admit(peer("10.0.0.1:1003"), b"r1", t0),
-            Verdict::Admit(_)
+            a.admit(peer("10.0.0.1:1004"), b"r1", t0),
+            Verdict::ClientBusy { running: 2 }
         ));
     }
 

@@ -1,13 +1,23 @@
 //! What the server serves: the [`Handler`] trait, and [`DirHandler`], a directory on disk.
 
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::fstatat;
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use tftpx_proto::wire::{ErrorCode, Mode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -128,38 +138,66 @@ pub trait Handler: Send + Sync + 'static {
 ///
 /// - `/` and `\` both separate components; a leading `/` means the root itself (PXE configs
 ///   ask for `/pxelinux.0`), and an absolute path that starts with the root's own path is
-///   accepted too. `..` anywhere is refused (ERROR 2), as are names over
+///   accepted too. `..` anywhere is refused (ERROR 2), as are names with a NUL, names over
 ///   [`MAX_NAME_LEN`] bytes or with a component over [`MAX_COMPONENT_LEN`].
-/// - Symbolic links are followed only while they stay inside the root (ERROR 2 otherwise).
-/// - Only regular files are served.
+/// - Every open is relative to a descriptor of the root with `openat2(RESOLVE_BENEATH)`
+///   (Linux 5.6+), so the kernel refuses any resolution that leaves the root, even when a
+///   directory or link is swapped for a symbolic link to elsewhere while a request is being
+///   served. Symbolic links are followed while they stay inside the root (ERROR 2
+///   otherwise); an absolute link that points inside the root is followed too.
+/// - Only regular files are served; FIFOs and devices are refused without being waited on.
+/// - A file with more than one hard link is refused (ERROR 2) unless
+///   [`DirHandler::allow_hard_links`]: a hard link is the same file as another name that may
+///   lie outside the root. Uploads never write through a hard link (they replace the name).
 /// - Writes need [`DirHandler::allow_write`] (overwrite existing files) or
 ///   [`DirHandler::allow_create`] (also create new ones); uploads go to a temporary file
-///   beside the target that is renamed over it only when the transfer completes.
+///   beside the target (`.NAME.XXXXXXXX.tftpx-part`), created and renamed relative to the
+///   directory's descriptor, renamed over the target only when the transfer completes.
 #[derive(Debug, Clone)]
 pub struct DirHandler {
     root: PathBuf,
+    root_fd: Arc<OwnedFd>,
     allow_write: bool,
     allow_create: bool,
+    allow_hard_links: bool,
+}
+
+/// Flags for resolving names below the root: no escape, no /proc magic links.
+fn beneath() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+fn outside() -> HandlerError {
+    HandlerError::access("Access outside the root refused")
 }
 
 impl DirHandler {
     /// Serves `root`, read-only.
     ///
     /// # Errors
-    /// If `root` does not exist or is not a directory.
+    /// If `root` does not exist, is not a directory or cannot be opened.
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
-        let root = std::fs::canonicalize(root.as_ref())
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.as_ref().display())))?;
-        if !root.is_dir() {
+        let with_path =
+            |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", root.as_ref().display()));
+        let canonical = std::fs::canonicalize(root.as_ref()).map_err(with_path)?;
+        if !canonical.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
-                format!("{} is not a directory", root.display()),
+                format!("{} is not a directory", canonical.display()),
             ));
         }
+        let fd = nix::fcntl::open(
+            &canonical,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| with_path(e.into()))?;
         Ok(Self {
-            root,
+            root: canonical,
+            root_fd: Arc::new(fd),
             allow_write: false,
             allow_create: false,
+            allow_hard_links: false,
         })
     }
 
@@ -178,17 +216,29 @@ impl DirHandler {
         self
     }
 
+    /// Serves files that have more than one hard link (refused by default: another name of
+    /// the same file may lie outside the root).
+    pub fn allow_hard_links(mut self, yes: bool) -> Self {
+        self.allow_hard_links = yes;
+        self
+    }
+
     /// The served directory (canonical).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     /// Maps a requested name to a path below the root, by components only (no file system
-    /// access). Symbolic links are checked by the callers.
+    /// access). Symbolic links are checked when the file is opened.
     ///
     /// # Errors
-    /// ERROR 2 for `..`, overlong names, or a name that is the root itself.
+    /// ERROR 2 for `..`, a NUL, overlong names, or a name that is the root itself.
     pub fn resolve(&self, name: &[u8]) -> Result<PathBuf, HandlerError> {
+        Ok(self.root.join(self.relative(name)?))
+    }
+
+    /// [`DirHandler::resolve`], relative to the root.
+    fn relative(&self, name: &[u8]) -> Result<PathBuf, HandlerError> {
         if name.len() > MAX_NAME_LEN {
             return Err(HandlerError::access("File name too long"));
         }
@@ -207,22 +257,202 @@ impl DirHandler {
         for comp in name.split(|&b| b == b'/') {
             match comp {
                 b"" | b"." => {}
-                b".." => return Err(HandlerError::access("Access outside the root refused")),
+                b".." => return Err(outside()),
                 c if c.len() > MAX_COMPONENT_LEN => {
                     return Err(HandlerError::access("File name too long"))
                 }
-                c => rel.push(std::ffi::OsStr::from_bytes(c)),
+                c => rel.push(OsStr::from_bytes(c)),
             }
         }
         if rel.as_os_str().is_empty() {
             return Err(HandlerError::access("Not a regular file"));
         }
-        Ok(self.root.join(rel))
+        Ok(rel)
     }
 
-    fn inside(&self, p: &Path) -> bool {
-        p.starts_with(&self.root)
+    /// Opens `rel` (relative to the root) without ever leaving the root.
+    ///
+    /// The kernel resolves the name below the root's descriptor and fails with EXDEV when
+    /// a `..` or a symbolic link would leave it. An absolute symbolic link always does so
+    /// lexically, even one that points back inside the root: that case is resolved once in
+    /// user space and opened again by its canonical name below the root, still with
+    /// RESOLVE_BENEATH, so a link swapped in between cannot lead outside either.
+    fn open_beneath(&self, rel: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, HandlerError> {
+        // openat2 refuses O_PATH with any flag but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC.
+        let flags = if flags.contains(OFlag::O_PATH) {
+            flags | OFlag::O_CLOEXEC
+        } else {
+            flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY
+        };
+        let how = || {
+            OpenHow::new()
+                .flags(flags)
+                .mode(nix::sys::stat::Mode::from_bits_truncate(mode))
+                .resolve(beneath())
+        };
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        match openat2(&*self.root_fd, rel, how()) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::EXDEV | Errno::ELOOP) => {
+                let canonical =
+                    std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
+                let inner = canonical.strip_prefix(&self.root).map_err(|_| outside())?;
+                let inner = if inner.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    inner
+                };
+                openat2(&*self.root_fd, inner, how()).map_err(|e| match e {
+                    Errno::EXDEV | Errno::ELOOP => outside(),
+                    e => from_io(&e.into()),
+                })
+            }
+            Err(e) => Err(from_io(&e.into())),
+        }
     }
+
+    fn open_read_blocking(&self, rel: &Path) -> Result<(std::fs::File, u64), HandlerError> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+        let fd = self.open_beneath(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)?;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| from_io(&e))?;
+        if !meta.is_file() {
+            return Err(HandlerError::access("Not a regular file"));
+        }
+        if meta.nlink() > 1 && !self.allow_hard_links {
+            return Err(HandlerError::access(
+                "Refused: the file has several hard links",
+            ));
+        }
+        Ok((file, meta.len()))
+    }
+
+    fn open_write_blocking(&self, rel: &Path) -> Result<DirUpload, HandlerError> {
+        let (Some(parent), Some(mut name)) = (rel.parent(), rel.file_name().map(OsStr::to_owned))
+        else {
+            return Err(HandlerError::access("Invalid file name"));
+        };
+        let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let mut dir = self
+            .open_beneath(parent, dir_flags, 0)
+            .map_err(|e| match e.code {
+                ErrorCode::FileNotFound => {
+                    HandlerError::new(ErrorCode::FileNotFound, "Directory not found")
+                }
+                _ => e,
+            })?;
+        let mut mode = 0o644;
+        let mut existing = false;
+        match fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFLNK => {
+                // Write through a link only while it stays inside the root: find the file
+                // it names, and work in that file's directory from here on.
+                let canonical =
+                    std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
+                let inner = canonical.strip_prefix(&self.root).map_err(|_| outside())?;
+                let (Some(p), Some(n)) = (inner.parent(), inner.file_name()) else {
+                    return Err(HandlerError::access("Not a regular file"));
+                };
+                dir = self.open_beneath(p, dir_flags, 0)?;
+                name = n.to_owned();
+                let st = fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| from_io(&e.into()))?;
+                (mode, existing) = (check_writable(&st)?, true);
+            }
+            Ok(st) => (mode, existing) = (check_writable(&st)?, true),
+            Err(Errno::ENOENT) => {
+                if !self.allow_create {
+                    return Err(HandlerError::access(
+                        "File does not exist and creating files is disabled",
+                    ));
+                }
+            }
+            Err(e) => return Err(from_io(&e.into())),
+        }
+        let (file, temp) = create_temp(&dir, &name, mode, existing)?;
+        Ok(DirUpload {
+            file: BufWriter::with_capacity(UPLOAD_BUFFER, tokio::fs::File::from_std(file)),
+            dir,
+            temp: Some(temp),
+            name,
+        })
+    }
+}
+
+/// File type bits of `st_mode` (from `<sys/stat.h>`; the same on every Linux).
+mod libc_mode {
+    pub const S_IFMT: u32 = 0o170_000;
+    pub const S_IFREG: u32 = 0o100_000;
+    pub const S_IFLNK: u32 = 0o120_000;
+}
+
+fn from_io(e: &io::Error) -> HandlerError {
+    HandlerError::from_io(e)
+}
+
+/// An upload may replace `st`'s file: a regular file the server may write. Returns the
+/// permission bits the new file gets.
+fn check_writable(st: &nix::sys::stat::FileStat) -> Result<u32, HandlerError> {
+    if st.st_mode & libc_mode::S_IFMT != libc_mode::S_IFREG {
+        return Err(HandlerError::access("Not a regular file"));
+    }
+    if st.st_mode & 0o222 == 0 {
+        return Err(HandlerError::access("Permission denied"));
+    }
+    Ok(st.st_mode & 0o7777)
+}
+
+/// Creates `.NAME.XXXXXXXX.tftpx-part` in `dir` (exclusively, never following a link), with
+/// `mode` (set exactly when it replaces an existing file, else through the umask).
+fn create_temp(
+    dir: &OwnedFd,
+    name: &OsStr,
+    mode: u32,
+    exact_mode: bool,
+) -> Result<(std::fs::File, OsString), HandlerError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Keep the temporary name within NAME_MAX (255) whatever the target's length.
+    let stem = &name.as_bytes()[..name.len().min(200)];
+    for _ in 0..32 {
+        let mut h = std::hash::DefaultHasher::new();
+        (
+            std::time::SystemTime::now(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+        )
+            .hash(&mut h);
+        let mut temp = Vec::with_capacity(stem.len() + 24);
+        temp.push(b'.');
+        temp.extend_from_slice(stem);
+        temp.extend_from_slice(format!(".{:08x}.tftpx-part", h.finish() as u32).as_bytes());
+        let temp = OsString::from_vec(temp);
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(
+            dir,
+            temp.as_os_str(),
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+        ) {
+            Ok(fd) => {
+                if exact_mode {
+                    let _ =
+                        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(mode));
+                }
+                return Ok((std::fs::File::from(fd), temp));
+            }
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(from_io(&e.into())),
+        }
+    }
+    Err(HandlerError::new(
+        ErrorCode::NotDefined,
+        "Cannot create a temporary file",
+    ))
 }
 
 impl Handler for DirHandler {
@@ -233,26 +463,14 @@ impl Handler for DirHandler {
         &self,
         req: &RequestInfo<'_>,
     ) -> Result<ReadFile<Self::Reader>, HandlerError> {
-        let path = self.resolve(req.filename)?;
-        let real = tokio::fs::canonicalize(&path)
+        let rel = self.relative(req.filename)?;
+        let this = self.clone();
+        let (file, size) = tokio::task::spawn_blocking(move || this.open_read_blocking(&rel))
             .await
-            .map_err(|e| HandlerError::from_io(&e))?;
-        if !self.inside(&real) {
-            return Err(HandlerError::access("Access outside the root refused"));
-        }
-        let file = tokio::fs::File::open(&real)
-            .await
-            .map_err(|e| HandlerError::from_io(&e))?;
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|e| HandlerError::from_io(&e))?;
-        if !meta.is_file() {
-            return Err(HandlerError::access("Not a regular file"));
-        }
+            .map_err(|e| HandlerError::new(ErrorCode::NotDefined, e.to_string()))??;
         Ok(ReadFile {
-            reader: file,
-            size: Some(meta.len()),
+            reader: tokio::fs::File::from_std(file),
+            size: Some(size),
         })
     }
 
@@ -264,90 +482,38 @@ impl Handler for DirHandler {
         if !self.allow_write {
             return Err(HandlerError::access("Writing is disabled on this server"));
         }
-        let path = self.resolve(req.filename)?;
-        let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
-            return Err(HandlerError::access("Invalid file name"));
-        };
-        let parent = tokio::fs::canonicalize(parent)
+        let rel = self.relative(req.filename)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.open_write_blocking(&rel))
             .await
-            .map_err(|_| HandlerError::new(ErrorCode::FileNotFound, "Directory not found"))?;
-        if !self.inside(&parent) {
-            return Err(HandlerError::access("Access outside the root refused"));
-        }
-        let mut target = parent.join(file_name);
-        let mut mode = 0o644;
-        match tokio::fs::symlink_metadata(&target).await {
-            Ok(meta) => {
-                if meta.file_type().is_symlink() {
-                    // Write through a link only when it stays inside the root.
-                    target = tokio::fs::canonicalize(&target)
-                        .await
-                        .map_err(|e| HandlerError::from_io(&e))?;
-                    if !self.inside(&target) {
-                        return Err(HandlerError::access("Access outside the root refused"));
-                    }
-                }
-                let meta = tokio::fs::metadata(&target)
-                    .await
-                    .map_err(|e| HandlerError::from_io(&e))?;
-                if !meta.is_file() {
-                    return Err(HandlerError::access("Not a regular file"));
-                }
-                if meta.permissions().readonly() {
-                    return Err(HandlerError::access("Permission denied"));
-                }
-                mode = meta.permissions().mode() & 0o7777;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !self.allow_create {
-                    return Err(HandlerError::access(
-                        "File does not exist and creating files is disabled",
-                    ));
-                }
-            }
-            Err(e) => return Err(HandlerError::from_io(&e)),
-        }
-        let dir = target
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        let prefix = format!(
-            ".{}.",
-            target.file_name().unwrap_or_default().to_string_lossy()
-        );
-        let tmp = tokio::task::spawn_blocking(move || {
-            tempfile::Builder::new()
-                .prefix(&prefix)
-                .suffix(".tftpx-part")
-                .permissions(std::fs::Permissions::from_mode(mode))
-                .tempfile_in(dir)
-        })
-        .await
-        .map_err(|e| HandlerError::new(ErrorCode::NotDefined, e.to_string()))?
-        .map_err(|e| HandlerError::from_io(&e))?;
-        let (file, temp_path) = tmp.into_parts();
-        Ok(DirUpload {
-            file: BufWriter::with_capacity(UPLOAD_BUFFER, tokio::fs::File::from_std(file)),
-            temp: Some(temp_path),
-            target,
-        })
+            .map_err(|e| HandlerError::new(ErrorCode::NotDefined, e.to_string()))?
     }
 }
 
 /// An upload into a [`DirHandler`]'s directory: a temporary file beside the target, renamed
-/// over it by [`Upload::commit`] and removed if dropped before.
+/// over it by [`Upload::commit`] and removed if dropped before. Both happen relative to the
+/// directory's descriptor, opened below the root when the upload began.
 pub struct DirUpload {
     file: BufWriter<tokio::fs::File>,
-    temp: Option<tempfile::TempPath>,
-    target: PathBuf,
+    dir: OwnedFd,
+    temp: Option<OsString>,
+    name: OsString,
 }
 
 impl std::fmt::Debug for DirUpload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirUpload")
             .field("temp", &self.temp)
-            .field("target", &self.target)
+            .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DirUpload {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = unlinkat(&self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
     }
 }
 
@@ -375,12 +541,16 @@ impl Upload for DirUpload {
         self.file.get_mut().sync_data().await?;
         let temp = self
             .temp
-            .take()
+            .clone()
             .ok_or_else(|| io::Error::other("upload already committed"))?;
-        let target = self.target.clone();
-        tokio::task::spawn_blocking(move || temp.persist(&target).map_err(|e| e.error))
-            .await
-            .map_err(io::Error::other)?
+        renameat(
+            &self.dir,
+            temp.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )?;
+        self.temp = None;
+        Ok(())
     }
 }
 

@@ -708,6 +708,8 @@ impl<H: Handler> Ctx<'_, H> {
         summary.duration = summary.started.elapsed();
         finish_summary(summary, &tracker, rx.stats());
         report(shared, summary);
+        // Dallying (re-ACKing a repeated final DATA) does not count against the client.
+        ticket.release();
         driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
     }
 }

@@ -174,21 +174,51 @@ async fn duplicate_ack_does_not_resend_and_timeout_does() {
 
 #[tokio::test]
 async fn server_gives_up_after_its_retries_and_says_so() {
+    let srv = start(&[("f.bin", &[1u8; 600])]).await;
+    let s = sock().await;
+    s.send_to(b"\x00\x01f.bin\x00octet\x00", srv.addr)
+        .await
+        .unwrap();
+    let (p, tid) = recv(&s).await;
+    assert_eq!(&p[..4], b"\x00\x03\x00\x01");
+    // The client answers once, then goes silent.
+    s.send_to(b"\x00\x04\x00\x01", tid).await.unwrap();
+    let mut datas = 0;
+    loop {
+        let (p, _) = recv(&s).await;
+        match &p[..4] {
+            [0, 3, 0, 2] => datas += 1,
+            [0, 5, ..] => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(datas, 3, "the original and 2 retransmissions, then ERROR");
+}
+
+#[tokio::test]
+async fn a_client_never_heard_from_gets_no_closing_error() {
     let srv = start(&[("f.bin", &[1u8; 100])]).await;
     let s = sock().await;
     s.send_to(b"\x00\x01f.bin\x00octet\x00", srv.addr)
         .await
         .unwrap();
-    let mut datas = 0;
-    loop {
-        let (p, _) = recv(&s).await;
-        match &p[..2] {
-            [0, 3] => datas += 1,
-            [0, 5] => break,
-            other => panic!("unexpected {other:?}"),
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1000];
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_millis(1500), s.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => got.push(buf[..n].to_vec()),
+            _ => break,
         }
     }
-    assert_eq!(datas, 3, "the original and 2 retransmissions");
+    assert_eq!(
+        got.len(),
+        3,
+        "DATA 1 and 2 retransmissions (the server's max_retries)"
+    );
+    assert!(
+        got.iter().all(|p| p[..4] == [0, 3, 0, 1]),
+        "no ERROR: {got:?}"
+    );
 }
 
 #[tokio::test]
