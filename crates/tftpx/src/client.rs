@@ -71,6 +71,15 @@ pub enum ClientError {
     /// The transfer was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The download ended with a size other than the `tsize` the server announced (the file
+    /// changed while it was served): ERROR 0 was sent instead of the final ACK.
+    #[error("the server announced {announced} bytes (tsize) but sent {received}")]
+    SizeMismatch {
+        /// The server's `tsize`, in bytes.
+        announced: u64,
+        /// Payload bytes received.
+        received: u64,
+    },
 }
 
 impl ClientError {
@@ -286,8 +295,19 @@ impl Client {
         )
         .await;
         let total = tracker.negotiated.and_then(|n| n.tsize);
+        let mut mismatch = None;
         if rx.is_complete() {
-            if let Err(e) = sink.finish().await {
+            let received = rx.stats().bytes;
+            if let Some(announced) = total.filter(|&t| t != received && self.mode == Mode::Octet) {
+                rx.abort(
+                    ErrorCode::NotDefined,
+                    "Size differs from the announced tsize",
+                );
+                mismatch = Some(ClientError::SizeMismatch {
+                    announced,
+                    received,
+                });
+            } else if let Err(e) = sink.finish().await {
                 let (code, msg) = driver::io_error_code(&e);
                 rx.abort(code, &msg);
                 local_error = Some(e);
@@ -303,12 +323,15 @@ impl Client {
         // The final ACK (or our ERROR) leaves now; the dally goes on in the background so
         // the caller has its data at once. [`Client::finish`] waits for it.
         driver::flush_receiver(&sock, &mut rx).await;
-        if outcome.is_ok() && local_error.is_none() && !rx.is_finished() {
+        if outcome.is_ok() && local_error.is_none() && mismatch.is_none() && !rx.is_finished() {
             let (cancel, idle) = (self.cancel.clone(), self.idle());
             let mut dally_tracker = Tracker::default();
             self.dallies.spawn(async move {
                 driver::finish_receiver(&sock, &mut rx, &mut dally_tracker, &cancel, idle).await;
             });
+        }
+        if let Some(m) = mismatch {
+            return Err(m);
         }
         match outcome {
             Ok(()) if local_error.is_none() => Ok(Report {

@@ -91,7 +91,9 @@ pub struct ReadFile<R> {
     /// server reads it through a buffer sized to the negotiated window (16 KiB..=1 MiB), so
     /// the reader need not buffer.
     pub reader: R,
-    /// The file's size in bytes, if known (reported as `tsize`).
+    /// The file's size in bytes, if known: reported as `tsize`, and then exactly this many
+    /// bytes are served (a file that grows is cut there; one that ends early fails the
+    /// transfer with ERROR 0 rather than a silently short copy).
     pub size: Option<u64>,
 }
 

@@ -6,15 +6,49 @@ use tftpx_proto::netascii::{Decoder, Encoder};
 use tftpx_proto::wire::Mode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// One read from `inner`, bounded by `remaining` (see [`Source::with_len`]); 0 at the end.
+async fn read_some<R: AsyncRead + Unpin>(
+    inner: &mut R,
+    remaining: &mut Option<u64>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let Some(left) = *remaining else {
+        return inner.read(buf).await;
+    };
+    if left == 0 {
+        return Ok(0);
+    }
+    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    let n = inner.read(&mut buf[..want]).await?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file shrank while being read ({left} bytes missing)"),
+        ));
+    }
+    *remaining = Some(left - n as u64);
+    Ok(n)
+}
+
 /// Where a sender's blocks come from.
 pub(crate) struct Source<R> {
     inner: R,
     netascii: Option<(Encoder, Box<[u8]>, usize, usize)>,
     eof: bool,
     error: Option<io::Error>,
+    /// File bytes still to read when the size was fixed at open.
+    remaining: Option<u64>,
 }
 
 impl<R: AsyncRead + Unpin> Source<R> {
+    /// Serves exactly `len` bytes of the file (its size when opened, the `tsize` announced):
+    /// a file that grows meanwhile is cut at `len`, one that shrinks fails the transfer
+    /// instead of ending it early with a short, silently truncated copy.
+    pub(crate) fn with_len(mut self, len: Option<u64>) -> Self {
+        self.remaining = len;
+        self
+    }
+
     pub(crate) fn new(inner: R, mode: Mode) -> Self {
         let netascii = match mode {
             Mode::Octet => None,
@@ -25,6 +59,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
             netascii,
             eof: false,
             error: None,
+            remaining: None,
         }
     }
 
@@ -48,7 +83,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
         match &mut self.netascii {
             None => {
                 while n < out.len() && !self.eof {
-                    let r = self.inner.read(&mut out[n..]).await?;
+                    let r = read_some(&mut self.inner, &mut self.remaining, &mut out[n..]).await?;
                     if r == 0 {
                         self.eof = true;
                     }
@@ -58,7 +93,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
             Some((enc, buf, start, end)) => {
                 while n < out.len() {
                     if *start == *end && !self.eof {
-                        let r = self.inner.read(buf).await?;
+                        let r = read_some(&mut self.inner, &mut self.remaining, buf).await?;
                         *start = 0;
                         *end = r;
                         if r == 0 {

@@ -631,7 +631,7 @@ impl<H: Handler> Ctx<'_, H> {
         // and memory stays proportional to the window.
         let reader =
             tokio::io::BufReader::with_capacity((window * 2).clamp(16 << 10, 1 << 20), file.reader);
-        let mut src = Source::new(reader, info.mode);
+        let mut src = Source::new(reader, info.mode).with_len(file.size);
         let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |stats, _| {
             if stats.blocks > 0 {
                 ticket.heard();

@@ -455,3 +455,45 @@ async fn download_returns_at_once_and_dallies_in_the_background() {
         .await
         .expect("finish() returns once the dally is over");
 }
+
+#[tokio::test]
+async fn a_download_shorter_than_its_tsize_is_an_error_not_a_file() {
+    // A fake server that announces tsize=1000 and sends 10 bytes (its file shrank).
+    let fake = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = fake.local_addr().unwrap();
+    let serve = async {
+        let mut buf = [0u8; 600];
+        let (_, client) = fake.recv_from(&mut buf).await.unwrap();
+        fake.send_to(b"\x00\x06tsize\x001000\x00", client)
+            .await
+            .unwrap();
+        let (n, _) = fake.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"\x00\x04\x00\x00");
+        fake.send_to(b"\x00\x03\x00\x01short data", client)
+            .await
+            .unwrap();
+        let (n, _) = fake.recv_from(&mut buf).await.unwrap();
+        buf[..n].to_vec()
+    };
+    let c = Client::builder(addr)
+        .timeout(Duration::from_millis(500))
+        .dally(Duration::ZERO)
+        .build();
+    let mut out = Vec::new();
+    let (reply, got) = tokio::join!(serve, c.get("f", &mut out, |_| {}));
+    assert!(
+        matches!(
+            got,
+            Err(ClientError::SizeMismatch {
+                announced: 1000,
+                received: 10
+            })
+        ),
+        "{got:?}"
+    );
+    assert_eq!(
+        &reply[..4],
+        b"\x00\x05\x00\x00",
+        "ERROR 0 instead of the final ACK"
+    );
+}
