@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use tftpx_proto::negotiate::Negotiated;
 use tftpx_proto::transfer::{Event, Receiver, Sender, Stats, TransferError};
-use tftpx_proto::wire::{ErrorCode, Packet, DATA_HEADER_LEN};
+use tftpx_proto::wire::{ErrorCode, Packet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::io::{Sink, Source};
+use crate::net;
 
 /// What a transfer reported through its events.
 #[derive(Debug, Default)]
@@ -73,7 +74,13 @@ pub(crate) async fn send_error(
 }
 
 enum Wake {
-    Datagram(usize, std::net::SocketAddr),
+    /// `len` bytes from `from`: one datagram, or (UDP GRO) several of `segment` bytes each
+    /// but the last.
+    Datagram {
+        len: usize,
+        from: std::net::SocketAddr,
+        segment: usize,
+    },
     Timer,
     Cancelled,
 }
@@ -85,6 +92,8 @@ struct Waiter {
     sleep: Pin<Box<tokio::time::Sleep>>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     token: CancellationToken,
+    /// Control-message room for the GRO segment size.
+    cmsg: Vec<u8>,
 }
 
 impl Waiter {
@@ -93,6 +102,7 @@ impl Waiter {
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             cancelled: Box::pin(cancel.clone().cancelled_owned()),
             token: cancel.clone(),
+            cmsg: net::segments_cmsg(),
         }
     }
 
@@ -117,8 +127,8 @@ impl Waiter {
             return Wake::Timer;
         }
         // Fast path: a datagram already queued needs no task wake-up.
-        match sock.try_recv_from(buf) {
-            Ok((n, from)) => return Wake::Datagram(n, from),
+        match net::try_recv_segments(sock, buf, &mut self.cmsg) {
+            Ok((len, from, segment)) => return Wake::Datagram { len, from, segment },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::debug!("recv failed: {e}");
@@ -133,8 +143,8 @@ impl Waiter {
         tokio::select! {
             biased;
             _ = self.cancelled.as_mut() => Wake::Cancelled,
-            r = sock.recv_from(buf) => match r {
-                Ok((n, from)) => Wake::Datagram(n, from),
+            r = net::recv_segments(sock, buf, &mut self.cmsg) => match r {
+                Ok((len, from, segment)) => Wake::Datagram { len, from, segment },
                 Err(e) => {
                     // ICMP errors surface here on some systems; they are not fatal for UDP.
                     tracing::debug!("recv failed: {e}");
@@ -177,6 +187,8 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     let mut buf = vec![0u8; 4096];
     let mut cancelled = false;
     let mut waiter = Waiter::new(cancel);
+    // UDP GSO for windows, until the kernel says no.
+    let mut gso = true;
     loop {
         while let Some(slot) = tx.block_to_fill() {
             // A slow source (a pipe, a stalled disk) must not make the transfer deaf to
@@ -196,8 +208,10 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             }
         }
         let t = now();
-        while let Some(out) = tx.poll_transmit(t) {
-            send(sock, out.payload, out.destination).await;
+        while let Some(b) = tx.poll_transmit_batch(t, net::GSO_MAX_SEGMENTS, net::GSO_MAX_BYTES) {
+            if let Err(e) = net::send_batch(sock, &b, &mut gso).await {
+                tracing::debug!(to = %b.destination, "send failed: {e}");
+            }
         }
         while let Some(ev) = tx.poll_event() {
             tracker.record(ev);
@@ -210,7 +224,12 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             .wait(sock, &mut buf, tx.poll_timeout(), idle, t)
             .await;
         match wake {
-            Wake::Datagram(n, from) => tx.handle_datagram(now(), from, &buf[..n]),
+            Wake::Datagram { len, from, segment } => {
+                let t = now();
+                for d in buf[..len].chunks(segment) {
+                    tx.handle_datagram(t, from, d);
+                }
+            }
             Wake::Timer => tx.handle_timeout(now()),
             Wake::Cancelled => {
                 tx.abort(ErrorCode::NotDefined, "Transfer cancelled");
@@ -232,14 +251,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     idle: Duration,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) {
-    let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
+    let mut buf = net::receive_buffer(sock, rx.blksize());
     let mut waiter = Waiter::new(cancel);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
-                let want = n.blksize as usize + DATA_HEADER_LEN + 1;
+                let want = net::receive_buffer(sock, n.blksize as usize).len();
                 if buf.len() != want {
                     buf = vec![0u8; want];
                 }
@@ -261,11 +280,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             .await;
         t = now();
         match wake {
-            Wake::Datagram(n, from) => {
-                if let Some(payload) = rx.handle_datagram(t, from, &buf[..n]) {
-                    if let Err(e) = sink.write(payload).await {
-                        let (code, msg) = io_error_code(&e);
-                        rx.abort(code, &msg);
+            Wake::Datagram { len, from, segment } => {
+                for d in buf[..len].chunks(segment) {
+                    if let Some(payload) = rx.handle_datagram(t, from, d) {
+                        if let Err(e) = sink.write(payload).await {
+                            let (code, msg) = io_error_code(&e);
+                            rx.abort(code, &msg);
+                            break;
+                        }
                     }
                 }
             }
@@ -297,7 +319,7 @@ pub(crate) async fn finish_receiver(
     cancel: &CancellationToken,
     idle: Duration,
 ) {
-    let mut buf = vec![0u8; rx.blksize() + DATA_HEADER_LEN + 1];
+    let mut buf = net::receive_buffer(sock, rx.blksize());
     let mut waiter = Waiter::new(cancel);
     loop {
         flush_receiver(sock, rx).await;
@@ -312,9 +334,11 @@ pub(crate) async fn finish_receiver(
             .await;
         let t = now();
         match wake {
-            Wake::Datagram(n, from) => {
+            Wake::Datagram { len, from, segment } => {
                 // Only a repeated final DATA can matter now; nothing is delivered.
-                let _ = rx.handle_datagram(t, from, &buf[..n]);
+                for d in buf[..len].chunks(segment) {
+                    let _ = rx.handle_datagram(t, from, d);
+                }
             }
             Wake::Timer => rx.handle_timeout(t),
             Wake::Cancelled => break,

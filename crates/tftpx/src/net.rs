@@ -1,14 +1,16 @@
 //! Sockets: the listener that learns each request's destination address (so replies leave
 //! from the address the client asked), and per-transfer sockets sized to their window.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
-    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrStorage,
 };
 use socket2::{Domain, Protocol, Socket, Type};
+use tftpx_proto::transfer::TransmitBatch;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -153,4 +155,138 @@ pub(crate) fn fit_window(sock: &UdpSocket, window_bytes: usize) {
     let s = socket2::SockRef::from(sock);
     let _ = s.set_recv_buffer_size(want);
     let _ = s.set_send_buffer_size(want);
+}
+
+/// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes one UDP GSO send may carry: an IP datagram's 64 KiB less headers.
+pub(crate) const GSO_MAX_BYTES: usize = 65_000;
+
+/// Sends a batch of datagrams: with `*gso`, in one `sendmsg` carrying `UDP_SEGMENT` (the
+/// kernel splits it, on loopback often not at all until the receiving socket); otherwise,
+/// or when the kernel or route refuses GSO (then `*gso` turns off for this socket), one
+/// `send_to` per datagram.
+///
+/// # Errors
+/// The first send error; the caller treats it as a loss (the timer recovers).
+pub(crate) async fn send_batch(
+    sock: &UdpSocket,
+    batch: &TransmitBatch<'_>,
+    gso: &mut bool,
+) -> io::Result<()> {
+    if *gso && batch.count > 1 {
+        let seg = u16::try_from(batch.segment).unwrap_or(u16::MAX);
+        let to = SockaddrStorage::from(batch.destination);
+        let r = sock
+            .async_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(batch.payload)];
+                let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+                sendmsg(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(&to))
+                    .map_err(io::Error::from)
+            })
+            .await;
+        match r {
+            Ok(_) => return Ok(()),
+            // No GSO here (old kernel, a segment over the route's MTU, a device without
+            // checksum offload): send them one by one from now on.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc_errno::EIO
+                            | libc_errno::EINVAL
+                            | libc_errno::ENOPROTOOPT
+                            | libc_errno::EOPNOTSUPP
+                    )
+                ) =>
+            {
+                *gso = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for d in batch.datagrams() {
+        sock.send_to(d, batch.destination).await?;
+    }
+    Ok(())
+}
+
+/// The errno values [`send_batch`] falls back on.
+mod libc_errno {
+    pub const EIO: i32 = nix::errno::Errno::EIO as i32;
+    pub const EINVAL: i32 = nix::errno::Errno::EINVAL as i32;
+    pub const ENOPROTOOPT: i32 = nix::errno::Errno::ENOPROTOOPT as i32;
+    pub const EOPNOTSUPP: i32 = nix::errno::Errno::EOPNOTSUPP as i32;
+}
+
+/// Asks the kernel to hand over a train of same-sized datagrams from one sender in a single
+/// receive (UDP GRO; a GSO send on loopback arrives whole). Receive with
+/// [`recv_segments`]. Returns false where the kernel has no UDP GRO.
+pub(crate) fn enable_gro(sock: &UdpSocket) -> bool {
+    setsockopt(sock, sockopt::UdpGroSegment, &true).is_ok()
+}
+
+/// True when [`enable_gro`] is in force on `sock`: receive buffers must then hold 64 KiB.
+pub(crate) fn gro_enabled(sock: &UdpSocket) -> bool {
+    nix::sys::socket::getsockopt(sock, sockopt::UdpGroSegment).unwrap_or(false)
+}
+
+/// A receive buffer for DATA of `blksize`: one datagram and a byte (to see an oversized
+/// one), or a whole GRO train when GRO is on.
+pub(crate) fn receive_buffer(sock: &UdpSocket, blksize: usize) -> Vec<u8> {
+    let one = blksize + tftpx_proto::wire::DATA_HEADER_LEN + 1;
+    if gro_enabled(sock) {
+        vec![0u8; one.max(64 * 1024)]
+    } else {
+        vec![0u8; one]
+    }
+}
+
+/// Room for the one control message [`recv_segments`] reads.
+pub(crate) fn segments_cmsg() -> Vec<u8> {
+    nix::cmsg_space!(i32)
+}
+
+/// One receive: (bytes, source, segment size). Without GRO, or for a single datagram, the
+/// segment size is the length; with GRO, `buf[..bytes]` holds several datagrams, each
+/// `segment` bytes but the last. Non-blocking: `WouldBlock` when nothing is queued.
+pub(crate) fn try_recv_segments(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(usize, SocketAddr, usize)> {
+    sock.try_io(Interest::READABLE, || recv_segments_raw(sock, buf, cmsg))
+}
+
+/// [`try_recv_segments`], waiting for a datagram.
+pub(crate) async fn recv_segments(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(usize, SocketAddr, usize)> {
+    sock.async_io(Interest::READABLE, || recv_segments_raw(sock, buf, cmsg))
+        .await
+}
+
+fn recv_segments_raw(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+        .map_err(io::Error::from)?;
+    let from = msg
+        .address
+        .and_then(|a| to_std(&a))
+        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    let mut segment = msg.bytes;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(s) = c {
+                segment = usize::try_from(s).unwrap_or(msg.bytes);
+            }
+        }
+    }
+    Ok((msg.bytes, from, segment.max(1)))
 }

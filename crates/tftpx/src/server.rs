@@ -671,6 +671,10 @@ impl<H: Handler> Ctx<'_, H> {
             }
         };
         net::fit_window(sock, neg.negotiated.window_bytes());
+        if neg.negotiated.windowsize > 1 {
+            // A window may arrive as one GSO train: take it in one receive.
+            net::enable_gro(sock);
+        }
         let mut rx = Receiver::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
         let mut sink = Sink::new(upload, info.mode).with_limit(limits.max_upload_size);
         let mut tracker = Tracker::default();
