@@ -145,16 +145,22 @@ pub(crate) fn bind_client(
 }
 
 /// Grows a socket's send and receive buffers to hold a window of `window_bytes` twice (one
-/// in flight, one being retransmitted). Only windows past the system default are touched;
-/// the kernel caps the request at net.core.{r,w}mem_max, which only means less headroom.
+/// in flight, one being retransmitted). Only windows past the system default are touched.
+/// With CAP_NET_ADMIN (a server on port 69 runs as root) the size is forced past
+/// net.core.{r,w}mem_max (SO_RCVBUFFORCE): a 1 MiB window (65464 x 16) overflows the
+/// default 208 KiB limit, and every lost window costs a timeout. Otherwise the kernel caps
+/// the request at those limits, which only means less headroom.
 pub(crate) fn fit_window(sock: &UdpSocket, window_bytes: usize) {
     let want = window_bytes * 2;
     if want <= 64 * 1024 {
         return;
     }
-    let s = socket2::SockRef::from(sock);
-    let _ = s.set_recv_buffer_size(want);
-    let _ = s.set_send_buffer_size(want);
+    if setsockopt(sock, sockopt::RcvBufForce, &want).is_err() {
+        let _ = socket2::SockRef::from(sock).set_recv_buffer_size(want);
+    }
+    if setsockopt(sock, sockopt::SndBufForce, &want).is_err() {
+        let _ = socket2::SockRef::from(sock).set_send_buffer_size(want);
+    }
 }
 
 /// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
