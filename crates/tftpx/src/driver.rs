@@ -183,8 +183,9 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) -> Tracker {
     let mut tracker = Tracker::default();
-    // A sender only ever receives ACK, OACK and ERROR: small datagrams.
-    let mut buf = vec![0u8; 4096];
+    // A sender only ever receives ACK, OACK and ERROR: small datagrams (a longer ERROR
+    // message is cut, which is harmless).
+    let mut buf = vec![0u8; 1500];
     let mut cancelled = false;
     let mut waiter = Waiter::new(cancel);
     // UDP GSO for windows, until the kernel says no.

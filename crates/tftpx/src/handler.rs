@@ -457,8 +457,39 @@ fn create_temp(
     ))
 }
 
+/// A file a [`DirHandler`] serves. Reads are plain `read(2)` calls made on the runtime's
+/// thread, as tftpd-hpa and dnsmasq make them: served files live in the page cache, where a
+/// read costs a microsecond or two, while handing each read to tokio's blocking pool costs
+/// two context switches and a second buffer per transfer (memory that counts when ten
+/// thousand transfers run at once). A read that misses the cache blocks its worker thread
+/// for the disk's latency.
+#[derive(Debug)]
+pub struct DirFile {
+    file: std::fs::File,
+}
+
+impl AsyncRead for DirFile {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        use std::io::Read;
+        loop {
+            match (&self.file).read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl Handler for DirHandler {
-    type Reader = tokio::fs::File;
+    type Reader = DirFile;
     type Writer = DirUpload;
 
     async fn open_read(
@@ -471,7 +502,7 @@ impl Handler for DirHandler {
             .await
             .map_err(|e| HandlerError::new(ErrorCode::NotDefined, e.to_string()))??;
         Ok(ReadFile {
-            reader: tokio::fs::File::from_std(file),
+            reader: DirFile { file },
             size: Some(size),
         })
     }

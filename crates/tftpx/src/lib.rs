@@ -25,8 +25,8 @@ mod server;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
 pub use handler::{
-    DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN,
-    MAX_NAME_LEN,
+    DirFile, DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload,
+    MAX_COMPONENT_LEN, MAX_NAME_LEN,
 };
 pub use server::{
     printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,

@@ -628,9 +628,10 @@ impl<H: Handler> Ctx<'_, H> {
         net::fit_window(sock, window);
         let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
         // Read ahead about two windows, so lock-step 512 does not pay a file read per block
-        // and memory stays proportional to the window.
+        // and memory stays proportional to the window (8 KiB for lock-step 512: ten thousand
+        // slow transfers must fit in 200 MB).
         let reader =
-            tokio::io::BufReader::with_capacity((window * 2).clamp(16 << 10, 1 << 20), file.reader);
+            tokio::io::BufReader::with_capacity((window * 2).clamp(8 << 10, 1 << 20), file.reader);
         let mut src = Source::new(reader, info.mode).with_len(file.size);
         let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |stats, _| {
             if stats.blocks > 0 {
