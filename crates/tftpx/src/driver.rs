@@ -16,6 +16,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::io::{Sink, Source};
 use crate::net;
 
+/// The ERROR message a transfer ends with when it is cancelled (server shutdown, or the
+/// client's cancellation token).
+pub(crate) const CANCELLED: &str = "Transfer cancelled";
+
 /// What a transfer reported through its events.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
@@ -197,7 +201,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             match waiter.unless_cancelled(src.fill(slot)).await {
                 Some(Ok(n)) => tx.block_filled(n),
                 None => {
-                    tx.abort(ErrorCode::NotDefined, "Transfer cancelled");
+                    tx.abort(ErrorCode::NotDefined, CANCELLED);
                     cancelled = true;
                     break;
                 }
@@ -233,7 +237,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             }
             Wake::Timer => tx.handle_timeout(now()),
             Wake::Cancelled => {
-                tx.abort(ErrorCode::NotDefined, "Transfer cancelled");
+                tx.abort(ErrorCode::NotDefined, CANCELLED);
                 cancelled = true;
             }
         }
@@ -294,7 +298,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             }
             Wake::Timer => rx.handle_timeout(t),
             Wake::Cancelled => {
-                rx.abort(ErrorCode::NotDefined, "Transfer cancelled");
+                rx.abort(ErrorCode::NotDefined, CANCELLED);
             }
         }
     }

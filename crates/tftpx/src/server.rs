@@ -792,6 +792,10 @@ fn log_summary(s: &TransferSummary) {
         {
             info!("{s} (duplicate request: the client continues with another transfer)")
         }
+        // Shutdown ends every running transfer: one warning each would flood the log.
+        Outcome::Failed(TransferError::Aborted { message, .. }) if message == driver::CANCELLED => {
+            info!("{s}")
+        }
         Outcome::Failed(_) => warn!("{s}"),
     }
 }
