@@ -104,6 +104,16 @@ impl fmt::Display for TransferSummary {
             Outcome::Refused { code, message } => {
                 write!(f, ": refused with ERROR {code}: {}", printable(message))?;
             }
+            // Routine PXE/UEFI traffic, not a failure: say what happened in those words.
+            Outcome::Failed(TransferError::Peer { code, message }) if self.is_size_probe() => {
+                write!(
+                    f,
+                    ": size probe, the client read the OACK and ended the transfer \
+                     (ERROR {}: {})",
+                    code.to_u16(),
+                    printable(message)
+                )?;
+            }
             Outcome::Failed(e) => {
                 write!(
                     f,
@@ -131,6 +141,16 @@ impl fmt::Display for TransferSummary {
             )?;
         }
         Ok(())
+    }
+}
+
+impl TransferSummary {
+    /// A client that ended the transfer with ERROR 8 (or 0) right after the OACK, before any
+    /// data: PXE ROMs and UEFI read tsize that way, then request the file again.
+    fn is_size_probe(&self) -> bool {
+        matches!(&self.outcome, Outcome::Failed(TransferError::Peer { code, .. })
+            if self.stats.blocks == 0
+                && (*code == ErrorCode::OptionNegotiation || *code == ErrorCode::NotDefined))
     }
 }
 
@@ -779,12 +799,7 @@ fn log_summary(s: &TransferSummary) {
         Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => info!("{s}"),
         Outcome::Refused { .. } => warn!("{s}"),
         // A client that ends the transfer after reading the OACK (PXE size probe).
-        Outcome::Failed(TransferError::Peer { code, .. })
-            if *code == ErrorCode::OptionNegotiation
-                || (*code == ErrorCode::NotDefined && s.stats.blocks == 0) =>
-        {
-            info!("{s} (client ended the transfer after the OACK: a size probe)")
-        }
+        Outcome::Failed(_) if s.is_size_probe() => info!("{s}"),
         // A client that repeated its request talks to the first transfer and tells this
         // one ERROR 5: routine on a slow first reply, not a failure worth a warning.
         Outcome::Failed(TransferError::Peer { code, .. })

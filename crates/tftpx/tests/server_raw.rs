@@ -124,6 +124,12 @@ async fn error_8_after_oack_ends_the_transfer_quietly() {
     // The client's message cannot inject a log line or a terminal escape.
     let line = sums[0].to_string();
     assert!(line.contains(r"size\nprobe\u{1b}[2J"), "{line}");
+    // It reads as the routine size probe it is, not as a failure.
+    assert!(
+        line.contains(": size probe, the client read the OACK and ended the transfer (ERROR 8: "),
+        "{line}"
+    );
+    assert!(!line.contains("fail"), "{line}");
     assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
     assert!(
         matches!(&sums[0].outcome, Outcome::Failed(tftpx::proto::transfer::TransferError::Peer { code, .. }) if code.to_u16() == 8)
