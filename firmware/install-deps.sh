@@ -28,7 +28,7 @@ apt_arch() {
     shift 2
     local dir=$CACHE/apt-$arch
     mkdir -p "$dir/lists/partial" "$dir/archives/partial"
-    "$tool" -qq -o APT::Architecture="$arch" -o APT::Architectures::="$arch" \
+    "$tool" -qq -o APT::Sandbox::User=root -o APT::Architecture="$arch" -o APT::Architectures::="$arch" \
         -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir" \
         -o Dir::Cache::pkgcache="" -o Dir::Cache::srcpkgcache="" "$@"
 }
