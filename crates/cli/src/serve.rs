@@ -126,7 +126,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                      (or try --listen 127.0.0.1:6969)"
                 );
             }
-            Err(e) => return Err(e.into()),
+            // Its message already names the OS error: no source chain (it would say it twice).
+            Err(e) => anyhow::bail!("{e}"),
         }
     };
     let mode = if args.allow_create {
