@@ -1102,7 +1102,14 @@ impl Receiver {
                 self.stats.retransmits += 1;
                 self.in_window = 0;
                 // Resend the request, the OACK / ACK 0, or the ACK of the last block in order.
-                self.link.ctrl_pending = true;
+                // Mid-window the last ACK sent names an older block (the end of the previous
+                // window): acknowledge the last block in order, so the sender resends from
+                // the gap rather than waiting for its own timeout to resend the window.
+                if self.state == ReceiverState::Receiving && self.received > 0 {
+                    self.link.set_ack(self.last_wire);
+                } else {
+                    self.link.ctrl_pending = true;
+                }
             }
             ReceiverState::Dallying => self.state = ReceiverState::Done,
             ReceiverState::Done | ReceiverState::Failed => {}
