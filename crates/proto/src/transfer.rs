@@ -1051,8 +1051,12 @@ impl Receiver {
                 self.stats.ignored += 1;
             } else {
                 self.stats.duplicates += 1;
-                // The sender repeated what we already acknowledged: our ACK was lost.
-                if block == self.last_wire && self.received > 0 {
+                // The sender repeated what we already acknowledged: our ACK was lost. Only
+                // when that ACK was our last word (nothing new came since): otherwise the
+                // sender is resending a window after its timeout, the blocks after this one
+                // follow, and an ACK now would make it resend them all once more, and so on
+                // for every window to the end of the file.
+                if block == self.last_wire && self.received > 0 && self.in_window == 0 {
                     self.in_window = 0;
                     self.link.set_ack(block);
                 }
