@@ -1078,7 +1078,8 @@ impl Receiver {
         if payload.len() < self.blksize {
             self.link.set_ack(block);
             self.state = ReceiverState::Dallying;
-            self.deadline = Some(now + self.config.dally);
+            // Set when the final ACK leaves (see poll_transmit).
+            self.deadline = None;
             self.events.push_back(Event::Complete);
         } else if self.in_window >= self.windowsize {
             self.in_window = 0;
@@ -1132,6 +1133,14 @@ impl Receiver {
             )
         {
             self.deadline = Some(now + self.config.timeout);
+        }
+        if self.link.ctrl_pending
+            && self.state == ReceiverState::Dallying
+            && self.deadline.is_none()
+        {
+            // The dally counts from the final ACK, not from the last DATA: the driver may
+            // spend a while committing the file in between.
+            self.deadline = Some(now + self.config.dally);
         }
         self.link.poll_ctrl()
     }
