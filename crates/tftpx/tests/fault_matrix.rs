@@ -1092,3 +1092,125 @@ async fn every_final_ack_lost() {
     let target = srv.dir.path().join(put.name());
     assert!(std::fs::read(target).unwrap() == content(put.size, put.seed));
 }
+
+// ---------------------------------------------------------------------------------------
+// An upload whose commit takes a while
+// ---------------------------------------------------------------------------------------
+
+/// A [`DirHandler`] whose uploads take `delay` to commit (a slow disk's fsync).
+struct SlowCommit(DirHandler, Duration);
+
+struct SlowUpload(tftpx::DirUpload, Duration);
+
+impl tokio::io::AsyncWrite for SlowUpload {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tftpx::Upload for SlowUpload {
+    async fn commit(self) -> std::io::Result<()> {
+        tokio::time::sleep(self.1).await;
+        self.0.commit().await
+    }
+}
+
+impl tftpx::Handler for SlowCommit {
+    type Reader = <DirHandler as tftpx::Handler>::Reader;
+    type Writer = SlowUpload;
+
+    async fn open_read(
+        &self,
+        req: &tftpx::RequestInfo<'_>,
+    ) -> Result<tftpx::ReadFile<Self::Reader>, tftpx::HandlerError> {
+        self.0.open_read(req).await
+    }
+
+    async fn open_write(
+        &self,
+        req: &tftpx::RequestInfo<'_>,
+        size: Option<u64>,
+    ) -> Result<Self::Writer, tftpx::HandlerError> {
+        Ok(SlowUpload(self.0.open_write(req, size).await?, self.1))
+    }
+}
+
+/// The server commits an upload before its final ACK leaves, and the commit may take longer
+/// than the dally (a loaded disk's fsync). If that first final ACK is lost, the server must
+/// still be there to answer the client's repeated last DATA: its dally counts from the ACK,
+/// not from the last DATA's arrival. (Seen in the 5 % loss soak: an upload reported as timed
+/// out although the server had the file.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_still_leaves_time_to_repeat_the_final_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let summaries = Arc::new(Mutex::new(Vec::new()));
+    let s2 = summaries.clone();
+    // Dally: 2 x 80 ms; the commit takes 400 ms.
+    let handler = SlowCommit(
+        DirHandler::new(dir.path()).unwrap().allow_create(true),
+        Duration::from_millis(400),
+    );
+    let s = Server::builder(handler)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .timeout(SERVER_TIMEOUT)
+        .max_retries(RETRIES)
+        .on_transfer_end(move |s| s2.lock().unwrap().push(s.clone()))
+        .bind()
+        .unwrap();
+    let addr = s.local_addrs()[0];
+    let token = s.shutdown_token();
+    tokio::spawn(s.run());
+    let srv = Srv {
+        addr,
+        dir,
+        token,
+        summaries,
+        timeout: SERVER_TIMEOUT,
+        retries: RETRIES,
+    };
+    let opts = Opts::Negotiate {
+        blksize: 512,
+        windowsize: 1,
+    };
+    let mut put = Case::new(
+        "slow commit, lose final ACK Put",
+        Xfer::Put,
+        opts,
+        5_000,
+        81,
+    )
+    .faults(
+        Faults::default(),
+        Faults {
+            drop: vec![Pick::FinalAck(1)],
+            ..Faults::default()
+        },
+    );
+    put.client_retries = 20;
+    let rows = [run_case(&srv, &put).await];
+    show("a slow commit", &rows);
+    assert!(rows[0].server.starts_with("ok"), "{}", rows[0].server);
+    assert!(
+        rows[0].client.is_ok(),
+        "the server committed, but the client was never told: {:?}",
+        rows[0].client
+    );
+}
