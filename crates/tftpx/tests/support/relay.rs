@@ -88,6 +88,8 @@ pub struct Faults {
     /// Delay spikes: when a picked datagram arrives, this direction stalls for the duration:
     /// that datagram and every one after it is held until the stall ends.
     pub stall: Vec<(Pick, Duration)>,
+    /// Datagrams held back on their own (the others pass): a late duplicate, say.
+    pub hold: Vec<(Pick, Duration)>,
 }
 
 /// Counters per direction.
@@ -143,6 +145,9 @@ struct Shared {
     blksize: usize,
     /// Block number of the last DATA, once seen.
     last_block: Option<u16>,
+    /// One line per datagram (see [`Relay::trace`]).
+    trace: Vec<String>,
+    start: Instant,
 }
 
 fn opcode(d: &[u8]) -> Option<u8> {
@@ -253,8 +258,43 @@ impl Shared {
         seen
     }
 
-    /// Decides the fate of one datagram: how many copies, and the delay of each.
-    fn fate(&mut self, dir: Dir, datagram: &[u8]) -> Vec<Duration> {
+    /// Decides the fate of one datagram (how many copies, and the delay of each) and
+    /// records it in the trace.
+    fn fate(&mut self, dir: Dir, datagram: &[u8], peer: SocketAddr) -> Vec<Duration> {
+        let fate = self.decide(dir, datagram);
+        let what = match opcode(datagram) {
+            Some(op::RRQ) => "RRQ".to_owned(),
+            Some(op::WRQ) => "WRQ".to_owned(),
+            Some(op::DATA) => format!(
+                "DATA {} ({} bytes)",
+                block(datagram).unwrap_or(0),
+                datagram.len().saturating_sub(4)
+            ),
+            Some(op::ACK) => format!("ACK {}", block(datagram).unwrap_or(0)),
+            Some(op::ERROR) => format!("ERROR {}", block(datagram).unwrap_or(0)),
+            Some(op::OACK) => "OACK".to_owned(),
+            _ => format!("? ({} bytes)", datagram.len()),
+        };
+        let verdict = match fate.as_slice() {
+            [] => "dropped".to_owned(),
+            [d] if d.is_zero() => String::new(),
+            [d] => format!("held {} ms", d.as_millis()),
+            [d, _] => format!("doubled, held {} ms", d.as_millis()),
+            _ => String::new(),
+        };
+        let arrow = match dir {
+            Dir::ToServer => "->",
+            Dir::ToClient => "<-",
+        };
+        let ms = self.start.elapsed().as_millis();
+        self.trace.push(format!(
+            "{ms:>6} ms {arrow} {:>5} {what} {verdict}",
+            peer.port()
+        ));
+        fate
+    }
+
+    fn decide(&mut self, dir: Dir, datagram: &[u8]) -> Vec<Duration> {
         let f = self.faults.get(&dir).cloned().unwrap_or_default();
         let seen = self.observe(dir, datagram);
         let roll_loss = self.next() % 100;
@@ -288,6 +328,11 @@ impl Shared {
         if let Some(until) = st.stall_until {
             if until > now {
                 delay = delay.max(until - now);
+            }
+        }
+        for (pick, d) in &f.hold {
+            if pick.matches(&seen) {
+                delay = delay.max(*d);
             }
         }
         if !delay.is_zero() {
@@ -359,6 +404,8 @@ impl Relay {
             dirs: HashMap::new(),
             blksize: 512,
             last_block: None,
+            trace: Vec::new(),
+            start: Instant::now(),
         }));
         let faces = Faces::default();
         let task = tokio::spawn(run(front, server, shared.clone(), faces.clone()));
@@ -373,6 +420,13 @@ impl Relay {
     /// Where the client should send its request.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every datagram so far, one line each: time since the start, direction (`->` toward
+    /// the server, `<-` toward the client), the server-side port (its listen port or a
+    /// TID), the packet, and what the relay did with it.
+    pub fn trace(&self) -> Vec<String> {
+        self.shared.lock().unwrap().trace.clone()
     }
 
     /// Counters so far for `dir`.
@@ -392,9 +446,14 @@ async fn forward(
     dir: Dir,
     out: Arc<UdpSocket>,
     to: SocketAddr,
+    from_tid: SocketAddr,
     datagram: &[u8],
 ) {
-    let delays = shared.lock().unwrap().fate(dir, datagram);
+    let peer = match dir {
+        Dir::ToServer => to,
+        Dir::ToClient => from_tid,
+    };
+    let delays = shared.lock().unwrap().fate(dir, datagram, peer);
     for d in delays {
         if d.is_zero() {
             let _ = out.send_to(datagram, to).await;
@@ -428,7 +487,7 @@ async fn run(front: Arc<UdpSocket>, server: SocketAddr, shared: Arc<Mutex<Shared
                     back = Some(Arc::new(bind()));
                 }
                 let b = back.clone().unwrap();
-                forward(&shared, Dir::ToServer, b, server, &fbuf[..n]).await;
+                forward(&shared, Dir::ToServer, b, server, server, &fbuf[..n]).await;
             }
             r = async { back_sock.as_ref().unwrap().recv_from(&mut bbuf).await }, if back_sock.is_some() => {
                 let Ok((n, tid)) = r else { continue };
@@ -460,11 +519,11 @@ async fn run(front: Arc<UdpSocket>, server: SocketAddr, shared: Arc<Mutex<Shared
                         s
                     }
                 };
-                forward(&shared, Dir::ToClient, face, c, &bbuf[..n]).await;
+                forward(&shared, Dir::ToClient, face, c, tid, &bbuf[..n]).await;
             }
             Some((tid, bytes)) = rx.recv() => {
                 if let Some(b) = back.clone() {
-                    forward(&shared, Dir::ToServer, b, tid, &bytes).await;
+                    forward(&shared, Dir::ToServer, b, tid, tid, &bytes).await;
                 }
             }
         }
