@@ -951,10 +951,10 @@ async fn a_lost_window_tail_is_resent_from_the_gap() {
     );
     for r in rows {
         assert!(r.client.is_ok(), "{}: {:?}", r.label, r.client);
-        // One block resent (two if a loaded machine let a timer fire early), never the
-        // window the lost block ended.
+        // One block resent (a few more if a loaded machine let a timer fire early), never
+        // the window the lost block ended (before the fix: 10 and 42).
         assert!(
-            r.data.data_retransmits() <= 2,
+            r.data.data_retransmits() <= 8,
             "{}: {} DATA resent for one lost at the end of a window",
             r.label,
             r.data.data_retransmits()
