@@ -31,7 +31,8 @@ use crate::wire::{DATA_HEADER_LEN, DEFAULT_BLKSIZE};
 /// Retransmission policy of a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferConfig {
-    /// Time without progress before the last packet (or window) is sent again. A `timeout`
+    /// Time without progress before the last packet (or window) is sent again, doubled
+    /// after each consecutive timeout up to 8 x or 6 s (exponential backoff). A `timeout`
     /// negotiated with the peer (RFC 2349) replaces it.
     pub timeout: Duration,
     /// Retransmissions of one packet or window before the transfer is abandoned (0 = give
@@ -171,6 +172,22 @@ impl TransferError {
             Self::Aborted { code, .. } => *code,
         }
     }
+}
+
+/// Longest retransmission interval that backoff reaches (unless the timeout itself is
+/// longer): past the 5 s that common clients wait before resending.
+const BACKOFF_CAP: Duration = Duration::from_secs(6);
+
+/// The retransmission timeout after `retries` consecutive timeouts: `timeout` doubled each
+/// time, at most 8 x and at most [`BACKOFF_CAP`] (or `timeout` if longer); RFC 1123
+/// §4.2.3.2 asks TFTP for exponential backoff. A fixed interval never outlasts a peer whose
+/// own timer is longer: tftp-hpa's client waits 5 s before it resends a DATA, and every
+/// re-ACK it gets meanwhile restarts that wait. At the default 1 s and 5 retries a silent
+/// peer is given up after 1 + 2 + 4 + 6 + 6 + 6 = 25 s, as long as tftp-hpa's client waits.
+fn backoff(timeout: Duration, retries: u32) -> Duration {
+    timeout
+        .saturating_mul(1 << retries.min(3))
+        .min(timeout.max(BACKOFF_CAP))
 }
 
 /// Longest ERROR message tftpx sends, in bytes.
@@ -668,7 +685,7 @@ impl Sender {
         }
         if self.link.ctrl_pending {
             if !matches!(self.state, SenderState::Done | SenderState::Failed) {
-                self.deadline = Some(now + self.config.timeout);
+                self.deadline = Some(now + backoff(self.config.timeout, self.retries));
             }
             return self.link.poll_ctrl();
         }
@@ -681,7 +698,7 @@ impl Sender {
         let block = self.next;
         self.next += 1;
         self.stats.data_sent += 1;
-        self.deadline = Some(now + self.config.timeout);
+        self.deadline = Some(now + backoff(self.config.timeout, self.retries));
         let i = (block % self.windowsize) as usize;
         let r = self.slot_range(block);
         let len = self.slot_len[i] as usize;
@@ -744,7 +761,7 @@ impl Sender {
             }
         }
         self.stats.data_sent += count as u64;
-        self.deadline = Some(now + self.config.timeout);
+        self.deadline = Some(now + backoff(self.config.timeout, self.retries));
         Some(TransmitBatch {
             destination: self.link.peer,
             payload: &self.slots[start..end],
@@ -1074,7 +1091,7 @@ impl Receiver {
         self.retries = 0;
         self.gap_acked = false;
         self.in_window += 1;
-        self.deadline = Some(now + self.config.timeout);
+        self.deadline = Some(now + backoff(self.config.timeout, self.retries));
         if payload.len() < self.blksize {
             self.link.set_ack(block);
             self.state = ReceiverState::Dallying;
@@ -1132,7 +1149,7 @@ impl Receiver {
                 ReceiverState::Requesting | ReceiverState::Receiving
             )
         {
-            self.deadline = Some(now + self.config.timeout);
+            self.deadline = Some(now + backoff(self.config.timeout, self.retries));
         }
         if self.link.ctrl_pending
             && self.state == ReceiverState::Dallying

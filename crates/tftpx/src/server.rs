@@ -576,8 +576,9 @@ async fn transfer<H: Handler>(
     let timing = TransferConfig {
         timeout: config.timeout,
         max_retries: config.max_retries,
-        // Long enough for the client to time out and repeat its final DATA once.
-        dally: config.timeout * 2,
+        // Long enough for the client to time out and repeat its final DATA once: tftp-hpa,
+        // atftp and curl wait 5 s before they do, whatever our own timeout.
+        dally: (config.timeout * 2).max(Duration::from_secs(6)),
         max_unanswered_retries: config.max_unanswered_retries,
     };
     let idle = config.timeout * (config.max_retries + 2);

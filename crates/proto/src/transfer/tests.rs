@@ -184,12 +184,15 @@ fn timeout_retransmits_then_gives_up_with_error() {
     fill(&mut s, b"abc", &mut pos, 8);
     assert_eq!(drain_tx(&mut s, t0).len(), 1);
     let mut now = t0;
+    // Exponential backoff: 100, 200, 400 ms after each send.
+    let mut at = t0;
     for i in 1..=3 {
         // Early wake-ups change nothing.
         s.handle_timeout(now + 50 * MS);
         assert!(drain_tx(&mut s, now + 50 * MS).is_empty());
         now = s.poll_timeout().unwrap();
-        assert_eq!(now, t0 + 100 * MS * i);
+        at += 100 * MS * (1 << (i - 1));
+        assert_eq!(now, at);
         s.handle_timeout(now);
         assert_eq!(
             pkts(&drain_tx(&mut s, now)),
@@ -946,4 +949,25 @@ fn batches_carry_the_same_datagrams_as_single_transmits() {
             "batching happened"
         );
     }
+}
+
+#[test]
+fn retransmission_backs_off_exponentially_up_to_a_cap() {
+    assert_eq!(backoff(100 * MS, 0), 100 * MS);
+    assert_eq!(backoff(100 * MS, 1), 200 * MS);
+    assert_eq!(backoff(100 * MS, 3), 800 * MS);
+    assert_eq!(backoff(100 * MS, 9), 800 * MS, "8 x at most");
+    let s = Duration::from_secs(1);
+    let waits: Vec<_> = (0..6).map(|r| backoff(s, r).as_secs()).collect();
+    assert_eq!(
+        waits,
+        [1, 2, 4, 6, 6, 6],
+        "past tftp-hpa's 5 s, 25 s in all"
+    );
+    assert_eq!(backoff(5 * s, 4), 6 * s);
+    assert_eq!(
+        backoff(10 * s, 4),
+        10 * s,
+        "a negotiated timeout over the cap stays"
+    );
 }
