@@ -20,7 +20,7 @@ function maxof(list,    a, n, i, m) {
     return m
 }
 function fmt(x) { return x < 0 ? "-" : (x >= 100 ? sprintf("%.0f", x) : sprintf("%.1f", x)) }
-function ratio(a, b) { return (a < 0 || b <= 0) ? "-" : sprintf("%.2fx", a / b) }
+function ratio(a, b) { return (a > 0 && b <= 0) ? "only tftpx completes" : ((a < 0 || b <= 0) ? "-" : sprintf("%.2fx", a / b)) }
 
 BEGIN {
     nt = split(titles, tl, ";")

@@ -386,7 +386,26 @@ async fn concurrent(args: &Args, n: usize) -> Result<String, String> {
     Ok(s)
 }
 
+/// Times the probe download (median of `--probe-reps`) on a thread and runtime of its own, so
+/// the thousands of slow transfers queued on the main runtime do not delay it.
 async fn probe_secs(args: &Args, probe: &str, want: Option<(u64, u64)>) -> Result<f64, String> {
+    let (args, probe) = (args.clone(), probe.to_owned());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let _ = tx.send(rt.block_on(probe_secs_here(&args, &probe, want)));
+    });
+    rx.await.map_err(|_| "probe thread panicked".to_string())?
+}
+
+async fn probe_secs_here(
+    args: &Args,
+    probe: &str,
+    want: Option<(u64, u64)>,
+) -> Result<f64, String> {
     let mut times = Vec::new();
     for _ in 0..args.probe_reps.max(1) {
         let t0 = Instant::now();
