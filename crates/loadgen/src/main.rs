@@ -341,6 +341,7 @@ fn plan(args: &Args, file: &str, blksize: Option<u16>) -> Plan {
             timeout: args.timeout,
             max_retries: args.retries,
             dally: Duration::ZERO,
+            ..TransferConfig::default()
         },
         pace: None,
         stop: None,
