@@ -133,10 +133,14 @@ start_server() {
     dir=$W/srv-$s
     mkdir -p "$dir"
     chmod 777 "$dir"
-    ln -f "$W/src/big.bin" "$W/src/small.bin" "$W/src/1m.bin" "$dir/"
+    # Copies, not hard links: tftpx refuses to serve a file with several links.
+    cp "$W/src/big.bin" "$W/src/small.bin" "$W/src/1m.bin" "$dir/"
     local out=$W/log/$s.log
     case "$s" in
-    tftpx) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --max-transfers 30000 -q >"$out" 2>&1 & ;;
+    # The load generator is one address: lift tftpx's per-client limits (32 transfers, 20
+    # requests/s) as the peers have none.
+    tftpx) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --max-transfers 30000 \
+        --max-transfers-per-client 0 --rate-limit 0 -q >"$out" 2>&1 & ;;
     tftpd-hpa) /usr/sbin/in.tftpd -L -s -c -p -u root -a "127.0.0.1:$port" "$dir" >"$out" 2>&1 & ;;
     atftpd) "$ATFTPD" --daemon --no-fork --port "$port" --bind-address 127.0.0.1 --user root --group root \
         --maxthread 1100 --logfile /dev/null "$dir" >"$out" 2>&1 & ;;
@@ -393,7 +397,7 @@ if [ "$LARGE" = 1 ] && [ -n "${SRV_PID[tftpx]:-}" ]; then
     pid=${SRV_PID[tftpx]}
     dir=${SRV_DIR[tftpx]}
     truncate -s 4G "$W/src/4g.bin"
-    ln -f "$W/src/4g.bin" "$dir/4g.bin"
+    mv "$W/src/4g.bin" "$dir/4g.bin" && ln -s "$dir/4g.bin" "$W/src/4g.bin"
     sample_rss() { # pid -> min/max VmRSS in kB, every second, until killed; written to $2
         local lo=999999999 hi=0 r
         while kill -0 "$1" 2>/dev/null; do

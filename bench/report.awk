@@ -81,7 +81,7 @@ END {
         if (st == "512" && bytes[st] > 0) {
             # server CPU per GiB served, with the same client, tftpx vs tftpd-hpa (tftp-hpa client: no options)
             a = srvcpu[st SUBSEP "tftpx" SUBSEP "tftp-hpa"]; b = srvcpu[st SUBSEP "tftpd-hpa" SUBSEP "tftp-hpa"]
-            if (a != "" && b != "") cpu = sprintf("server CPU s/GiB with tftp-hpa client: tftpx %.2f, tftpd-hpa %.2f", a * 1073741824 / bytes[st], b * 1073741824 / bytes[st])
+            if (a != "" && b != "" && a >= 0 && b >= 0) cpu = sprintf("server CPU s/GiB with tftp-hpa client: tftpx %.2f, tftpd-hpa %.2f", a * 1073741824 / bytes[st], b * 1073741824 / bytes[st])
         }
         summary = summary sprintf("| %s | %s %s | %s | %s | %s | %s | %s |\n", st, bestpairname[st], fmt(bestpair[st] > 0 ? bestpair[st] : -1), \
             fmt((kk in med) ? med[kk] : -1), ((kk in med) ? ratio(med[kk], bestpair[st]) : "-"), \
