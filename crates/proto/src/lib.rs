@@ -57,4 +57,8 @@ pub mod netascii;
 pub mod transfer;
 pub mod wire;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use wire::{ErrorCode, Mode, Packet};
