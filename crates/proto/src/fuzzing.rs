@@ -105,12 +105,15 @@ pub fn decode(data: &[u8]) {
 fn check_option_list(o: OptionList<'_>) {
     assert_eq!(OptionList::new(o.as_bytes()), Ok(o));
     let mut raw = Vec::new();
-    for (name, value) in o.iter() {
+    for (i, (name, value)) in o.iter().enumerate() {
         assert!(!name.contains(&0) && !value.contains(&0));
         raw.extend_from_slice(name);
         raw.push(0);
         raw.extend_from_slice(value);
         raw.push(0);
+        if i >= 16 {
+            continue; // the lookup check below is quadratic: the first options suffice
+        }
         // `get` finds the first option of that name, whatever the case.
         let first = o
             .iter()
