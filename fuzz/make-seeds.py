@@ -207,3 +207,26 @@ RECEIVER = {
 }
 for name, d in RECEIVER.items():
     write("receiver", name, d)
+
+# --- resolve: requested file names --------------------------------------------------------
+RESOLVE = {
+    "plain": b"pxelinux.0",
+    "leading-slash": b"/pxelinux.0",
+    "dotdot": b"../../etc/passwd",
+    "dotdot-backslash": b"a\\..\\..\\etc\\passwd",
+    "dotdot-inside": b"a/b/../c",
+    "dots": b"./a/./b/.../....",
+    "root-prefix": b"/tmp/tftpx-fuzz-resolve/boot/x",
+    "root-prefix-dotdot": b"/tmp/tftpx-fuzz-resolve/../x",
+    "root-itself": b"/tmp/tftpx-fuzz-resolve",
+    "root-prefix-lookalike": b"/tmp/tftpx-fuzz-resolve-evil/x",
+    "only-separators": b"//\\/",
+    "empty": b"",
+    "nul": b"a\0b",
+    "overlong-name": b"a/" * 600,
+    "overlong-component": b"d/" + b"x" * 256,
+    "component-255": b"x" * 255,
+    "non-utf8": b"\xff\xfe/\xc0\xaf..",
+}
+for name, d in RESOLVE.items():
+    write("resolve", name, d)
