@@ -14,12 +14,13 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(decode netascii negotiate sender receiver)
+    targets=(decode netascii negotiate sender receiver resolve)
 fi
 
 max_len() {
     case "$1" in
         sender | receiver) echo 70000 ;;
+        resolve) echo 1100 ;;
         *) echo 4096 ;;
     esac
 }
@@ -45,8 +46,8 @@ for t in "${targets[@]}"; do
     elapsed=$(($(date +%s) - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     execs="${execs:-?}"
-    rate="?"
-    if [ "$execs" != "?" ] && [ "$elapsed" -gt 0 ]; then rate=$((execs / elapsed)); fi
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    rate="${rate:-?}"
     files=$(find "corpus/$t" -maxdepth 1 -type f | wc -l)
     if [ "$rc" -ne 0 ]; then
         status=1
