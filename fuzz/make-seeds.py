@@ -120,8 +120,8 @@ for h, header in NEG_HEADERS.items():
         write("negotiate", f"{h}-{name}", header + DATAGRAMS[name])
 
 # --- sender / receiver: setup, then operations ----------------------------------------
-def config(timeout=100, retries=3, dally=200):
-    return u16(timeout) + u8(retries) + u16(dally)
+def config(timeout=100, retries=3, dally=200, unanswered=2):
+    return u16(timeout) + u8(retries | unanswered << 3) + u16(dally)
 
 
 PEER = u8(4)  # source byte meaning "the peer"
@@ -159,6 +159,11 @@ SENDER = {
     "server-peer-error": sender_server(600) + s_ack(0) + s_error(),
     "server-abort": sender_server(600) + s_ack(0) + s_abort(),
     "server-empty-file": sender_server(0) + s_ack(0) + s_run(2),
+    "server-gso-batches-64k": u8(4 | 8) + config() + u32(300_000) + limits() + client(1468, 64, None, 0)
+    + u8(64) + s_ack(0) + s_run(10),
+    "server-small-batches-wrapping-ring": u8(4) + config() + u32(50_000) + limits() + client(512, 5, None, 0)
+    + u8(3) + u16(1600) + s_ack(0) + s_ack_last(2) + s_run(30),
+    "server-silent-forged-peer": sender_server(5000, cfg=config(50, 7, 0, 1)) + s_time(60000),
     "client-oack": sender_client(20_000, 1468, 8) + s_good_oack() + s_run(40),
     "client-ack0": sender_client(3000) + s_ack(0) + s_run(10),
     "client-bad-oack": sender_client(3000, 1024) + u8(3) + PEER + u8(14) + b"blksize\x004096\x00",

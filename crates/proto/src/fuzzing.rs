@@ -427,10 +427,13 @@ fn source(inp: &mut Input<'_>, peer: SocketAddr) -> SocketAddr {
 }
 
 fn read_config(inp: &mut Input<'_>) -> TransferConfig {
+    let timeout = Duration::from_millis(1 + u64::from(inp.u16() % 5000));
+    let retries = inp.u8();
     TransferConfig {
-        timeout: Duration::from_millis(1 + u64::from(inp.u16() % 5000)),
-        max_retries: u32::from(inp.u8() % 8),
+        timeout,
+        max_retries: u32::from(retries % 8),
         dally: Duration::from_millis(u64::from(inp.u16() % 5000)),
+        max_unanswered_retries: u32::from(retries >> 3 & 7),
     }
 }
 
@@ -534,6 +537,8 @@ struct SendModel {
     last_filled: bool,
     last_data: Option<u16>,
     strangers: Vec<SocketAddr>,
+    /// `poll_transmit_batch(max_segments, max_bytes)` instead of `poll_transmit`.
+    batch: Option<(usize, usize)>,
 }
 
 impl SendModel {
@@ -584,11 +589,34 @@ impl SendModel {
         }
         let peer = s.peer();
         let mut sent = 0;
-        while let Some(t) = s.poll_transmit(self.now) {
-            assert!(!finished, "a finished sender transmits");
-            sent += 1;
+        loop {
+            if let Some((segments, bytes)) = self.batch {
+                let Some(b) = s.poll_transmit_batch(self.now, segments, bytes) else {
+                    break;
+                };
+                assert!(!finished, "a finished sender transmits");
+                assert!(b.count >= 1 && b.count <= segments.max(1), "{b:?}");
+                if b.count > 1 {
+                    let n = self.events.negotiated.expect("DATA before negotiation");
+                    assert!(b.payload.len() <= bytes);
+                    assert_eq!(b.segment, usize::from(n.blksize) + 4);
+                }
+                let mut count = 0;
+                for d in b.datagrams() {
+                    count += 1;
+                    self.check_transmit(peer, b.destination, d);
+                }
+                assert_eq!(count, b.count);
+                sent += count as u64;
+            } else {
+                let Some(t) = s.poll_transmit(self.now) else {
+                    break;
+                };
+                assert!(!finished, "a finished sender transmits");
+                sent += 1;
+                self.check_transmit(peer, t.destination, t.payload);
+            }
             assert!(sent <= window + 2, "too many datagrams at once");
-            self.check_transmit(peer, t.destination, t.payload);
         }
         while let Some(e) = s.poll_event() {
             self.events.take(e, false);
@@ -645,10 +673,14 @@ impl SendModel {
 /// Drives a [`Sender`] (server for an RRQ, or client that sent a WRQ) with an arbitrary
 /// sequence of datagrams and clock moves, filling blocks from a file of arbitrary length.
 ///
-/// Layout: setup byte (bit 0 client, bit 1 netascii), config (timeout ms u16, retries u8,
-/// dally ms u16), file length u32; a client then reads client options, a name length byte
-/// and the name; a server reads limits and the client's options; then operations, one byte
-/// each followed by their arguments, until the input ends.
+/// Layout: setup byte (bit 0 client, bit 1 netascii, bit 2 batches, bit 3 batches of at
+/// most 64 KiB), config (timeout ms u16, retries u8: bits 0-2 `max_retries`, 3-5
+/// `max_unanswered_retries`; dally ms u16), file length u32; a client then reads client
+/// options, a name length byte and the name; a server reads limits and the client's
+/// options; with bit 2, the batches' `max_segments` (u8 % 66) and, without bit 3,
+/// `max_bytes` (u16); then operations, one byte each followed by their arguments, until
+/// the input ends. Batches are checked datagram by datagram, like single transmits, and
+/// hold at most `max_segments` datagrams of 4 + blksize bytes within `max_bytes`.
 ///
 /// Checks: no panic; every datagram decodes, DATA goes to the peer, is at most blksize + 4
 /// bytes and holds exactly the file's bytes for its block number; ERROR 5 only to strangers;
@@ -698,6 +730,17 @@ pub fn sender(data: &[u8]) {
         last_filled: false,
         last_data: None,
         strangers: Vec::new(),
+        batch: (setup & 4 != 0).then(|| {
+            let segments = usize::from(inp.u8() % 66);
+            (
+                segments,
+                if setup & 8 != 0 {
+                    65536
+                } else {
+                    usize::from(inp.u16())
+                },
+            )
+        }),
     };
     let mut budget = RUN_BUDGET;
     m.pump(&mut s);
@@ -936,7 +979,7 @@ impl RecvModel {
 /// sequence of datagrams and clock moves.
 ///
 /// Layout: setup byte (bit 0 client, bit 1 netascii, bit 2 wrap to 0 in perfect runs),
-/// config (timeout ms u16, retries u8, dally ms u16); a client then reads client options, a
+/// config (as for [`sender`]); a client then reads client options, a
 /// name length byte and the name; a server reads limits and the client's options; then
 /// operations, one byte each followed by their arguments, until the input ends.
 ///
