@@ -5,31 +5,14 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tftpx");
 
-/// A file's bytes, deterministic.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn parts(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tftpx-part"))
-        .collect()
-}
+use common::{part_files as parts, pseudo_random_seeded as content};
 
 /// The disk fills up during an upload: ERROR 3 to the client, the old file intact, the
 /// temporary file removed. A 1 MiB tmpfs in a private mount (and network) namespace.
@@ -99,67 +82,13 @@ fn disk_full_during_upload_answers_error_3_and_keeps_the_old_file() {
     );
 }
 
-/// `tftpx serve` on 127.0.0.1:0, stopped by PID when dropped.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, extra: &[&str]) -> Serve {
-    use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--timeout",
-            "300ms",
-            "--retries",
-            "3",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(i) = line.find("127.0.0.1:") {
-                let port: String = line[i + 10..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                if let (Some(tx), Ok(p)) = (tx.take(), port.parse::<u16>()) {
-                    let _ = tx.send(p);
-                }
-            }
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("server port");
-    Serve {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        log,
-    }
+/// `tftpx serve DIR` on 127.0.0.1:0 with short retransmission timers, and its address.
+fn serve(dir: &Path, extra: &[&str]) -> (common::Server, SocketAddr) {
+    let mut args = vec!["--timeout", "300ms", "--retries", "3"];
+    args.extend_from_slice(extra);
+    let srv = common::Server::start(dir, &args);
+    let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    (srv, addr)
 }
 
 fn sock() -> UdpSocket {
@@ -211,11 +140,11 @@ fn a_file_that_shrinks_or_grows_while_read_is_never_served_short_or_torn() {
     let original = content(2 << 20, 3);
     std::fs::write(dir.path().join("shrinks.bin"), &original).unwrap();
     std::fs::write(dir.path().join("grows.bin"), &original).unwrap();
-    let srv = serve(dir.path(), &[]);
+    let (srv, addr) = serve(dir.path(), &[]);
 
     // Shrinks to 1000 bytes after 100 blocks (51 KB, past the 16 KiB read-ahead).
     let s = sock();
-    s.send_to(&request(1, "shrinks.bin", ""), srv.addr).unwrap();
+    s.send_to(&request(1, "shrinks.bin", ""), addr).unwrap();
     let mut next = 1;
     let (got, _) = download(&s, &mut next, |b| b == 100);
     assert_eq!(got.len(), 100 * 512);
@@ -236,7 +165,7 @@ fn a_file_that_shrinks_or_grows_while_read_is_never_served_short_or_torn() {
 
     // Grows (appended to) after 100 blocks: the transfer serves the size it announced.
     let s = sock();
-    s.send_to(&request(1, "grows.bin", "tsize\x000\x00"), srv.addr)
+    s.send_to(&request(1, "grows.bin", "tsize\x000\x00"), addr)
         .unwrap();
     let (oack, tid) = recv(&s);
     assert_eq!(&oack[..2], b"\x00\x06");
@@ -265,15 +194,15 @@ fn vanished_and_restarted_clients_end_cleanly() {
     let data = content(300_000, 5);
     std::fs::write(dir.path().join("f.bin"), &data).unwrap();
     std::fs::write(dir.path().join("up.bin"), b"old").unwrap();
-    let srv = serve(dir.path(), &["--allow-write"]);
+    let (srv, addr) = serve(dir.path(), &["--allow-write"]);
 
     // A download whose client vanishes after 10 blocks.
     let gone = sock();
-    gone.send_to(&request(1, "f.bin", ""), srv.addr).unwrap();
+    gone.send_to(&request(1, "f.bin", ""), addr).unwrap();
     download(&gone, &mut 1, |b| b == 10);
     // An upload whose client vanishes after 10 blocks.
     let up = sock();
-    up.send_to(&request(2, "up.bin", ""), srv.addr).unwrap();
+    up.send_to(&request(2, "up.bin", ""), addr).unwrap();
     let (ack0, tid) = recv(&up);
     assert_eq!(ack0, [0, 4, 0, 0]);
     for b in 1..=10u16 {
@@ -287,19 +216,19 @@ fn vanished_and_restarted_clients_end_cleanly() {
     drop(up);
     // The same download restarted from a new port completes while the first times out.
     let again = sock();
-    again.send_to(&request(1, "f.bin", ""), srv.addr).unwrap();
+    again.send_to(&request(1, "f.bin", ""), addr).unwrap();
     let (got, _) = download(&again, &mut 1, |_| false);
     assert!(got == data);
     // Both abandoned transfers end within their retry budget (300 ms x 3 retries).
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let log = srv.log.lock().unwrap().clone();
+        let log = srv.log();
         if log.matches("timed out").count() >= 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = srv.log.lock().unwrap().clone();
+    let log = srv.log();
     assert_eq!(log.matches("timed out").count(), 2, "{log}");
     assert_eq!(std::fs::read(dir.path().join("up.bin")).unwrap(), b"old");
     assert!(parts(dir.path()).is_empty());
@@ -310,16 +239,16 @@ fn sigterm_ends_running_transfers_with_an_error_and_removes_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f.bin"), content(300_000, 6)).unwrap();
     std::fs::write(dir.path().join("up.bin"), b"old").unwrap();
-    let mut srv = serve(dir.path(), &["--allow-write"]);
+    let (mut srv, addr) = serve(dir.path(), &["--allow-write"]);
     let down = sock();
-    down.send_to(&request(1, "f.bin", ""), srv.addr).unwrap();
+    down.send_to(&request(1, "f.bin", ""), addr).unwrap();
     let (_, down_tid) = {
         let (p, from) = recv(&down);
         assert_eq!(&p[..4], b"\x00\x03\x00\x01");
         (p, from)
     };
     let up = sock();
-    up.send_to(&request(2, "up.bin", ""), srv.addr).unwrap();
+    up.send_to(&request(2, "up.bin", ""), addr).unwrap();
     let (_, up_tid) = recv(&up);
     let mut d = vec![0, 3, 0, 1];
     d.extend_from_slice(&[9u8; 512]);
@@ -330,7 +259,7 @@ fn sigterm_ends_running_transfers_with_an_error_and_removes_temp_files() {
         1,
         "the upload's temporary file exists"
     );
-    let pid = srv.child.id().to_string();
+    let pid = srv.pid().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -352,7 +281,7 @@ fn sigterm_ends_running_transfers_with_an_error_and_removes_temp_files() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(st) = srv.child.try_wait().unwrap() {
+        if let Some(st) = srv.try_wait() {
             break st;
         }
         assert!(Instant::now() < deadline, "serve exits after SIGTERM");

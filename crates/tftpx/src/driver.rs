@@ -256,14 +256,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     idle: Duration,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) {
-    let mut buf = net::receive_buffer(sock, rx.blksize());
+    let mut buf = vec![0u8; net::receive_buffer_len(sock, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
-                let want = net::receive_buffer(sock, n.blksize as usize).len();
+                let want = net::receive_buffer_len(sock, n.blksize as usize);
                 if buf.len() != want {
                     buf = vec![0u8; want];
                 }
@@ -324,7 +324,7 @@ pub(crate) async fn finish_receiver(
     cancel: &CancellationToken,
     idle: Duration,
 ) {
-    let mut buf = net::receive_buffer(sock, rx.blksize());
+    let mut buf = vec![0u8; net::receive_buffer_len(sock, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     loop {
         flush_receiver(sock, rx).await;

@@ -292,29 +292,28 @@ impl DirHandler {
                 .mode(nix::sys::stat::Mode::from_bits_truncate(mode))
                 .resolve(beneath())
         };
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
+        let rel = dot_if_empty(rel);
         match openat2(&*self.root_fd, rel, how()) {
             Ok(fd) => Ok(fd),
             Err(Errno::EXDEV | Errno::ELOOP) => {
-                let canonical =
-                    std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
-                let inner = canonical.strip_prefix(&self.root).map_err(|_| outside())?;
-                let inner = if inner.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    inner
-                };
-                openat2(&*self.root_fd, inner, how()).map_err(|e| match e {
+                let inner = self.canonical_inside(rel)?;
+                openat2(&*self.root_fd, dot_if_empty(&inner), how()).map_err(|e| match e {
                     Errno::EXDEV | Errno::ELOOP => outside(),
                     e => from_io(&e.into()),
                 })
             }
             Err(e) => Err(from_io(&e.into())),
         }
+    }
+
+    /// `rel` with every symbolic link resolved, relative to the root; ERROR 2 when it leads
+    /// outside. Only a name to reopen with RESOLVE_BENEATH: it checks nothing by itself.
+    fn canonical_inside(&self, rel: &Path) -> Result<PathBuf, HandlerError> {
+        let canonical = std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
+        canonical
+            .strip_prefix(&self.root)
+            .map(Path::to_path_buf)
+            .map_err(|_| outside())
     }
 
     fn open_read_blocking(&self, rel: &Path) -> Result<(std::fs::File, u64), HandlerError> {
@@ -353,9 +352,7 @@ impl DirHandler {
             Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFLNK => {
                 // Write through a link only while it stays inside the root: find the file
                 // it names, and work in that file's directory from here on.
-                let canonical =
-                    std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
-                let inner = canonical.strip_prefix(&self.root).map_err(|_| outside())?;
+                let inner = self.canonical_inside(rel)?;
                 let (Some(p), Some(n)) = (inner.parent(), inner.file_name()) else {
                     return Err(HandlerError::access("Not a regular file"));
                 };
@@ -390,6 +387,15 @@ mod libc_mode {
     pub const S_IFMT: u32 = 0o170_000;
     pub const S_IFREG: u32 = 0o100_000;
     pub const S_IFLNK: u32 = 0o120_000;
+}
+
+/// `.` for the root itself (openat2 refuses an empty name).
+fn dot_if_empty(p: &Path) -> &Path {
+    if p.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        p
+    }
 }
 
 fn from_io(e: &io::Error) -> HandlerError {

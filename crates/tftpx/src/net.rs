@@ -237,14 +237,14 @@ pub(crate) fn gro_enabled(sock: &UdpSocket) -> bool {
     nix::sys::socket::getsockopt(sock, sockopt::UdpGroSegment).unwrap_or(false)
 }
 
-/// A receive buffer for DATA of `blksize`: one datagram and a byte (to see an oversized
-/// one), or a whole GRO train when GRO is on.
-pub(crate) fn receive_buffer(sock: &UdpSocket, blksize: usize) -> Vec<u8> {
+/// Size of a receive buffer for DATA of `blksize`: one datagram and a byte (to see an
+/// oversized one), or a whole GRO train when GRO is on.
+pub(crate) fn receive_buffer_len(sock: &UdpSocket, blksize: usize) -> usize {
     let one = blksize + tftpx_proto::wire::DATA_HEADER_LEN + 1;
     if gro_enabled(sock) {
-        vec![0u8; one.max(64 * 1024)]
+        one.max(64 * 1024)
     } else {
-        vec![0u8; one]
+        one
     }
 }
 
