@@ -152,8 +152,8 @@ impl Admission {
             return Ok(());
         };
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        t.maybe_prune(now, rate);
-        let s = t.source(from.ip(), now, rate);
+        t.maybe_prune(now, Some(rate));
+        let s = t.source(from.ip(), now, Some(rate));
         let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
         s.last = now;
         s.tokens = (s.tokens + elapsed * f64::from(rate.per_second)).min(f64::from(rate.burst));
@@ -183,11 +183,9 @@ impl Admission {
                 return Verdict::Duplicate;
             }
         }
-        let rate = self.rate.unwrap_or(RateLimit {
-            per_second: 1,
-            burst: 1,
-        });
-        let s = t.source(peer.ip(), now, rate);
+        // Without a rate limit the table still counts transfers per client: prune it here.
+        t.maybe_prune(now, self.rate);
+        let s = t.source(peer.ip(), now, self.rate);
         if let Some(max) = self.per_client {
             if s.transfers >= max {
                 return Verdict::ClientBusy {
@@ -225,9 +223,10 @@ impl Admission {
 }
 
 impl Table {
-    fn source(&mut self, ip: IpAddr, now: Instant, rate: RateLimit) -> &mut Source {
+    /// The entry of `ip`, created with a full bucket.
+    fn source(&mut self, ip: IpAddr, now: Instant, rate: Option<RateLimit>) -> &mut Source {
         self.sources.entry(ip).or_insert_with(|| Source {
-            tokens: f64::from(rate.burst),
+            tokens: rate.map_or(0.0, |r| f64::from(r.burst)),
             last: now,
             transfers: 0,
             refused: 0,
@@ -238,11 +237,13 @@ impl Table {
     /// Forgets sources with nothing running, a full bucket and no recent refusal, once the
     /// table has doubled since the last pruning: memory stays proportional to the sources
     /// active in the last few seconds, even under a flood from forged addresses.
-    fn maybe_prune(&mut self, now: Instant, rate: RateLimit) {
+    fn maybe_prune(&mut self, now: Instant, rate: Option<RateLimit>) {
         if self.sources.len() < self.prune_at {
             return;
         }
-        let refill = Duration::from_secs_f64(f64::from(rate.burst) / f64::from(rate.per_second));
+        let refill = rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(f64::from(r.burst) / f64::from(r.per_second))
+        });
         self.sources.retain(|_, s| {
             s.transfers > 0
                 || now.saturating_duration_since(s.last) < refill
@@ -372,5 +373,17 @@ mod tests {
             "{}",
             a.tracked_sources()
         );
+    }
+
+    #[test]
+    fn without_a_rate_limit_finished_clients_are_forgotten() {
+        let a = Admission::new(None, Some(2));
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let v = a.admit(SocketAddr::new(ip.into(), 69), b"r", t0);
+            assert!(matches!(v, Verdict::Admit(_)));
+        }
+        assert!(a.tracked_sources() <= PRUNE_AT, "{}", a.tracked_sources());
     }
 }
