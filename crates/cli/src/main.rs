@@ -79,13 +79,33 @@ fn init_logging(verbose: u8, quiet: u8) {
         .init();
 }
 
+/// Makes glibc's allocator return every buffer of 128 KiB or more to the system when it is
+/// freed (a window ring, a read buffer), instead of keeping it in a heap after a burst of big
+/// transfers: an explicit M_MMAP_THRESHOLD turns off glibc's dynamic threshold, which would
+/// otherwise rise to the size of the first freed window and keep later ones in the heap.
+/// Called before the runtime starts any thread.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn give_freed_buffers_back() {
+    // SAFETY: mallopt only sets an allocator parameter; no thread has started yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_freed_buffers_back() {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     // The server spreads transfers over every core; a client runs one lock-step transfer,
     // where waking a task on another thread costs more than it gains.
     let mut builder = match cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Serve(_) => {
+            give_freed_buffers_back();
+            tokio::runtime::Builder::new_multi_thread()
+        }
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let rt = match builder.enable_all().build() {

@@ -67,10 +67,20 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub rate_limit: u32,
 
-    /// Retransmissions to a client that has not answered since its request (its address
-    /// may be forged: this bounds how much a spoofed RRQ can reflect).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Retransmissions to a client that has not yet acknowledged DATA (or sent DATA): its
+    /// address may be forged, so this bounds how much a spoofed request can reflect.
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub max_unanswered_retries: u32,
+
+    /// Longest timeout a client may negotiate (RFC 2349 allows up to 255 s); a longer one
+    /// is left out of the OACK.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_timeout: Duration,
+
+    /// Memory for transfer buffers, all transfers together (e.g. 256M, 1G); when spent, new
+    /// transfers get a smaller blksize x windowsize instead of a refusal.
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "BYTES")]
+    pub max_memory: u64,
 }
 
 fn defaults() -> Vec<SocketAddr> {
@@ -105,7 +115,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 (args.max_transfers_per_client > 0).then_some(args.max_transfers_per_client),
             )
             .rate_limit(Some(args.rate_limit))
-            .max_unanswered_retries(args.max_unanswered_retries);
+            .max_unanswered_retries(args.max_unanswered_retries)
+            .max_timeout(args.max_timeout)
+            .max_memory(usize::try_from(args.max_memory).unwrap_or(usize::MAX));
         for a in &listen {
             b = b.listen(*a);
         }
@@ -165,6 +177,27 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Parses a byte count: `1048576`, `64K`, `256M`, `1G` (powers of 1024; `KiB`, `MiB`,
+/// `GiB` and a trailing `B` are accepted too).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let body = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
+    let (digits, shift) = match body.chars().last() {
+        Some('K') => (&body[..body.len() - 1], 10),
+        Some('M') => (&body[..body.len() - 1], 20),
+        Some('G') => (&body[..body.len() - 1], 30),
+        Some('T') => (&body[..body.len() - 1], 40),
+        _ => (body, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try e.g. 1048576, 64K, 256M or 1G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// True for the errors binding `[::]` gives on a machine without IPv6.

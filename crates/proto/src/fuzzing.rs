@@ -220,6 +220,7 @@ fn read_limits(inp: &mut Input<'_>, max_windowsize_cap: u16) -> ServerLimits {
         max_blksize: inp.u16(),
         max_windowsize: inp.u16() % max_windowsize_cap.saturating_add(1),
         max_upload_size: inp.bool().then(|| inp.u64()),
+        ..ServerLimits::default()
     }
 }
 
@@ -327,10 +328,12 @@ fn check_server(
             }
             "timeout" => {
                 assert!((1..=255).contains(&v));
+                assert!(Duration::from_secs(v) <= limits.max_timeout);
                 assert_eq!(v, requested);
             }
             "utimeout" => {
                 assert!((1_000..=255_000_000).contains(&v));
+                assert!(Duration::from_micros(v) <= limits.max_timeout);
                 assert_eq!(v, requested);
                 assert_eq!(n.timeout, Some(Duration::from_micros(v)));
             }

@@ -62,6 +62,11 @@ pub struct ServerLimits {
     /// Largest upload accepted, in bytes: a WRQ whose `tsize` is larger is refused with
     /// ERROR 3. `None`: no limit.
     pub max_upload_size: Option<u64>,
+    /// Longest `timeout` (or `utimeout`) granted (RFC 2349 allows 1..=255 s). A request
+    /// asking for more has the option left out of the OACK: the transfer then runs on the
+    /// server's own timeout. Default 30 s. A long timeout lets a request hold a transfer (and
+    /// its slot) for minutes.
+    pub max_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -70,6 +75,7 @@ impl Default for ServerLimits {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             max_upload_size: None,
+            max_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -167,11 +173,13 @@ pub fn negotiate_server(
     let utimeout = options
         .get("utimeout")
         .and_then(parse_num)
-        .filter(|v| (1_000..=255_000_000).contains(v));
+        .filter(|v| (1_000..=255_000_000).contains(v))
+        .filter(|&v| Duration::from_micros(v) <= limits.max_timeout);
     let timeout = options
         .get("timeout")
         .and_then(parse_num)
-        .filter(|v| (1..=255).contains(v));
+        .filter(|v| (1..=255).contains(v))
+        .filter(|&v| Duration::from_secs(v) <= limits.max_timeout);
     if let Some(t) = timeout {
         n.timeout = Some(Duration::from_secs(t));
         push("timeout", t.to_string());
@@ -314,7 +322,7 @@ mod tests {
         let limits = ServerLimits {
             max_blksize: 1468,
             max_windowsize: 16,
-            max_upload_size: None,
+            ..ServerLimits::default()
         };
         let o = opts(
             b"BLKSIZE\x0065464\x00WindowSize\x0064\x00tsize\x000\x00foo\x00bar\x00timeout\x003\x00",
@@ -343,6 +351,27 @@ mod tests {
         let r = negotiate_server(Direction::Read, o, &ServerLimits::default(), Some(5)).unwrap();
         assert!(r.oack.is_empty());
         assert_eq!(r.negotiated, Negotiated::default());
+    }
+
+    #[test]
+    fn timeouts_above_the_cap_are_left_out() {
+        let o = opts(b"timeout\x00255\x00blksize\x001024\x00");
+        let r = negotiate_server(Direction::Read, o, &ServerLimits::default(), None).unwrap();
+        assert_eq!(r.negotiated.timeout, None);
+        assert_eq!(r.oack.as_list().as_bytes(), b"blksize\x001024\x00");
+        let o = opts(b"utimeout\x0031000000\x00");
+        let r = negotiate_server(Direction::Read, o, &ServerLimits::default(), None).unwrap();
+        assert!(r.oack.is_empty());
+        let o = opts(b"timeout\x0030\x00");
+        let r = negotiate_server(Direction::Read, o, &ServerLimits::default(), None).unwrap();
+        assert_eq!(r.negotiated.timeout, Some(Duration::from_secs(30)));
+        let limits = ServerLimits {
+            max_timeout: Duration::from_secs(255),
+            ..ServerLimits::default()
+        };
+        let o = opts(b"timeout\x00255\x00");
+        let r = negotiate_server(Direction::Read, o, &limits, None).unwrap();
+        assert_eq!(r.negotiated.timeout, Some(Duration::from_secs(255)));
     }
 
     #[test]

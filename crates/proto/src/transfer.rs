@@ -42,10 +42,13 @@ pub struct TransferConfig {
     /// DATA (RFC 1350 §6). Zero ends the transfer as soon as the final ACK is sent.
     pub dally: Duration,
     /// Retransmissions allowed, on the server side only ([`Sender::server`],
-    /// [`Receiver::server`]), while the peer has sent nothing since its request. The request's
-    /// source address may be forged (a reflection attack aims the server's DATA at a victim),
-    /// so a peer that never answers gets at most this many retransmissions (capped by
-    /// `max_retries`) and no closing ERROR. Default 2.
+    /// [`Receiver::server`]), until the peer has proved that it receives what the server
+    /// sends: a sender's peer must acknowledge a DATA block (ACK 0 of an OACK proves nothing:
+    /// a blind attacker can spray it to every port), a receiver's peer must send DATA. The
+    /// request's source address may be forged (a reflection attack aims the server's DATA at
+    /// a victim), so until then the peer gets at most this many timer retransmissions (capped
+    /// by `max_retries`), only the first block again, no closing ERROR, and `timeout` rather
+    /// than the timeout it negotiated. Default 1.
     pub max_unanswered_retries: u32,
 }
 
@@ -55,7 +58,7 @@ impl Default for TransferConfig {
             timeout: Duration::from_secs(1),
             max_retries: 5,
             dally: Duration::from_secs(2),
-            max_unanswered_retries: 2,
+            max_unanswered_retries: 1,
         }
     }
 }
@@ -190,6 +193,9 @@ fn backoff(timeout: Duration, retries: u32) -> Duration {
         .min(timeout.max(BACKOFF_CAP))
 }
 
+/// Shortest wait before a first window that stopped short is acknowledged.
+const EARLY_ACK_MIN: Duration = Duration::from_millis(2);
+
 /// Longest ERROR message tftpx sends, in bytes.
 const MAX_ERROR_MESSAGE: usize = 200;
 
@@ -201,9 +207,12 @@ struct Link {
     locked: bool,
     /// True once any datagram came from the peer's TID (after its request, for a server).
     heard: bool,
-    /// Server side: the peer's address came from a request and may be forged, so the
-    /// retransmissions it gets before it is heard from are capped.
+    /// Server side: the peer's address came from a request and may be forged, so what it
+    /// gets before it has proved that it receives our datagrams is capped.
     guarded: bool,
+    /// The peer has shown it receives what we send: it acknowledged a DATA block (sender)
+    /// or sent DATA (receiver).
+    proven: bool,
     ctrl: Vec<u8>,
     ctrl_pending: bool,
     stranger: Option<SocketAddr>,
@@ -218,6 +227,7 @@ impl Link {
             locked,
             heard: false,
             guarded: locked,
+            proven: false,
             ctrl: Vec::with_capacity(64),
             ctrl_pending: false,
             stranger: None,
@@ -278,10 +288,25 @@ impl Link {
         });
     }
 
+    /// True while the peer's address may be forged: a server's peer that has not yet shown
+    /// that it receives our datagrams.
+    fn unproven(&self) -> bool {
+        self.guarded && !self.proven
+    }
+
+    /// The retransmission timeout: the negotiated one, except for an unproven peer (a forged
+    /// request must not hold a transfer for 255 s), which gets the server's own.
+    fn timeout(&self, config: &TransferConfig, negotiated: Option<Duration>) -> Duration {
+        match negotiated {
+            Some(t) if !self.unproven() => t,
+            _ => config.timeout,
+        }
+    }
+
     /// Retransmissions allowed now: `max_retries`, or fewer for a server whose peer has not
-    /// answered yet (see [`TransferConfig::max_unanswered_retries`]).
+    /// proved itself yet (see [`TransferConfig::max_unanswered_retries`]).
     fn retry_budget(&self, config: &TransferConfig) -> u32 {
-        if self.guarded && !self.heard {
+        if self.unproven() {
             config.max_retries.min(config.max_unanswered_retries)
         } else {
             config.max_retries
@@ -293,7 +318,7 @@ impl Link {
     /// tell; a server's peer that never answered may be a forged address).
     fn timed_out(&mut self, retries: u32) -> TransferError {
         let e = TransferError::TimedOut { retries };
-        if self.locked && self.heard {
+        if self.locked && self.heard && !self.unproven() {
             self.set_error(e.code(), &e.to_string());
         }
         e
@@ -365,25 +390,71 @@ enum SenderState {
     Failed,
 }
 
+/// DATA bytes (headers included) a server puts in flight to a peer that has not yet
+/// acknowledged any DATA block: at least one block, at most this many bytes of the window.
+/// The peer's address may be forged, and ACK 0 proves nothing (a blind attacker can spray it
+/// to every port), so this bounds what one forged request plus a forged ACK 0 can reflect:
+/// about one 64 KiB block, or a whole window of up to 96 KiB. A window larger than this
+/// opens in full once the first ACK of DATA has arrived; an RFC 7440 receiver that waits for
+/// a full window before acknowledging acknowledges the first flight at its timeout.
+pub const FIRST_FLIGHT_BYTES: usize = 96 * 1024;
+
+/// Partial ACKs in one window round after which a sender takes its peer for one that
+/// acknowledges blocks one by one (a receiver that ignores the window, or an ACK train sent
+/// without reading). An RFC 7440 receiver sends one partial ACK per gap, so a round sees one
+/// or two; a go-back per round to a per-block ACKer would resend nearly a window per window.
+const PER_BLOCK_ACKS: u32 = 4;
+
 /// The side that sends DATA: a server answering an RRQ, or a client that sent a WRQ.
 ///
-/// Memory: one buffer of `windowsize x (4 + blksize)` bytes, allocated when the options are
-/// known; nothing is allocated per packet.
+/// Memory: a ring of at most `windowsize x (4 + blksize)` bytes, allocated when the first
+/// block is read (never before a server's OACK is acknowledged) and grown only as far as the
+/// window in flight needs: a server's peer that has not acknowledged any DATA gets at most
+/// [`FIRST_FLIGHT_BYTES`]. Nothing is allocated per packet.
+///
+/// Egress (RFC 7440 §4 windows, RFC 1123 §4.2.3.1): an ACK that acknowledges part of what
+/// was sent means the receiver lost the next block, and the sender resends from there at
+/// once, but only once per window round (until the blocks sent before that resend are
+/// acknowledged); further partial ACKs in that round only slide the window, and a peer seen
+/// to acknowledge block by block is never sent back again by a partial ACK. So an ACK train
+/// (ACK 1, 2, 3, ... sent without reading) draws little more than one DATA per ACK, and a
+/// duplicate ACK draws nothing.
 pub struct Sender {
     link: Link,
     state: SenderState,
     config: TransferConfig,
     client_options: Option<ClientOptions>,
+    /// The timeout the peer negotiated, if any (see [`Link::timeout`]).
+    negotiated_timeout: Option<Duration>,
     blksize: usize,
     windowsize: u64,
+    /// Blocks in flight while the peer is unproven (see [`FIRST_FLIGHT_BYTES`]).
+    first_flight: u64,
     /// Oldest block not yet acknowledged (absolute number; the first block is 1).
     base: u64,
     /// Next block to transmit.
     next: u64,
+    /// One past the highest block ever sent: an ACK may name any block below it.
+    high: u64,
     /// Highest block the driver has filled.
     filled: u64,
     /// The last block of the file, once the driver filled a short one.
     last: Option<u64>,
+    /// Partial ACKs below this block do not send the sender back again (one go-back per
+    /// window round).
+    recover: u64,
+    /// Partial ACKs since the last go-back (see [`PER_BLOCK_ACKS`]).
+    partials: u32,
+    /// The peer acknowledges (nearly) every block instead of every window: partial ACKs
+    /// only slide the window from now on, and timeouts alone cause resends.
+    per_block_acks: bool,
+    /// Resends of the first block answered to a repeated ACK 0 of an unproven peer.
+    early_resends: u32,
+    /// No block from this one on is sent (an unproven peer's retransmission is one block).
+    hold: Option<u64>,
+    /// Ring capacity in blocks (0 until the first block is read); block `b` lives in slot
+    /// `b % cap`.
+    cap: u64,
     slots: Vec<u8>,
     slot_len: Vec<u32>,
     deadline: Option<Instant>,
@@ -400,6 +471,7 @@ impl fmt::Debug for Sender {
             .field("base", &self.base)
             .field("next", &self.next)
             .field("filled", &self.filled)
+            .field("cap", &self.cap)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -412,12 +484,21 @@ impl Sender {
             state: SenderState::Sending,
             config,
             client_options: None,
+            negotiated_timeout: None,
             blksize: DEFAULT_BLKSIZE as usize,
             windowsize: 1,
+            first_flight: 1,
             base: 1,
             next: 1,
+            high: 1,
             filled: 0,
             last: None,
+            recover: 0,
+            partials: 0,
+            per_block_acks: false,
+            early_resends: 0,
+            hold: None,
+            cap: 0,
             slots: Vec::new(),
             slot_len: Vec::new(),
             deadline: None,
@@ -431,7 +512,8 @@ impl Sender {
     ///
     /// `oack` is the negotiated OACK's option list: when non-empty it is sent first and
     /// DATA 1 follows the client's ACK 0; when empty DATA 1 is sent at once. `negotiated`
-    /// gives blksize and windowsize; its `timeout`, when set, replaces `config.timeout`.
+    /// gives blksize and windowsize; its `timeout`, when set, replaces `config.timeout` once
+    /// the client has acknowledged a DATA block (until then the server's own applies).
     pub fn server(
         peer: SocketAddr,
         negotiated: Negotiated,
@@ -471,13 +553,25 @@ impl Sender {
     fn apply(&mut self, n: Negotiated) {
         self.blksize = n.blksize as usize;
         self.windowsize = u64::from(n.windowsize.max(1));
-        if let Some(t) = n.timeout {
-            self.config.timeout = t;
-        }
-        let slot = DATA_HEADER_LEN + self.blksize;
-        self.slots = vec![0; slot * self.windowsize as usize];
-        self.slot_len = vec![0; self.windowsize as usize];
+        self.negotiated_timeout = n.timeout;
+        let stride = (DATA_HEADER_LEN + self.blksize) as u64;
+        self.first_flight = (FIRST_FLIGHT_BYTES as u64 / stride).clamp(1, self.windowsize);
         self.events.push_back(Event::Negotiated(n));
+    }
+
+    /// The retransmission timeout in force now.
+    fn timeout(&self) -> Duration {
+        self.link.timeout(&self.config, self.negotiated_timeout)
+    }
+
+    /// Blocks that may be in flight now: the window, or the first flight while the peer is
+    /// unproven.
+    fn limit(&self) -> u64 {
+        if self.link.unproven() {
+            self.first_flight
+        } else {
+            self.windowsize
+        }
     }
 
     /// The peer's address (the server's TID once a client has seen its first reply).
@@ -490,6 +584,12 @@ impl Sender {
         self.stats
     }
 
+    /// Bytes the block ring holds now (0 until the first block is read); at most
+    /// `windowsize x (4 + blksize)`.
+    pub fn buffer_bytes(&self) -> usize {
+        self.slots.len()
+    }
+
     /// True once the transfer is over (completed or failed) and nothing is left to send.
     pub fn is_finished(&self) -> bool {
         matches!(self.state, SenderState::Done | SenderState::Failed)
@@ -497,23 +597,52 @@ impl Sender {
             && self.link.stranger.is_none()
     }
 
+    fn slot_index(&self, block: u64) -> usize {
+        (block % self.cap) as usize
+    }
+
     fn slot_range(&self, block: u64) -> std::ops::Range<usize> {
         let slot = DATA_HEADER_LEN + self.blksize;
-        let i = (block % self.windowsize) as usize;
+        let i = self.slot_index(block);
         i * slot..(i + 1) * slot
     }
 
+    /// Grows the ring to `cap` blocks, moving the blocks not yet acknowledged to their new
+    /// slots.
+    fn grow(&mut self, cap: u64) {
+        let stride = DATA_HEADER_LEN + self.blksize;
+        let mut slots = vec![0u8; stride * cap as usize];
+        let mut slot_len = vec![0u32; cap as usize];
+        if self.cap > 0 {
+            for b in self.base..=self.filled {
+                let from = self.slot_range(b);
+                let j = (b % cap) as usize;
+                slots[j * stride..(j + 1) * stride].copy_from_slice(&self.slots[from]);
+                slot_len[j] = self.slot_len[self.slot_index(b)];
+            }
+        }
+        self.slots = slots;
+        self.slot_len = slot_len;
+        self.cap = cap;
+    }
+
     /// The payload area (exactly blksize bytes) of the next block to read from the file, or
-    /// `None` while the window is full, options are not yet known, or the last block is in.
+    /// `None` while the window in flight is full, before a server's OACK is acknowledged,
+    /// or once the last block is in.
     ///
     /// Fill it completely unless the file ends, then call [`Sender::block_filled`] with the
     /// number of bytes written: fewer than blksize (0 included) marks the last block.
     pub fn block_to_fill(&mut self) -> Option<&mut [u8]> {
-        if self.state != SenderState::Sending && self.state != SenderState::OackSent {
+        if self.state != SenderState::Sending {
             return None;
         }
-        if self.last.is_some() || self.filled + 1 >= self.base + self.windowsize {
+        let limit = self.limit();
+        if self.last.is_some() || self.filled + 1 >= self.base + limit {
             return None;
+        }
+        if self.cap < limit {
+            // Never below what is already in flight (a window only grows).
+            self.grow(limit.max(self.filled + 1 - self.base));
         }
         let r = self.slot_range(self.filled + 1);
         Some(&mut self.slots[r.start + DATA_HEADER_LEN..r.end])
@@ -526,11 +655,12 @@ impl Sender {
     pub fn block_filled(&mut self, len: usize) {
         assert!(len <= self.blksize, "block longer than blksize");
         assert!(self.last.is_none(), "block filled after the last block");
+        assert!(self.cap > 0, "no block was being filled");
         self.filled += 1;
         let block = self.filled;
         let r = self.slot_range(block);
         write_data_header(&mut self.slots[r], block as u16);
-        let i = (block % self.windowsize) as usize;
+        let i = self.slot_index(block);
         self.slot_len[i] = (DATA_HEADER_LEN + len) as u32;
         if len < self.blksize {
             self.last = Some(block);
@@ -560,7 +690,15 @@ impl Sender {
     fn fail_quiet(&mut self, err: TransferError) {
         self.state = SenderState::Failed;
         self.deadline = None;
+        self.release();
         self.events.push_back(Event::Failed(err));
+    }
+
+    /// Gives the ring's memory back once no block can be needed again.
+    fn release(&mut self) {
+        self.slots = Vec::new();
+        self.slot_len = Vec::new();
+        self.cap = 0;
     }
 
     /// Feeds a datagram that arrived from `from` at `now`.
@@ -615,28 +753,64 @@ impl Sender {
     fn on_ack(&mut self, wire: u16) {
         // The ACK may name base-1 (nothing new) up to the last block sent.
         let prev = self.base - 1;
-        let a = prev + u64::from(wire.wrapping_sub(prev as u16));
-        if a == prev || a >= self.next {
+        let delta = wire.wrapping_sub(prev as u16);
+        if delta == 0 {
+            self.stats.duplicates += 1;
+            // An unproven peer repeating ACK 0 is still waiting for DATA 1 (it was lost, or
+            // the peer is a forger spraying ACK 0): one more copy of the first block each
+            // time, at most max_retries in all. Never after the peer has proved itself: a
+            // duplicate ACK then never causes a resend (Sorcerer's Apprentice).
+            if self.link.unproven()
+                && prev == 0
+                && self.next > self.base
+                && self.early_resends < self.config.max_retries
+            {
+                self.early_resends += 1;
+                self.stats.retransmits += 1;
+                self.next = self.base;
+                self.hold = Some(self.base + 1);
+                self.deadline = None;
+            }
+            return;
+        }
+        let a = prev + u64::from(delta);
+        if delta >= 0x8000 || a >= self.high {
+            // An ACK from before the window (moving back), or for a block not sent yet.
             self.stats.duplicates += 1;
             return;
         }
         for b in self.base..=a {
-            let i = (b % self.windowsize) as usize;
+            let i = self.slot_index(b);
             self.stats.bytes += u64::from(self.slot_len[i]) - DATA_HEADER_LEN as u64;
             self.stats.blocks += 1;
         }
         self.base = a + 1;
+        self.next = self.next.max(self.base);
         self.retries = 0;
+        self.link.proven = true;
+        self.hold = None;
         if self.last == Some(a) {
             self.state = SenderState::Done;
             self.deadline = None;
+            self.release();
             self.events.push_back(Event::Complete);
             return;
         }
         if a + 1 < self.next {
-            // The receiver saw a gap: resend from the block after the one it has (RFC 7440).
-            self.stats.retransmits += self.next - (a + 1);
-            self.next = a + 1;
+            // Part of what was sent is acknowledged: the receiver lost block a + 1 (RFC 7440
+            // §4). Resend from there, once per window round: a partial ACK for a block sent
+            // before the last resend only slides the window.
+            if a >= self.recover && !self.per_block_acks {
+                self.stats.retransmits += self.next - (a + 1);
+                self.recover = self.high;
+                self.next = a + 1;
+                self.partials = 0;
+            } else {
+                self.partials += 1;
+                if self.partials >= PER_BLOCK_ACKS {
+                    self.per_block_acks = true;
+                }
+            }
         }
         if self.base == self.next {
             self.deadline = None;
@@ -659,8 +833,19 @@ impl Sender {
             }
             SenderState::Sending => {
                 if self.base < self.next && self.retry() {
-                    self.stats.retransmits += self.next - self.base;
+                    // Go back to the oldest block not acknowledged; an unproven peer gets
+                    // that one block only.
+                    let resend = if self.link.unproven() {
+                        1
+                    } else {
+                        self.next - self.base
+                    };
+                    self.stats.retransmits += resend;
+                    self.recover = self.high;
                     self.next = self.base;
+                    if self.link.unproven() {
+                        self.hold = Some(self.base + 1);
+                    }
                 }
             }
             SenderState::Done | SenderState::Failed => {}
@@ -678,6 +863,14 @@ impl Sender {
         true
     }
 
+    /// True when block `self.next` may be sent now.
+    fn may_send(&self) -> bool {
+        self.state == SenderState::Sending
+            && self.next <= self.filled
+            && self.next < self.base + self.limit()
+            && self.hold.is_none_or(|h| self.next < h)
+    }
+
     /// The next datagram to send, if any. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
         if self.link.stranger.is_some() {
@@ -685,21 +878,19 @@ impl Sender {
         }
         if self.link.ctrl_pending {
             if !matches!(self.state, SenderState::Done | SenderState::Failed) {
-                self.deadline = Some(now + backoff(self.config.timeout, self.retries));
+                self.deadline = Some(now + backoff(self.timeout(), self.retries));
             }
             return self.link.poll_ctrl();
         }
-        if self.state != SenderState::Sending
-            || self.next > self.filled
-            || self.next >= self.base + self.windowsize
-        {
+        if !self.may_send() {
             return None;
         }
         let block = self.next;
         self.next += 1;
+        self.high = self.high.max(self.next);
         self.stats.data_sent += 1;
-        self.deadline = Some(now + backoff(self.config.timeout, self.retries));
-        let i = (block % self.windowsize) as usize;
+        self.deadline = Some(now + backoff(self.timeout(), self.retries));
+        let i = self.slot_index(block);
         let r = self.slot_range(block);
         let len = self.slot_len[i] as usize;
         Some(Transmit {
@@ -732,10 +923,7 @@ impl Sender {
                 count: 1,
             });
         }
-        if self.state != SenderState::Sending
-            || self.next > self.filled
-            || self.next >= self.base + self.windowsize
-        {
+        if !self.may_send() {
             return None;
         }
         let stride = DATA_HEADER_LEN + self.blksize;
@@ -743,16 +931,13 @@ impl Sender {
         let start = self.slot_range(first).start;
         let mut end = start;
         let mut count = 0;
-        while count < max_segments
-            && self.next <= self.filled
-            && self.next < self.base + self.windowsize
-        {
+        while count < max_segments && self.may_send() {
             let b = self.next;
             let r = self.slot_range(b);
             if r.start != end {
                 break; // the ring wrapped: the next block starts over at slot 0
             }
-            let len = self.slot_len[(b % self.windowsize) as usize] as usize;
+            let len = self.slot_len[self.slot_index(b)] as usize;
             end = r.start + len;
             self.next += 1;
             count += 1;
@@ -760,8 +945,9 @@ impl Sender {
                 break; // a short block ends a GSO batch (it can only be the file's last)
             }
         }
+        self.high = self.high.max(self.next);
         self.stats.data_sent += count as u64;
-        self.deadline = Some(now + backoff(self.config.timeout, self.retries));
+        self.deadline = Some(now + backoff(self.timeout(), self.retries));
         Some(TransmitBatch {
             destination: self.link.peer,
             payload: &self.slots[start..end],
@@ -798,8 +984,15 @@ pub struct Receiver {
     state: ReceiverState,
     config: TransferConfig,
     client_options: Option<ClientOptions>,
+    /// The timeout the peer negotiated, if any (see [`Link::timeout`]).
+    negotiated_timeout: Option<Duration>,
     blksize: usize,
     windowsize: u32,
+    /// When the request or ACK 0 last left, until the first DATA: the round trip it takes
+    /// sizes the wait before a first window that stops short is acknowledged.
+    ctrl_at: Option<Instant>,
+    /// The first window stopped short: acknowledge it early (see [`FIRST_FLIGHT_BYTES`]).
+    early_ack: Option<Duration>,
     /// Wire number of the next block expected.
     expected: u16,
     /// Wire number of the last block received in order (0 before any).
@@ -835,8 +1028,11 @@ impl Receiver {
             state: ReceiverState::Receiving,
             config,
             client_options: None,
+            negotiated_timeout: None,
             blksize: DEFAULT_BLKSIZE as usize,
             windowsize: 1,
+            ctrl_at: None,
+            early_ack: None,
             expected: 1,
             last_wire: 0,
             received: 0,
@@ -892,8 +1088,8 @@ impl Receiver {
     fn apply(&mut self, n: Negotiated) {
         self.blksize = n.blksize as usize;
         self.windowsize = u32::from(n.windowsize.max(1));
+        self.negotiated_timeout = n.timeout;
         if let Some(t) = n.timeout {
-            self.config.timeout = t;
             // Dally at least as long as the sender waits before repeating its last DATA.
             if !self.config.dally.is_zero() {
                 self.config.dally = self.config.dally.max(t);
@@ -1091,7 +1287,22 @@ impl Receiver {
         self.retries = 0;
         self.gap_acked = false;
         self.in_window += 1;
-        self.deadline = Some(now + backoff(self.config.timeout, self.retries));
+        self.link.proven = true;
+        self.deadline = Some(now + backoff(self.timeout(), self.retries));
+        // The first window: a server may send less than a window to a peer it has not heard
+        // acknowledge DATA (tftpx sends at most FIRST_FLIGHT_BYTES), and would then wait for
+        // our timeout. Acknowledge what came once nothing more arrives for two round trips.
+        if self.received == u64::from(self.in_window) && self.in_window < self.windowsize {
+            if let Some(sent) = self.ctrl_at.take() {
+                let rtt = now.saturating_duration_since(sent);
+                self.early_ack = Some((rtt * 2).min(self.timeout() / 2).max(EARLY_ACK_MIN));
+            }
+            if let Some(wait) = self.early_ack {
+                self.deadline = Some(now + wait);
+            }
+        } else {
+            self.early_ack = None;
+        }
         if payload.len() < self.blksize {
             self.link.set_ack(block);
             self.state = ReceiverState::Dallying;
@@ -1112,6 +1323,12 @@ impl Receiver {
             return;
         }
         self.deadline = None;
+        if self.state == ReceiverState::Receiving && self.early_ack.take().is_some() {
+            // Not a loss: the first window stopped short. No retry is counted.
+            self.in_window = 0;
+            self.link.set_ack(self.last_wire);
+            return;
+        }
         match self.state {
             ReceiverState::Requesting | ReceiverState::Receiving => {
                 self.stats.timeouts += 1;
@@ -1149,7 +1366,10 @@ impl Receiver {
                 ReceiverState::Requesting | ReceiverState::Receiving
             )
         {
-            self.deadline = Some(now + backoff(self.config.timeout, self.retries));
+            self.deadline = Some(now + backoff(self.timeout(), self.retries));
+            if self.received == 0 {
+                self.ctrl_at = Some(now);
+            }
         }
         if self.link.ctrl_pending
             && self.state == ReceiverState::Dallying
@@ -1170,6 +1390,11 @@ impl Receiver {
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The retransmission timeout in force now.
+    fn timeout(&self) -> Duration {
+        self.link.timeout(&self.config, self.negotiated_timeout)
     }
 
     /// The negotiated block size in bytes (512 until a client learns otherwise).

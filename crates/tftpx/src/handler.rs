@@ -27,7 +27,7 @@ pub const MAX_NAME_LEN: usize = 1024;
 /// Longest single path component accepted, in bytes (the usual NAME_MAX).
 pub const MAX_COMPONENT_LEN: usize = 255;
 /// Write buffer of an upload, in bytes: file writes happen in chunks this big.
-const UPLOAD_BUFFER: usize = 64 * 1024;
+pub(crate) const UPLOAD_BUFFER: usize = 64 * 1024;
 
 /// A refused request: the TFTP error code and message sent to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -169,3 +169,93 @@ impl<W: AsyncWrite + Unpin> Sink<W> {
         Ok(self.inner)
     }
 }
+
+/// A read buffer that takes no memory until the first read (a transfer whose client never
+/// acknowledges the OACK never reads), then `capacity` bytes; reads at least that large go
+/// straight to the caller's buffer. `capacity` 0: no buffering at all.
+pub(crate) struct LazyBufReader<R> {
+    inner: R,
+    capacity: usize,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+}
+
+impl<R> LazyBufReader<R> {
+    pub(crate) fn new(inner: R, capacity: usize) -> Self {
+        Self {
+            inner,
+            capacity,
+            buf: Box::default(),
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes of buffer held now (0 before the first read).
+    #[cfg(test)]
+    pub(crate) fn buffer_len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.pos == this.end {
+            if out.remaining() >= this.capacity {
+                return std::pin::Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            if this.buf.is_empty() {
+                this.buf = vec![0u8; this.capacity].into_boxed_slice();
+            }
+            let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    this.pos = 0;
+                    this.end = rb.filled().len();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = (this.end - this.pos).min(out.remaining());
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn lazy_buf_reader_allocates_on_first_read_and_returns_every_byte() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let mut r = LazyBufReader::new(&data[..], 8192);
+        assert_eq!(r.buffer_len(), 0);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 700];
+        loop {
+            let n = r.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(r.buffer_len(), 8192);
+        assert_eq!(out, data);
+        // Unbuffered: reads pass straight through.
+        let mut r = LazyBufReader::new(&data[..], 0);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.unwrap();
+        assert_eq!((all, r.buffer_len()), (data, 0));
+    }
+}

@@ -16,6 +16,7 @@
 //! the client asked.
 
 mod admission;
+mod budget;
 mod client;
 mod driver;
 mod handler;

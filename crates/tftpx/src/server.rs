@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tftpx_proto::negotiate::{negotiate_server, Direction, Negotiated, ServerLimits};
+use tftpx_proto::negotiate::{Direction, Negotiated, ServerLimits};
 use tftpx_proto::transfer::{Receiver, Sender, Stats, TransferConfig, TransferError};
 use tftpx_proto::wire::{ErrorCode, Mode, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 
 pub use crate::admission::RateLimit;
 use crate::admission::{Admission, Ticket, Verdict};
+use crate::budget::MemoryBudget;
 use crate::driver::{self, Tracker};
 use crate::handler::{Handler, RequestInfo, Upload};
-use crate::io::{Sink, Source};
+use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
 
 /// RRQ or WRQ.
@@ -177,9 +178,14 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// Retransmissions before a transfer is abandoned; default 5.
     pub max_retries: u32,
-    /// Retransmissions to a peer that has not answered since its request (its address may
-    /// be forged: RRQ reflection); default 2. See [`TransferConfig::max_unanswered_retries`].
+    /// Retransmissions to a peer that has not yet shown it receives what the server sends
+    /// (its address may be forged: RRQ reflection); default 1. See
+    /// [`TransferConfig::max_unanswered_retries`].
     pub max_unanswered_retries: u32,
+    /// Bytes of transfer buffers (block rings, read and write buffers) all transfers may
+    /// reserve together; beyond it new transfers are granted a smaller blksize x windowsize
+    /// (down to 512-byte lock-step) instead of being refused. Default 256 MiB.
+    pub max_memory: usize,
     /// Caps on what clients may negotiate, and the upload size limit.
     pub limits: ServerLimits,
     /// Transfers running at once; requests beyond it get ERROR 0 "server busy". Default 1024.
@@ -199,7 +205,8 @@ impl Default for ServerConfig {
             listen: Vec::new(),
             timeout: Duration::from_secs(1),
             max_retries: 5,
-            max_unanswered_retries: 2,
+            max_unanswered_retries: 1,
+            max_memory: 256 << 20,
             limits: ServerLimits::default(),
             max_transfers: 1024,
             max_transfers_per_client: Some(32),
@@ -254,11 +261,27 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Retransmissions to a peer that has sent nothing since its request (default 2, never
-    /// more than [`ServerBuilder::max_retries`]). A forged RRQ thus draws at most `1 + n`
-    /// copies of the first DATA (or OACK) toward its victim, and no closing ERROR.
+    /// Retransmissions to a peer that has not yet acknowledged DATA (RRQ) or sent DATA
+    /// (WRQ) (default 1, never more than [`ServerBuilder::max_retries`]). A forged RRQ thus
+    /// draws at most `1 + n` copies of the first DATA (or OACK) toward its victim, and no
+    /// closing ERROR.
     pub fn max_unanswered_retries(mut self, n: u32) -> Self {
         self.config.max_unanswered_retries = n;
+        self
+    }
+
+    /// Longest timeout a client may negotiate (`timeout`/`utimeout`, RFC 2349); options
+    /// above it are left out of the OACK. Default 30 s. Until a client has proved itself
+    /// (acknowledged DATA or sent DATA) the server's own timeout applies anyway.
+    pub fn max_timeout(mut self, t: Duration) -> Self {
+        self.config.limits.max_timeout = t;
+        self
+    }
+
+    /// Bytes of transfer buffers all transfers may reserve together (default 256 MiB).
+    /// When it is spent, new transfers get a smaller blksize x windowsize, never a refusal.
+    pub fn max_memory(mut self, bytes: usize) -> Self {
+        self.config.max_memory = bytes;
         self
     }
 
@@ -338,6 +361,7 @@ impl<H: Handler> ServerBuilder<H> {
                     self.config.rate_limit,
                     self.config.max_transfers_per_client,
                 ),
+                memory: MemoryBudget::new(self.config.max_memory),
                 config: self.config,
                 hook: self.hook,
             }),
@@ -351,6 +375,7 @@ struct Shared<H> {
     config: ServerConfig,
     slots: Arc<Semaphore>,
     admission: Admission,
+    memory: Arc<MemoryBudget>,
     hook: Option<Hook>,
 }
 
@@ -511,6 +536,7 @@ async fn listen<H: Handler>(
         let shared = shared.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
+            let slot = Slot(std::sync::Mutex::new(Some(permit)));
             transfer(
                 shared,
                 request,
@@ -518,9 +544,10 @@ async fn listen<H: Handler>(
                 arrival.local,
                 cancel,
                 &ticket,
+                &slot,
             )
             .await;
-            drop(permit);
+            drop(slot);
             drop(ticket);
         });
     }
@@ -530,6 +557,15 @@ async fn reply_error(sock: &UdpSocket, to: SocketAddr, code: ErrorCode, message:
     driver::send_error(sock, to, code, message).await;
 }
 
+/// A transfer's place among `--max-transfers`, given back early by a dallying upload.
+struct Slot(std::sync::Mutex<Option<OwnedSemaphorePermit>>);
+
+impl Slot {
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 async fn transfer<H: Handler>(
     shared: Arc<Shared<H>>,
     request: Vec<u8>,
@@ -537,6 +573,7 @@ async fn transfer<H: Handler>(
     local: SocketAddr,
     cancel: CancellationToken,
     ticket: &Ticket,
+    slot: &Slot,
 ) {
     let start = Instant::now();
     let Ok(packet) = Packet::decode(&request) else {
@@ -600,6 +637,7 @@ async fn transfer<H: Handler>(
                 idle,
                 cancel: &cancel,
                 ticket,
+                slot,
             };
             match kind {
                 Kind::Rrq => ctx.serve_read(&info, req.options, &mut summary).await,
@@ -624,6 +662,7 @@ impl<H: Handler> Ctx<'_, H> {
             idle,
             cancel,
             ticket,
+            ..
         } = *self;
         let file = match shared.handler.open_read(info).await {
             Ok(f) => f,
@@ -638,21 +677,28 @@ impl<H: Handler> Ctx<'_, H> {
         } else {
             None
         };
-        let neg = match negotiate_server(Direction::Read, options, &shared.config.limits, size) {
+        let negotiated = shared.memory.negotiate(
+            Direction::Read,
+            options,
+            &shared.config.limits,
+            size,
+            read_buffer,
+        );
+        let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {
                 refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
                 return;
             }
         };
-        let window = neg.negotiated.window_bytes();
-        net::fit_window(sock, window);
-        let mut tx = Sender::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
-        // Read ahead about two windows, so lock-step 512 does not pay a file read per block
-        // and memory stays proportional to the window (8 KiB for lock-step 512: ten thousand
-        // slow transfers must fit in 200 MB).
-        let reader =
-            tokio::io::BufReader::with_capacity((window * 2).clamp(8 << 10, 1 << 20), file.reader);
+        let n = neg.negotiated;
+        net::fit_window(sock, n.window_bytes());
+        let mut tx = Sender::server(info.peer, n, neg.oack.as_list(), timing);
+        // Small blocks are read through a buffer of about two windows, so lock-step 512
+        // does not pay a file read per block; it is allocated at the first read (never for a
+        // client that does not acknowledge the OACK). Large blocks are read straight into
+        // the sender's ring.
+        let reader = LazyBufReader::new(file.reader, read_buffer(n.blksize, n.windowsize));
         let mut src = Source::new(reader, info.mode).with_len(file.size);
         let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |stats, _| {
             if stats.blocks > 0 {
@@ -676,9 +722,15 @@ impl<H: Handler> Ctx<'_, H> {
             idle,
             cancel,
             ticket,
+            slot,
         } = *self;
         let limits = &shared.config.limits;
-        let neg = match negotiate_server(Direction::Write, options, limits, None) {
+        let negotiated = shared
+            .memory
+            .negotiate(Direction::Write, options, limits, None, |_, _| {
+                crate::handler::UPLOAD_BUFFER
+            });
+        let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {
                 refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
@@ -734,9 +786,21 @@ impl<H: Handler> Ctx<'_, H> {
         summary.duration = summary.started.elapsed();
         finish_summary(summary, &tracker, rx.stats());
         report(shared, summary);
-        // Dallying (re-ACKing a repeated final DATA) does not count against the client.
+        // Dallying (re-ACKing a repeated final DATA) counts neither against the client nor
+        // against --max-transfers.
         ticket.release();
+        slot.release();
         driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
+    }
+}
+
+/// Bytes of read buffer a download of `blksize` x `windowsize` gets: about two windows for
+/// blocks below 8 KiB (8 KiB..=256 KiB), none for larger ones.
+fn read_buffer(blksize: u16, windowsize: u16) -> usize {
+    if blksize >= 8192 {
+        0
+    } else {
+        (usize::from(blksize) * usize::from(windowsize.max(1)) * 2).clamp(8 << 10, 256 << 10)
     }
 }
 
@@ -763,6 +827,7 @@ struct Ctx<'a, H> {
     cancel: &'a CancellationToken,
     /// Told once the client answers, so a repeat of its request counts as a restart.
     ticket: &'a Ticket,
+    slot: &'a Slot,
 }
 
 impl<H> Clone for Ctx<'_, H> {

@@ -218,8 +218,8 @@ async fn a_client_never_heard_from_gets_no_closing_error() {
     }
     assert_eq!(
         got.len(),
-        3,
-        "DATA 1 and 2 retransmissions (the server's max_retries)"
+        2,
+        "DATA 1 and 1 retransmission (max_unanswered_retries)"
     );
     assert!(
         got.iter().all(|p| p[..4] == [0, 3, 0, 1]),

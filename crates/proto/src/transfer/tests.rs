@@ -110,7 +110,7 @@ fn events_r(r: &mut Receiver) -> Vec<Event> {
 /// Fills the sender from `file` starting at byte `*pos`.
 fn fill(s: &mut Sender, file: &[u8], pos: &mut usize, blksize: usize) {
     while let Some(buf) = s.block_to_fill() {
-        let n = (file.len() - *pos).min(blksize);
+        let n = (file.len() - *pos).min(blksize).min(buf.len());
         buf[..n].copy_from_slice(&file[*pos..*pos + n]);
         *pos += n;
         s.block_filled(n);
@@ -321,7 +321,9 @@ fn oack_then_ack0_then_data_and_error8_after_oack_ends_quietly() {
     let oack = OptionList::new(b"tsize\x0012\x00").unwrap();
     let mut s = Sender::server(client_tid(), neg(512, 1), oack, cfg());
     let mut pos = 0;
-    fill(&mut s, b"hello", &mut pos, 512);
+    // Nothing is read (and no buffer allocated) before the OACK is acknowledged.
+    assert!(s.block_to_fill().is_none());
+    assert_eq!(s.buffer_bytes(), 0);
     assert_eq!(
         pkts(&drain_tx(&mut s, t0)),
         vec![P::Oack(b"tsize\x0012\x00".to_vec())]
@@ -334,6 +336,7 @@ fn oack_then_ack0_then_data_and_error8_after_oack_ends_quietly() {
         vec![P::Oack(b"tsize\x0012\x00".to_vec())]
     );
     s.handle_datagram(t1, client_tid(), &ack(0));
+    fill(&mut s, b"hello", &mut pos, 512);
     assert_eq!(
         pkts(&drain_tx(&mut s, t1)),
         vec![P::Data(1, b"hello".to_vec())]
@@ -992,4 +995,232 @@ fn retransmission_backs_off_exponentially_up_to_a_cap() {
         10 * s,
         "a negotiated timeout over the cap stays"
     );
+}
+
+// ---- egress budget, time and memory toward an unproven peer ("safe to expose")
+
+fn server_cfg() -> TransferConfig {
+    TransferConfig {
+        timeout: Duration::from_millis(100),
+        max_retries: 5,
+        dally: Duration::from_millis(200),
+        max_unanswered_retries: 1,
+    }
+}
+
+/// Drives `s` by timeouts alone until it finishes (bounded); returns what it sent.
+fn run_out(s: &mut Sender, file: &[u8], pos: &mut usize, mut now: Instant) -> Vec<P> {
+    let mut sent = Vec::new();
+    for _ in 0..100 {
+        fill(s, file, pos, usize::MAX);
+        sent.extend(pkts(&drain_tx(s, now)));
+        if s.is_finished() {
+            return sent;
+        }
+        let Some(t) = s.poll_timeout() else { break };
+        now = t;
+        s.handle_timeout(now);
+    }
+    sent.extend(pkts(&drain_tx(s, now)));
+    sent
+}
+
+#[test]
+fn a_forged_option_less_rrq_draws_two_data_and_no_error() {
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(512, 1), OptionList::empty(), server_cfg());
+    let file = vec![7u8; 5000];
+    let mut pos = 0;
+    let sent = run_out(&mut s, &file, &mut pos, t0);
+    assert_eq!(
+        sent,
+        vec![P::Data(1, file[..512].to_vec()), P::Data(1, file[..512].to_vec())]
+    );
+    assert!(matches!(
+        events_s(&mut s).last(),
+        Some(Event::Failed(TransferError::TimedOut { retries: 1 }))
+    ));
+}
+
+#[test]
+fn a_forged_ack0_to_a_big_window_draws_one_block_twice() {
+    // blksize 65464 x windowsize 64, OACK answered by a (forged) ACK 0, then silence.
+    let t0 = Instant::now();
+    let oack = OptionList::new(b"blksize\x0065464\x00windowsize\x0064\x00").unwrap();
+    let mut s = Sender::server(client_tid(), neg(65464, 64), oack, server_cfg());
+    let file = vec![1u8; 65464 * 100];
+    let mut pos = 0;
+    assert_eq!(pkts(&drain_tx(&mut s, t0)).len(), 1, "the OACK");
+    assert_eq!(s.buffer_bytes(), 0, "no buffer before ACK 0");
+    s.handle_datagram(t0, client_tid(), &ack(0));
+    let sent = run_out(&mut s, &file, &mut pos, t0);
+    let blocks: Vec<u16> = sent
+        .iter()
+        .map(|p| match p {
+            P::Data(b, _) => *b,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(blocks, vec![1, 1], "one block, resent once, no ERROR");
+    assert!(s.stats().data_sent == 2);
+}
+
+#[test]
+fn a_window_that_fits_the_first_flight_goes_out_whole_and_only_block_one_is_resent() {
+    // 1468 x 64 = 94 KB fits FIRST_FLIGHT_BYTES: a legitimate window-64 client is not slowed.
+    let t0 = Instant::now();
+    let mut s = Sender::server(client_tid(), neg(1468, 64), OptionList::empty(), server_cfg());
+    let file = vec![3u8; 1468 * 200];
+    let mut pos = 0;
+    let sent = run_out(&mut s, &file, &mut pos, t0);
+    assert_eq!(sent.len(), 64 + 1, "the window, then block 1 once: {:?}", sent.len());
+    assert_eq!(sent[64], P::Data(1, file[..1468].to_vec()));
+}
+
+#[test]
+fn a_repeated_ack0_from_an_unproven_peer_gets_block_one_again_within_the_retry_budget() {
+    let t0 = Instant::now();
+    let oack = OptionList::new(b"blksize\x0065464\x00").unwrap();
+    let mut s = Sender::server(client_tid(), neg(65464, 1), oack, server_cfg());
+    let file = vec![2u8; 65464 * 3];
+    let mut pos = 0;
+    drain_tx(&mut s, t0);
+    s.handle_datagram(t0, client_tid(), &ack(0));
+    fill(&mut s, &file, &mut pos, usize::MAX);
+    assert_eq!(pkts(&drain_tx(&mut s, t0)).len(), 1);
+    let mut resent = 0;
+    for _ in 0..20 {
+        s.handle_datagram(t0, client_tid(), &ack(0));
+        resent += drain_tx(&mut s, t0).len();
+    }
+    assert_eq!(resent, 5, "max_retries resends for 20 repeated ACK 0");
+    // The real client got DATA 1 at last: the window opens as usual.
+    s.handle_datagram(t0, client_tid(), &ack(1));
+    fill(&mut s, &file, &mut pos, usize::MAX);
+    assert_eq!(pkts(&drain_tx(&mut s, t0)), vec![P::Data(2, file[65464..131_072 - 144].to_vec())]);
+}
+
+#[test]
+fn the_negotiated_timeout_applies_only_once_the_peer_acknowledged_data() {
+    let t0 = Instant::now();
+    let oack = OptionList::new(b"timeout\x00255\x00").unwrap();
+    let n = Negotiated {
+        timeout: Some(Duration::from_secs(255)),
+        ..neg(512, 1)
+    };
+    let mut s = Sender::server(client_tid(), n, oack, server_cfg());
+    drain_tx(&mut s, t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + 100 * MS), "OACK: the server's timeout");
+    s.handle_datagram(t0, client_tid(), &ack(0));
+    let file = vec![0u8; 2000];
+    let mut pos = 0;
+    fill(&mut s, &file, &mut pos, usize::MAX);
+    drain_tx(&mut s, t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + 100 * MS), "DATA 1: still the server's");
+    s.handle_datagram(t0, client_tid(), &ack(1));
+    fill(&mut s, &file, &mut pos, usize::MAX);
+    drain_tx(&mut s, t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(255)));
+}
+
+#[test]
+fn an_ack_train_draws_at_most_two_data_per_ack() {
+    // A client that acknowledges every block as soon as it can, without reading, in a
+    // window of 64: each partial ACK used to resend the rest of the window.
+    let t0 = Instant::now();
+    let oack = OptionList::new(b"windowsize\x0064\x00").unwrap();
+    let mut s = Sender::server(client_tid(), neg(1468, 64), oack, server_cfg());
+    let file = vec![9u8; 1468 * 2000];
+    let mut pos = 0;
+    drain_tx(&mut s, t0);
+    let mut acks = 0u64;
+    let mut block = 0u16;
+    for _ in 0..900 {
+        s.handle_datagram(t0, client_tid(), &ack(block));
+        acks += 1;
+        fill(&mut s, &file, &mut pos, usize::MAX);
+        drain_tx(&mut s, t0);
+        block += 1;
+    }
+    let data = s.stats().data_sent;
+    eprintln!("ACK train: {data} DATA for {acks} ACKs");
+    assert!(data <= 2 * acks, "{data} DATA for {acks} ACKs");
+    assert!(s.buffer_bytes() <= 64 * 1472);
+}
+
+#[test]
+fn the_ring_grows_to_the_window_once_the_peer_acknowledged_data() {
+    let t0 = Instant::now();
+    let oack = OptionList::new(b"blksize\x0065464\x00windowsize\x0016\x00").unwrap();
+    let mut s = Sender::server(client_tid(), neg(65464, 16), oack, server_cfg());
+    let file: Vec<u8> = (0..65464 * 40).map(|i| (i % 251) as u8).collect();
+    let mut pos = 0;
+    drain_tx(&mut s, t0);
+    s.handle_datagram(t0, client_tid(), &ack(0));
+    fill(&mut s, &file, &mut pos, usize::MAX);
+    assert_eq!(s.buffer_bytes(), 65468, "one block before the peer proved itself");
+    assert_eq!(pkts(&drain_tx(&mut s, t0)).len(), 1);
+    s.handle_datagram(t0, client_tid(), &ack(1));
+    fill(&mut s, &file, &mut pos, usize::MAX);
+    assert_eq!(s.buffer_bytes(), 16 * 65468);
+    let sent = pkts(&drain_tx(&mut s, t0));
+    assert_eq!(sent.len(), 16);
+    for (i, p) in sent.iter().enumerate() {
+        let b = i + 2;
+        assert_eq!(*p, P::Data(b as u16, file[(b - 1) * 65464..b * 65464].to_vec()));
+    }
+    // Acknowledge each window's last block until done: the ring is then given back.
+    let mut last = 17u16;
+    for _ in 0..10 {
+        s.handle_datagram(t0, client_tid(), &ack(last));
+        fill(&mut s, &file, &mut pos, usize::MAX);
+        if let Some(P::Data(b, _)) = pkts(&drain_tx(&mut s, t0)).last() {
+            last = *b;
+        }
+        if s.is_finished() {
+            break;
+        }
+    }
+    assert!(s.is_finished());
+    assert_eq!(s.stats().blocks, 41, "40 full blocks and the empty last one");
+    assert_eq!(s.buffer_bytes(), 0);
+}
+
+#[test]
+fn a_receiver_acknowledges_a_first_window_that_stops_short() {
+    // tftpx client, windowsize 16, against a server that sends one block first.
+    let t0 = Instant::now();
+    let opts = ClientOptions {
+        blksize: Some(65464),
+        windowsize: Some(16),
+        ..ClientOptions::default()
+    };
+    let mut r = Receiver::client(server_addr(), b"f", Mode::Octet, opts, cfg()).unwrap();
+    drain_rx(&mut r, t0);
+    let t1 = t0 + MS;
+    let oack = enc(Packet::Oack(
+        OptionList::new(b"blksize\x0065464\x00windowsize\x0016\x00").unwrap(),
+    ));
+    r.handle_datagram(t1, server_tid(), &oack);
+    assert_eq!(pkts(&drain_rx(&mut r, t1)), vec![P::Ack(0)]);
+    let t2 = t1 + MS;
+    let block = vec![5u8; 65464];
+    assert!(r.handle_datagram(t2, server_tid(), &data(1, &block)).is_some());
+    assert!(drain_rx(&mut r, t2).is_empty());
+    // Two round trips (2 ms, at least EARLY_ACK_MIN) later, not at the 100 ms timeout.
+    let due = r.poll_timeout().unwrap();
+    assert!(due <= t2 + 5 * MS, "{:?}", due - t2);
+    r.handle_timeout(due);
+    assert_eq!(pkts(&drain_rx(&mut r, due)), vec![P::Ack(1)]);
+    assert_eq!(r.stats().timeouts, 0);
+    // The next window is a whole one: acknowledged at its end only.
+    for b in 2..=17u16 {
+        r.handle_datagram(due, server_tid(), &data(b, &block));
+        let out = pkts(&drain_rx(&mut r, due));
+        if b < 17 {
+            assert!(out.is_empty(), "block {b}: {out:?}");
+        } else {
+            assert_eq!(out, vec![P::Ack(17)]);
+        }
+    }
 }
