@@ -184,7 +184,10 @@ async fn shutdown_signal() {
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let upper = t.to_ascii_uppercase();
-    let body = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
+    let body = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
     let (digits, shift) = match body.chars().last() {
         Some('K') => (&body[..body.len() - 1], 10),
         Some('M') => (&body[..body.len() - 1], 20),

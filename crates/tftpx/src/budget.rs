@@ -86,7 +86,8 @@ impl MemoryBudget {
                 let fit = left
                     .saturating_sub(extra(n.blksize, 1))
                     .saturating_sub(DATA_HEADER_LEN);
-                limits.max_blksize = (fit.min(usize::from(n.blksize) / 2) as u16).max(DEFAULT_BLKSIZE);
+                limits.max_blksize =
+                    (fit.min(usize::from(n.blksize) / 2) as u16).max(DEFAULT_BLKSIZE);
             }
         }
     }

@@ -725,11 +725,12 @@ impl<H: Handler> Ctx<'_, H> {
             slot,
         } = *self;
         let limits = &shared.config.limits;
-        let negotiated = shared
-            .memory
-            .negotiate(Direction::Write, options, limits, None, |_, _| {
-                crate::handler::UPLOAD_BUFFER
-            });
+        let negotiated =
+            shared
+                .memory
+                .negotiate(Direction::Write, options, limits, None, |_, _| {
+                    crate::handler::UPLOAD_BUFFER
+                });
         let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {

@@ -1034,7 +1034,10 @@ fn a_forged_option_less_rrq_draws_two_data_and_no_error() {
     let sent = run_out(&mut s, &file, &mut pos, t0);
     assert_eq!(
         sent,
-        vec![P::Data(1, file[..512].to_vec()), P::Data(1, file[..512].to_vec())]
+        vec![
+            P::Data(1, file[..512].to_vec()),
+            P::Data(1, file[..512].to_vec())
+        ]
     );
     assert!(matches!(
         events_s(&mut s).last(),
@@ -1069,11 +1072,21 @@ fn a_forged_ack0_to_a_big_window_draws_one_block_twice() {
 fn a_window_that_fits_the_first_flight_goes_out_whole_and_only_block_one_is_resent() {
     // 1468 x 64 = 94 KB fits FIRST_FLIGHT_BYTES: a legitimate window-64 client is not slowed.
     let t0 = Instant::now();
-    let mut s = Sender::server(client_tid(), neg(1468, 64), OptionList::empty(), server_cfg());
+    let mut s = Sender::server(
+        client_tid(),
+        neg(1468, 64),
+        OptionList::empty(),
+        server_cfg(),
+    );
     let file = vec![3u8; 1468 * 200];
     let mut pos = 0;
     let sent = run_out(&mut s, &file, &mut pos, t0);
-    assert_eq!(sent.len(), 64 + 1, "the window, then block 1 once: {:?}", sent.len());
+    assert_eq!(
+        sent.len(),
+        64 + 1,
+        "the window, then block 1 once: {:?}",
+        sent.len()
+    );
     assert_eq!(sent[64], P::Data(1, file[..1468].to_vec()));
 }
 
@@ -1097,7 +1110,10 @@ fn a_repeated_ack0_from_an_unproven_peer_gets_block_one_again_within_the_retry_b
     // The real client got DATA 1 at last: the window opens as usual.
     s.handle_datagram(t0, client_tid(), &ack(1));
     fill(&mut s, &file, &mut pos, usize::MAX);
-    assert_eq!(pkts(&drain_tx(&mut s, t0)), vec![P::Data(2, file[65464..131_072 - 144].to_vec())]);
+    assert_eq!(
+        pkts(&drain_tx(&mut s, t0)),
+        vec![P::Data(2, file[65464..131_072 - 144].to_vec())]
+    );
 }
 
 #[test]
@@ -1110,13 +1126,21 @@ fn the_negotiated_timeout_applies_only_once_the_peer_acknowledged_data() {
     };
     let mut s = Sender::server(client_tid(), n, oack, server_cfg());
     drain_tx(&mut s, t0);
-    assert_eq!(s.poll_timeout(), Some(t0 + 100 * MS), "OACK: the server's timeout");
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0 + 100 * MS),
+        "OACK: the server's timeout"
+    );
     s.handle_datagram(t0, client_tid(), &ack(0));
     let file = vec![0u8; 2000];
     let mut pos = 0;
     fill(&mut s, &file, &mut pos, usize::MAX);
     drain_tx(&mut s, t0);
-    assert_eq!(s.poll_timeout(), Some(t0 + 100 * MS), "DATA 1: still the server's");
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0 + 100 * MS),
+        "DATA 1: still the server's"
+    );
     s.handle_datagram(t0, client_tid(), &ack(1));
     fill(&mut s, &file, &mut pos, usize::MAX);
     drain_tx(&mut s, t0);
@@ -1158,7 +1182,11 @@ fn the_ring_grows_to_the_window_once_the_peer_acknowledged_data() {
     drain_tx(&mut s, t0);
     s.handle_datagram(t0, client_tid(), &ack(0));
     fill(&mut s, &file, &mut pos, usize::MAX);
-    assert_eq!(s.buffer_bytes(), 65468, "one block before the peer proved itself");
+    assert_eq!(
+        s.buffer_bytes(),
+        65468,
+        "one block before the peer proved itself"
+    );
     assert_eq!(pkts(&drain_tx(&mut s, t0)).len(), 1);
     s.handle_datagram(t0, client_tid(), &ack(1));
     fill(&mut s, &file, &mut pos, usize::MAX);
@@ -1167,7 +1195,10 @@ fn the_ring_grows_to_the_window_once_the_peer_acknowledged_data() {
     assert_eq!(sent.len(), 16);
     for (i, p) in sent.iter().enumerate() {
         let b = i + 2;
-        assert_eq!(*p, P::Data(b as u16, file[(b - 1) * 65464..b * 65464].to_vec()));
+        assert_eq!(
+            *p,
+            P::Data(b as u16, file[(b - 1) * 65464..b * 65464].to_vec())
+        );
     }
     // Acknowledge each window's last block until done: the ring is then given back.
     let mut last = 17u16;
@@ -1182,7 +1213,11 @@ fn the_ring_grows_to_the_window_once_the_peer_acknowledged_data() {
         }
     }
     assert!(s.is_finished());
-    assert_eq!(s.stats().blocks, 41, "40 full blocks and the empty last one");
+    assert_eq!(
+        s.stats().blocks,
+        41,
+        "40 full blocks and the empty last one"
+    );
     assert_eq!(s.buffer_bytes(), 0);
 }
 
@@ -1205,7 +1240,9 @@ fn a_receiver_acknowledges_a_first_window_that_stops_short() {
     assert_eq!(pkts(&drain_rx(&mut r, t1)), vec![P::Ack(0)]);
     let t2 = t1 + MS;
     let block = vec![5u8; 65464];
-    assert!(r.handle_datagram(t2, server_tid(), &data(1, &block)).is_some());
+    assert!(r
+        .handle_datagram(t2, server_tid(), &data(1, &block))
+        .is_some());
     assert!(drain_rx(&mut r, t2).is_empty());
     // Two round trips (2 ms, at least EARLY_ACK_MIN) later, not at the 100 ms timeout.
     let due = r.poll_timeout().unwrap();

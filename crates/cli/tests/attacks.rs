@@ -1,0 +1,258 @@
+//! `tftpx serve` (the binary, default settings) attacked with hostile traffic: requests that
+//! ask for the longest timeout and never answer (F1), big windows that never answer and
+//! rounds of big transfers (F2, memory), and uploads that dally with a long timeout (F6).
+//!
+//! Forged sources are sockets the test binds on other loopback addresses (127.0.1.x ...):
+//! the server cannot tell them from forged ones, and nothing leaves the machine.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::Server;
+
+fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    request(1, name, options)
+}
+
+fn request(op: u8, name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut v = vec![0, op];
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(b"\0octet\0");
+    for (k, val) in options {
+        v.extend_from_slice(k.as_bytes());
+        v.push(0);
+        v.extend_from_slice(val.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+fn ack(block: u16) -> [u8; 4] {
+    let b = block.to_be_bytes();
+    [0, 4, b[0], b[1]]
+}
+
+fn bind(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = s.recv_from(&mut buf).ok()?;
+    buf.truncate(n);
+    Some((buf, from))
+}
+
+/// `field` (e.g. `VmRSS`, `VmHWM`) of process `pid`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// How many transfers the server has logged as ended.
+fn ended(srv: &Server) -> usize {
+    srv.log()
+        .lines()
+        .filter(|l| l.contains(": ok,") || l.contains(": failed") || l.contains(": refused"))
+        .count()
+}
+
+fn wait_ended(srv: &Server, n: usize, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if ended(srv) >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn files(root: &Path, n: usize, len: usize) {
+    for i in 0..n {
+        std::fs::write(root.join(format!("f{i}.bin")), vec![i as u8; len]).unwrap();
+    }
+}
+
+/// One option-less RRQ from a fresh address: true when DATA 1 comes back, false for an
+/// ERROR ("Server busy").
+fn served(port: u16, ip: &str) -> bool {
+    let s = bind(ip);
+    s.send_to(&rrq("f0.bin", &[]), ("127.0.0.1", port)).unwrap();
+    let got = recv(&s).map(|(d, from)| {
+        // Be a good client: end the transfer at once.
+        let _ = s.send_to(b"\x00\x05\x00\x00done\x00", from);
+        d[..2] == [0, 3]
+    });
+    got.unwrap_or(false)
+}
+
+/// F1: 1,024 RRQs asking `timeout=255` from 32 sources x 32 (inside every per-source limit),
+/// never answered. On main every real client got "Server busy" for 765 s (3 x 255 s). Now
+/// an unanswered transfer runs on the server's own 1 s timeout and gives up after one
+/// retransmission (1 + 2 s), and `timeout=255` is above --max-timeout (30 s) anyway.
+#[test]
+fn f1_forged_long_timeout_requests_give_their_slots_back_within_10_s() {
+    let root = tempfile::tempdir().unwrap();
+    files(root.path(), 32, 100_000);
+    let srv = Server::start(root.path(), &[]);
+    let mut socks = Vec::new();
+    let start = Instant::now();
+    for src in 1..=32 {
+        let s = bind(&format!("127.0.1.{src}"));
+        for i in 0..32 {
+            let r = rrq(&format!("f{i}.bin"), &[("timeout", "255"), ("tsize", "0")]);
+            s.send_to(&r, ("127.0.0.1", srv.port)).unwrap();
+        }
+        socks.push(s);
+    }
+    // Every OACK leaves out timeout=255 (above --max-timeout).
+    let (oack, _) = recv(&socks[0]).expect("an OACK");
+    assert_eq!(oack[..2], [0, 6]);
+    assert!(
+        !String::from_utf8_lossy(&oack).contains("timeout"),
+        "{oack:?}"
+    );
+    // The server is full now: a real client is told so.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!served(srv.port, "127.0.0.99"), "all 1,024 slots taken");
+    let busy = Instant::now();
+    let mut ok_after = None;
+    while busy.elapsed() < Duration::from_secs(30) {
+        if served(srv.port, "127.0.0.99") {
+            ok_after = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let after = ok_after.expect("a real client is served again within 30 s");
+    eprintln!(
+        "F1: 1,024 unanswered timeout=255 RRQs held the server for {:.1} s (main: 765 s)",
+        after.as_secs_f64()
+    );
+    assert!(after <= Duration::from_secs(15), "{after:?}");
+    assert!(wait_ended(&srv, 1024, Duration::from_secs(15)));
+}
+
+/// F2: memory. 1,024 RRQs for blksize 65464 x windowsize 64 that never answer (on main ~5 MiB
+/// each: 5,131 MiB peak), then three rounds of 512 such transfers that do run (each client
+/// acknowledges DATA 1, takes a window and ends with ERROR). On main 2.3 GiB stayed resident
+/// after the rounds. Targets: peak <= 128 MiB for the unanswered ones, <= 64 MiB resident
+/// after the rounds.
+#[test]
+fn f2_big_windows_cost_memory_only_once_answered_and_it_is_given_back() {
+    let root = tempfile::tempdir().unwrap();
+    files(root.path(), 32, 65464 * 80);
+    let srv = Server::start(root.path(), &[]);
+    let pid = srv.pid();
+    let big = [("blksize", "65464"), ("windowsize", "64"), ("tsize", "0")];
+    let idle_kib = status_kib(pid, "VmRSS");
+    let mut socks = Vec::new();
+    for src in 1..=32 {
+        let s = bind(&format!("127.0.2.{src}"));
+        for i in 0..32 {
+            s.send_to(&rrq(&format!("f{i}.bin"), &big), ("127.0.0.1", srv.port))
+                .unwrap();
+        }
+        socks.push(s);
+    }
+    // Every one of them got its OACK (the transfers exist and wait).
+    for s in &socks {
+        for _ in 0..32 {
+            let (d, _) = recv(s).expect("an OACK for every request");
+            assert_eq!(d[..2], [0, 6]);
+        }
+    }
+    let unanswered_hwm = status_kib(pid, "VmHWM");
+    assert!(wait_ended(&srv, 1024, Duration::from_secs(20)));
+    drop(socks);
+    // Three rounds of 512 transfers that move data.
+    let mut round_hwm = 0;
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for src in 1..=16 {
+            let ip = format!("127.0.{}.{src}", 3 + round);
+            for i in 0..32 {
+                let s = bind(&ip);
+                s.send_to(&rrq(&format!("f{i}.bin"), &big), ("127.0.0.1", srv.port))
+                    .unwrap();
+                clients.push(s);
+            }
+        }
+        let mut tids = Vec::new();
+        for s in &clients {
+            let (d, tid) = recv(s).expect("OACK");
+            assert_eq!(d[..2], [0, 6]);
+            s.send_to(&ack(0), tid).unwrap();
+            tids.push(tid);
+        }
+        for (s, tid) in clients.iter().zip(&tids) {
+            let (d, _) = recv(s).expect("DATA 1");
+            assert_eq!(d[..4], [0, 3, 0, 1]);
+            s.send_to(&ack(1), *tid).unwrap();
+        }
+        // The windows go out (into sockets nobody reads); then every client ends it.
+        std::thread::sleep(Duration::from_millis(500));
+        round_hwm = round_hwm.max(status_kib(pid, "VmHWM"));
+        for (s, tid) in clients.iter().zip(&tids) {
+            s.send_to(b"\x00\x05\x00\x00done\x00", tid).unwrap();
+        }
+        assert!(wait_ended(
+            &srv,
+            1024 + 512 * (round + 1),
+            Duration::from_secs(20)
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after_kib = status_kib(pid, "VmRSS");
+    eprintln!(
+        "F2: idle {} MiB; 1,024 unanswered 65464 x 64 RRQs: peak {} MiB (main: 5,131 MiB); \
+         three rounds of 512 running: peak {} MiB; resident after them: {} MiB (main: 2.3 GiB)",
+        idle_kib / 1024,
+        unanswered_hwm / 1024,
+        round_hwm / 1024,
+        after_kib / 1024
+    );
+    assert!(unanswered_hwm <= 128 * 1024, "{unanswered_hwm} KiB");
+    assert!(after_kib <= 64 * 1024, "{after_kib} KiB");
+}
+
+/// F6: one address uploading one block at a time with `timeout=255`. On main each finished
+/// upload dallied 255 s holding a global slot, so 19 WRQs/s took all 1,024 slots. Now the
+/// dally gives its --max-transfers slot back, and timeout=255 is not granted.
+#[test]
+fn f6_dallying_uploads_hold_no_slot() {
+    let root = tempfile::tempdir().unwrap();
+    files(root.path(), 1, 100);
+    let srv = Server::start(root.path(), &["--allow-create", "--max-transfers", "8"]);
+    let s = bind("127.0.0.5");
+    for i in 0..20 {
+        let w = request(
+            2,
+            &format!("up{i}.bin"),
+            &[("timeout", "255"), ("tsize", "5")],
+        );
+        s.send_to(&w, ("127.0.0.1", srv.port)).unwrap();
+        let (d, tid) = recv(&s).expect("OACK");
+        assert_eq!(d[..2], [0, 6], "upload {i} accepted");
+        assert!(!String::from_utf8_lossy(&d).contains("timeout"));
+        s.send_to(b"\x00\x03\x00\x01hello", tid).unwrap();
+        let (d, _) = recv(&s).expect("final ACK");
+        assert_eq!(d, ack(1));
+    }
+    // Twenty uploads are dallying; the eight slots are free for a real client.
+    assert!(served(srv.port, "127.0.0.99"), "a download is served");
+    assert_eq!(
+        std::fs::read(root.path().join("up19.bin")).unwrap(),
+        b"hello"
+    );
+}
