@@ -1158,13 +1158,11 @@ fn an_ack_train_draws_at_most_two_data_per_ack() {
     let mut pos = 0;
     drain_tx(&mut s, t0);
     let mut acks = 0u64;
-    let mut block = 0u16;
-    for _ in 0..900 {
+    for block in 0..900u16 {
         s.handle_datagram(t0, client_tid(), &ack(block));
         acks += 1;
         fill(&mut s, &file, &mut pos, usize::MAX);
         drain_tx(&mut s, t0);
-        block += 1;
     }
     let data = s.stats().data_sent;
     eprintln!("ACK train: {data} DATA for {acks} ACKs");
