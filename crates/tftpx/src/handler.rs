@@ -173,6 +173,21 @@ fn outside() -> HandlerError {
     HandlerError::access("Access outside the root refused")
 }
 
+/// Suffix of the names of temporary upload files ([`DirHandler`]'s fallback when the file
+/// system has no `O_TMPFILE`, and the hidden name of a commit that replaces a file).
+const TEMP_SUFFIX: &[u8] = b".tftpx-part";
+
+/// `component` looks like a tftpx temporary file (`*.tftpx-part`, ASCII case ignored, for
+/// case-insensitive file systems): no request may name one.
+fn is_temp_name(component: &[u8]) -> bool {
+    component.len() >= TEMP_SUFFIX.len()
+        && component[component.len() - TEMP_SUFFIX.len()..].eq_ignore_ascii_case(TEMP_SUFFIX)
+}
+
+fn reserved() -> HandlerError {
+    HandlerError::access("Reserved file name")
+}
+
 impl DirHandler {
     /// Serves `root`, read-only.
     ///
@@ -234,7 +249,15 @@ impl DirHandler {
     /// access). Symbolic links are checked when the file is opened.
     ///
     /// # Errors
-    /// ERROR 2 for `..`, a NUL, overlong names, or a name that is the root itself.
+    /// - ERROR 2 (access violation) for `..`, a NUL, a name over [`MAX_NAME_LEN`] bytes or
+    ///   with a component over [`MAX_COMPONENT_LEN`], a name that is the root itself, and a
+    ///   name with a component that looks like a temporary upload (ends in `.tftpx-part`,
+    ///   in any case).
+    /// - ERROR 1 (file not found) for a name that ends in a separator (`/` or `\`) or in
+    ///   `/.`: it names a directory, never the file before the separator, whatever the file
+    ///   system holds.
+    ///
+    /// Checks apply in that order: `../`, `/` and `x.tftpx-part/` are ERROR 2.
     pub fn resolve(&self, name: &[u8]) -> Result<PathBuf, HandlerError> {
         Ok(self.root.join(self.relative(name)?))
     }
@@ -263,11 +286,16 @@ impl DirHandler {
                 c if c.len() > MAX_COMPONENT_LEN => {
                     return Err(HandlerError::access("File name too long"))
                 }
+                c if is_temp_name(c) => return Err(reserved()),
                 c => rel.push(OsStr::from_bytes(c)),
             }
         }
         if rel.as_os_str().is_empty() {
             return Err(HandlerError::access("Not a regular file"));
+        }
+        // `f.bin/` (or `f.bin/.`) names a directory: never serve or replace `f.bin`.
+        if matches!(name.rsplit(|&b| b == b'/').next(), Some(b"" | b".")) {
+            return Err(HandlerError::not_found());
         }
         Ok(rel)
     }
@@ -628,5 +656,46 @@ mod tests {
         assert!(h.resolve(&vec![b'a'; MAX_NAME_LEN + 1]).is_err());
         // An absolute path elsewhere is taken relative to the root, never outside it.
         assert_eq!(h.resolve(b"/etc/passwd").unwrap(), root.join("etc/passwd"));
+    }
+
+    #[test]
+    fn resolve_refuses_temporary_names_and_trailing_separators() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DirHandler::new(dir.path()).unwrap();
+        for temp in [
+            &b".x.bin.1234abcd.tftpx-part"[..],
+            b"sub/.x.tftpx-part",
+            b"sub\\.x.tftpx-part",
+            b".tftpx-part",
+            b"a.TFTPX-Part",
+            b"d.tftpx-part/f",
+            b"d.tftpx-part/",
+        ] {
+            let e = h.resolve(temp).unwrap_err();
+            assert_eq!(e, reserved(), "{:?}", String::from_utf8_lossy(temp));
+        }
+        // Only a suffix of a component is reserved.
+        assert!(h.resolve(b"tftpx-part").is_ok());
+        assert!(h.resolve(b"x.tftpx-part.bin").is_ok());
+        for dir_name in [
+            &b"f.bin/"[..],
+            b"f.bin\\",
+            b"f.bin//",
+            b"f.bin/.",
+            b"sub/f/",
+            b"/f.bin/",
+        ] {
+            let e = h.resolve(dir_name).unwrap_err();
+            assert_eq!(
+                e,
+                HandlerError::not_found(),
+                "{:?}",
+                String::from_utf8_lossy(dir_name)
+            );
+        }
+        // The root itself and parents stay ERROR 2 with or without a separator.
+        for bad in [&b"/"[..], b"./", b"../", b"sub/../"] {
+            assert_eq!(h.resolve(bad).unwrap_err().code, ErrorCode::AccessViolation);
+        }
     }
 }

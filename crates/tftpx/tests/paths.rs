@@ -323,3 +323,41 @@ async fn a_symlink_swapped_in_during_requests_never_leads_outside() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The code and message of a refusal.
+fn refusal(r: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected an ERROR from the server, got {other:?}"),
+    }
+}
+
+/// F14: a name ending in a separator (or in `/.`) names a directory, never the file before
+/// it: ERROR 1 on RRQ and WRQ, whatever the file system has. Before: `f.bin/` served
+/// `f.bin`.
+#[tokio::test]
+async fn a_trailing_separator_names_no_file() {
+    let fx = fixture(|h| h.allow_create(true)).await;
+    std::fs::write(fx.root().join("f.bin"), INSIDE).unwrap();
+    assert_eq!(fx.get("f.bin").await.unwrap(), INSIDE);
+    for name in [
+        "f.bin/", "f.bin\\", "f.bin//", "f.bin/.", "/f.bin/", "sub/f/", "sub/f\\", "sub/",
+        "new.bin/", "nodir/",
+    ] {
+        assert_eq!(
+            refusal(fx.get(name).await),
+            (ErrorCode::FileNotFound, "File not found".to_string()),
+            "RRQ {name}"
+        );
+        assert_eq!(
+            refusal(fx.put(name, b"pwned").await),
+            (ErrorCode::FileNotFound, "File not found".to_string()),
+            "WRQ {name}"
+        );
+    }
+    assert_eq!(std::fs::read(fx.root().join("f.bin")).unwrap(), INSIDE);
+    assert_eq!(std::fs::read(fx.root().join("sub/f")).unwrap(), INSIDE);
+    assert!(!fx.root().join("new.bin").exists());
+    fx.put("f.bin", b"replaced").await.unwrap();
+    assert_eq!(fx.get("f.bin").await.unwrap(), b"replaced");
+}
