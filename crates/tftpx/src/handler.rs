@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat, openat2, readlinkat, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::fstatat;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
@@ -336,12 +336,99 @@ impl DirHandler {
 
     /// `rel` with every symbolic link resolved, relative to the root; ERROR 2 when it leads
     /// outside. Only a name to reopen with RESOLVE_BENEATH: it checks nothing by itself.
+    ///
+    /// The walk never looks outside the root, so the answer for a link that leaves it does
+    /// not depend on what lies outside (no existence oracle): every step is a
+    /// `fstatat`/`readlinkat` in a directory opened below the root's descriptor with
+    /// RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, and the walk stops with ERROR 2 as soon as a
+    /// `..` or an absolute link would leave the root. An absolute link is inside only when
+    /// it starts with the root's canonical path. The target need not exist: from the first
+    /// missing component on, the rest is appended as is (a later `..` is "File not found",
+    /// as the kernel would say), so a dangling link inside the root names a missing file
+    /// inside it (ERROR 1 when opened). More than [`MAX_SYMLINKS`] links, or more than
+    /// [`MAX_WALK`] components in all, is ERROR 2.
     fn canonical_inside(&self, rel: &Path) -> Result<PathBuf, HandlerError> {
-        let canonical = std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
-        canonical
-            .strip_prefix(&self.root)
-            .map(Path::to_path_buf)
-            .map_err(|_| outside())
+        // Components still to walk, the next one last.
+        let mut todo: Vec<OsString> = Vec::new();
+        push_components(&mut todo, rel.as_os_str().as_bytes());
+        let mut done = PathBuf::new();
+        let mut dir = self.open_walked(&done)?;
+        let (mut links, mut steps, mut missing) = (0, 0, false);
+        while let Some(c) = todo.pop() {
+            steps += 1;
+            if steps > MAX_WALK {
+                return Err(HandlerError::access("File name too long"));
+            }
+            match c.as_bytes() {
+                b"." => continue,
+                b".." if missing => return Err(HandlerError::not_found()),
+                b".." => {
+                    if !done.pop() {
+                        return Err(outside());
+                    }
+                    dir = self.open_walked(&done)?;
+                    continue;
+                }
+                _ if missing => {
+                    done.push(&c);
+                    continue;
+                }
+                _ => {}
+            }
+            match fstatat(&dir, c.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFLNK => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(HandlerError::access("Too many levels of symbolic links"));
+                    }
+                    let target = readlinkat(&dir, c.as_os_str()).map_err(walk_error)?;
+                    let target = target.as_bytes();
+                    if target.is_empty() {
+                        return Err(HandlerError::not_found());
+                    }
+                    if target.starts_with(b"/") {
+                        let inner = Path::new(OsStr::from_bytes(target))
+                            .strip_prefix(&self.root)
+                            .map_err(|_| outside())?;
+                        push_components(&mut todo, inner.as_os_str().as_bytes());
+                        done = PathBuf::new();
+                        dir = self.open_walked(&done)?;
+                    } else {
+                        push_components(&mut todo, target);
+                    }
+                }
+                Ok(_) => {
+                    done.push(&c);
+                    dir = self.open_walked_at(&dir, &c)?;
+                }
+                // Missing here (or a file used as a directory): the rest cannot exist.
+                Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                    missing = true;
+                    done.push(&c);
+                }
+                Err(e) => return Err(walk_error(e)),
+            }
+        }
+        if done
+            .components()
+            .any(|c| is_temp_name(c.as_os_str().as_bytes()))
+        {
+            return Err(reserved());
+        }
+        Ok(done)
+    }
+
+    /// `done` (a walked name with no symbolic link in it), opened as an `O_PATH` below the
+    /// root, links refused.
+    fn open_walked(&self, done: &Path) -> Result<OwnedFd, HandlerError> {
+        self.open_walked_at(&self.root_fd, dot_if_empty(done).as_os_str())
+    }
+
+    fn open_walked_at(&self, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, HandlerError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(beneath() | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        openat2(dir, name, how).map_err(walk_error)
     }
 
     fn open_read_blocking(&self, rel: &Path) -> Result<(std::fs::File, u64), HandlerError> {
@@ -415,6 +502,31 @@ mod libc_mode {
     pub const S_IFMT: u32 = 0o170_000;
     pub const S_IFREG: u32 = 0o100_000;
     pub const S_IFLNK: u32 = 0o120_000;
+}
+
+/// Most symbolic links followed for one name (the kernel's MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
+/// Most components walked for one name, links expanded (bounds the work a link farm costs).
+const MAX_WALK: usize = 4096;
+
+/// Pushes the components of `path` on `todo` so that the first is popped first.
+fn push_components(todo: &mut Vec<OsString>, path: &[u8]) {
+    let start = todo.len();
+    todo.extend(
+        path.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(|c| OsStr::from_bytes(c).to_owned()),
+    );
+    todo[start..].reverse();
+}
+
+/// An error while walking a name below the root: a link swapped in meanwhile (ELOOP from
+/// RESOLVE_NO_SYMLINKS, EXDEV) is "outside", anything else as [`HandlerError::from_io`].
+fn walk_error(e: Errno) -> HandlerError {
+    match e {
+        Errno::ELOOP | Errno::EXDEV => outside(),
+        e => from_io(&e.into()),
+    }
 }
 
 /// `.` for the root itself (openat2 refuses an empty name).
