@@ -303,7 +303,8 @@ impl DirHandler {
     /// Opens `rel` (relative to the root) without ever leaving the root.
     ///
     /// The kernel resolves the name below the root's descriptor and fails with EXDEV when
-    /// a `..` or a symbolic link would leave it. An absolute symbolic link always does so
+    /// a `..` or a symbolic link would leave it (EAGAIN when a concurrent rename kept it
+    /// from checking a `..`: handled the same way). An absolute symbolic link always does so
     /// lexically, even one that points back inside the root: that case is resolved once in
     /// user space and opened again by its canonical name below the root, still with
     /// RESOLVE_BENEATH, so a link swapped in between cannot lead outside either.
@@ -323,7 +324,10 @@ impl DirHandler {
         let rel = dot_if_empty(rel);
         match openat2(&*self.root_fd, rel, how()) {
             Ok(fd) => Ok(fd),
-            Err(Errno::EXDEV | Errno::ELOOP) => {
+            // EAGAIN: a rename anywhere on the system raced a `..` in the lookup (a link's
+            // text), and the kernel could not prove it stayed below; the walk in user space
+            // resolves every `..` itself.
+            Err(Errno::EXDEV | Errno::ELOOP | Errno::EAGAIN) => {
                 let inner = self.canonical_inside(rel)?;
                 openat2(&*self.root_fd, dot_if_empty(&inner), how()).map_err(|e| match e {
                     Errno::EXDEV | Errno::ELOOP => outside(),
