@@ -1,6 +1,8 @@
 //! Body of the `resolve` fuzz target, shared with `crates/tftpx/tests/fuzz_resolve_corpus.rs`
 //! (both include this file by path): `DirHandler::resolve` on an arbitrary requested name
-//! never yields a path outside the root, the root itself, or a `..` component.
+//! never yields a path outside the root, the root itself, a `..` component or a temporary
+//! upload name (`*.tftpx-part`); it refuses with ERROR 2, or ERROR 1 for a name that ends
+//! in a separator (a directory).
 
 use std::path::{Component, PathBuf};
 use std::sync::OnceLock;
@@ -31,7 +33,14 @@ pub fn resolve(name: &[u8]) {
             assert!(!rel.as_os_str().is_empty(), "{name:?} resolved to the root");
             for c in rel.components() {
                 match c {
-                    Component::Normal(s) => assert!(s.len() <= MAX_COMPONENT_LEN),
+                    Component::Normal(s) => {
+                        assert!(s.len() <= MAX_COMPONENT_LEN);
+                        let s = s.as_encoded_bytes().to_ascii_lowercase();
+                        assert!(
+                            !s.ends_with(b".tftpx-part"),
+                            "{name:?} names a temporary file"
+                        );
+                    }
                     other => panic!("{name:?} resolved to {path:?} with {other:?}"),
                 }
             }
@@ -39,6 +48,13 @@ pub fn resolve(name: &[u8]) {
             assert!(
                 !name.split(|&b| b == b'/' || b == b'\\').any(|c| c == b".."),
                 "{name:?} names a parent and was accepted"
+            );
+        }
+        Err(e) if e.code == ErrorCode::FileNotFound => {
+            let last = name.rsplit(|&b| b == b'/' || b == b'\\').next();
+            assert!(
+                matches!(last, Some(b"" | b".")),
+                "{name:?}: ERROR 1 for a name that does not end in a separator"
             );
         }
         Err(e) => assert_eq!(e.code, ErrorCode::AccessViolation, "{name:?}: {e}"),

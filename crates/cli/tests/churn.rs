@@ -254,11 +254,13 @@ fn sigterm_ends_running_transfers_with_an_error_and_removes_temp_files() {
     d.extend_from_slice(&[9u8; 512]);
     up.send_to(&d, up_tid).unwrap();
     assert_eq!(recv(&up).0, [0, 4, 0, 1]);
+    // The upload is open in the server, under no name in the directory.
     assert_eq!(
-        parts(dir.path()).len(),
+        common::uploads_open_in(srv.pid(), dir.path()),
         1,
-        "the upload's temporary file exists"
+        "the upload is open"
     );
+    assert!(parts(dir.path()).is_empty(), "the upload has no name yet");
     let pid = srv.pid().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

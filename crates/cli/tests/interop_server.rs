@@ -14,9 +14,9 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    absent_or_empty, assert_client_saw_error, assert_file_content, download, list_dir, part_files,
-    pseudo_random, pseudo_random_seeded, put_args, read_file, spawn_peer, upload, wait_until,
-    write_file, Kind, Layout, Opts, Peer, PeerOutput, Server,
+    absent_or_empty, assert_client_saw_error, assert_file_content, download, list_dir,
+    pseudo_random, pseudo_random_seeded, put_args, read_file, spawn_peer, upload, uploads_open_in,
+    wait_until, write_file, Kind, Layout, Opts, Peer, PeerOutput, Server,
 };
 
 /// 40 MiB: 81920 blocks of 512 bytes, so the 16-bit block number rolls over past 65535.
@@ -753,9 +753,11 @@ fn check_interrupted_upload(peer: Peer, existing: bool) {
         peer,
         &put_args(peer, server.port, &src, "keep.bin", &Opts::default()),
     );
-    // The upload is under way once the server has opened its temporary file.
+    // The upload is under way once the server has opened its (anonymous) upload file.
     assert!(
-        wait_until(Duration::from_secs(10), || !part_files(&t.root).is_empty()),
+        wait_until(Duration::from_secs(10), || {
+            uploads_open_in(server.pid(), &t.root) > 0
+        }),
         "the server never started writing the upload"
     );
     thread::sleep(Duration::from_millis(100));

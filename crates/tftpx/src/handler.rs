@@ -5,19 +5,22 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::fstatat;
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::fcntl::{
+    openat, openat2, readlinkat, renameat, AtFlags, OFlag, OpenHow, ResolveFlag, AT_FDCWD,
+};
+use nix::sys::stat::{fchmod, fstat, fstatat};
+use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 
 use tftpx_proto::wire::{ErrorCode, Mode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -151,10 +154,20 @@ pub trait Handler: Send + Sync + 'static {
 /// - A file with more than one hard link is refused (ERROR 2) unless
 ///   [`DirHandler::allow_hard_links`]: a hard link is the same file as another name that may
 ///   lie outside the root. Uploads never write through a hard link (they replace the name).
+/// - A name ending in a separator (`f.bin/`) is ERROR 1; a name with a component ending in
+///   `.tftpx-part` (a temporary upload's) is ERROR 2, on RRQ and WRQ alike.
+/// - A name that leads outside the root gets ERROR 2 "Access outside the root refused"
+///   whether or not its target exists outside: the server never looks there.
 /// - Writes need [`DirHandler::allow_write`] (overwrite existing files) or
-///   [`DirHandler::allow_create`] (also create new ones); uploads go to a temporary file
-///   beside the target (`.NAME.XXXXXXXX.tftpx-part`), created and renamed relative to the
-///   directory's descriptor, renamed over the target only when the transfer completes.
+///   [`DirHandler::allow_create`] (also create new ones). An upload is written to an
+///   anonymous file (`O_TMPFILE`, mode 0600) in the target's directory: it has no name, so
+///   no request can reach it, and a crash leaves nothing behind. The commit gives it its
+///   permission bits and then its name (see [`DirUpload`]). The new file gets the replaced
+///   file's permission bits without setuid, setgid or sticky (`mode & 0o777`), or 0644
+///   less the umask when it is new. Where the file system refuses `O_TMPFILE` (or `/proc`
+///   is missing), uploads fall back to a named temporary file beside the target
+///   (`.NAME.XXXXXXXX.tftpx-part`, mode 0600, created exclusively and renamed relative to
+///   the directory's descriptor), which a crash can leave behind; the log says so once.
 #[derive(Debug, Clone)]
 pub struct DirHandler {
     root: PathBuf,
@@ -162,6 +175,9 @@ pub struct DirHandler {
     allow_write: bool,
     allow_create: bool,
     allow_hard_links: bool,
+    /// Uploads use `O_TMPFILE` where the file system has it (false: always the named
+    /// fallback; unit tests exercise it this way).
+    tmpfile: bool,
 }
 
 /// Flags for resolving names below the root: no escape, no /proc magic links.
@@ -173,8 +189,27 @@ fn outside() -> HandlerError {
     HandlerError::access("Access outside the root refused")
 }
 
+/// Suffix of the names of temporary upload files ([`DirHandler`]'s fallback when the file
+/// system has no `O_TMPFILE`, and the hidden name of a commit that replaces a file).
+const TEMP_SUFFIX: &[u8] = b".tftpx-part";
+
+/// `component` looks like a tftpx temporary file (`*.tftpx-part`, ASCII case ignored, for
+/// case-insensitive file systems): no request may name one.
+fn is_temp_name(component: &[u8]) -> bool {
+    component.len() >= TEMP_SUFFIX.len()
+        && component[component.len() - TEMP_SUFFIX.len()..].eq_ignore_ascii_case(TEMP_SUFFIX)
+}
+
+fn reserved() -> HandlerError {
+    HandlerError::access("Reserved file name")
+}
+
 impl DirHandler {
     /// Serves `root`, read-only.
+    ///
+    /// There is nothing to clean up at start: uploads in progress have no name (`O_TMPFILE`),
+    /// so a crash leaves nothing behind (except on file systems without `O_TMPFILE`, where a
+    /// crash can leave a `.NAME.XXXXXXXX.tftpx-part` file that no request can name).
     ///
     /// # Errors
     /// If `root` does not exist, is not a directory or cannot be opened.
@@ -200,6 +235,7 @@ impl DirHandler {
             allow_write: false,
             allow_create: false,
             allow_hard_links: false,
+            tmpfile: true,
         })
     }
 
@@ -234,7 +270,15 @@ impl DirHandler {
     /// access). Symbolic links are checked when the file is opened.
     ///
     /// # Errors
-    /// ERROR 2 for `..`, a NUL, overlong names, or a name that is the root itself.
+    /// - ERROR 2 (access violation) for `..`, a NUL, a name over [`MAX_NAME_LEN`] bytes or
+    ///   with a component over [`MAX_COMPONENT_LEN`], a name that is the root itself, and a
+    ///   name with a component that looks like a temporary upload (ends in `.tftpx-part`,
+    ///   in any case).
+    /// - ERROR 1 (file not found) for a name that ends in a separator (`/` or `\`) or in
+    ///   `/.`: it names a directory, never the file before the separator, whatever the file
+    ///   system holds.
+    ///
+    /// Checks apply in that order: `../`, `/` and `x.tftpx-part/` are ERROR 2.
     pub fn resolve(&self, name: &[u8]) -> Result<PathBuf, HandlerError> {
         Ok(self.root.join(self.relative(name)?))
     }
@@ -263,11 +307,16 @@ impl DirHandler {
                 c if c.len() > MAX_COMPONENT_LEN => {
                     return Err(HandlerError::access("File name too long"))
                 }
+                c if is_temp_name(c) => return Err(reserved()),
                 c => rel.push(OsStr::from_bytes(c)),
             }
         }
         if rel.as_os_str().is_empty() {
             return Err(HandlerError::access("Not a regular file"));
+        }
+        // `f.bin/` (or `f.bin/.`) names a directory: never serve or replace `f.bin`.
+        if matches!(name.rsplit(|&b| b == b'/').next(), Some(b"" | b".")) {
+            return Err(HandlerError::not_found());
         }
         Ok(rel)
     }
@@ -275,7 +324,8 @@ impl DirHandler {
     /// Opens `rel` (relative to the root) without ever leaving the root.
     ///
     /// The kernel resolves the name below the root's descriptor and fails with EXDEV when
-    /// a `..` or a symbolic link would leave it. An absolute symbolic link always does so
+    /// a `..` or a symbolic link would leave it (EAGAIN when a concurrent rename kept it
+    /// from checking a `..`: handled the same way). An absolute symbolic link always does so
     /// lexically, even one that points back inside the root: that case is resolved once in
     /// user space and opened again by its canonical name below the root, still with
     /// RESOLVE_BENEATH, so a link swapped in between cannot lead outside either.
@@ -295,7 +345,10 @@ impl DirHandler {
         let rel = dot_if_empty(rel);
         match openat2(&*self.root_fd, rel, how()) {
             Ok(fd) => Ok(fd),
-            Err(Errno::EXDEV | Errno::ELOOP) => {
+            // EAGAIN: a rename anywhere on the system raced a `..` in the lookup (a link's
+            // text), and the kernel could not prove it stayed below; the walk in user space
+            // resolves every `..` itself.
+            Err(Errno::EXDEV | Errno::ELOOP | Errno::EAGAIN) => {
                 let inner = self.canonical_inside(rel)?;
                 openat2(&*self.root_fd, dot_if_empty(&inner), how()).map_err(|e| match e {
                     Errno::EXDEV | Errno::ELOOP => outside(),
@@ -308,12 +361,99 @@ impl DirHandler {
 
     /// `rel` with every symbolic link resolved, relative to the root; ERROR 2 when it leads
     /// outside. Only a name to reopen with RESOLVE_BENEATH: it checks nothing by itself.
+    ///
+    /// The walk never looks outside the root, so the answer for a link that leaves it does
+    /// not depend on what lies outside (no existence oracle): every step is a
+    /// `fstatat`/`readlinkat` in a directory opened below the root's descriptor with
+    /// RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, and the walk stops with ERROR 2 as soon as a
+    /// `..` or an absolute link would leave the root. An absolute link is inside only when
+    /// it starts with the root's canonical path. The target need not exist: from the first
+    /// missing component on, the rest is appended as is (a later `..` is "File not found",
+    /// as the kernel would say), so a dangling link inside the root names a missing file
+    /// inside it (ERROR 1 when opened). More than [`MAX_SYMLINKS`] links, or more than
+    /// [`MAX_WALK`] components in all, is ERROR 2.
     fn canonical_inside(&self, rel: &Path) -> Result<PathBuf, HandlerError> {
-        let canonical = std::fs::canonicalize(self.root.join(rel)).map_err(|e| from_io(&e))?;
-        canonical
-            .strip_prefix(&self.root)
-            .map(Path::to_path_buf)
-            .map_err(|_| outside())
+        // Components still to walk, the next one last.
+        let mut todo: Vec<OsString> = Vec::new();
+        push_components(&mut todo, rel.as_os_str().as_bytes());
+        let mut done = PathBuf::new();
+        let mut dir = self.open_walked(&done)?;
+        let (mut links, mut steps, mut missing) = (0, 0, false);
+        while let Some(c) = todo.pop() {
+            steps += 1;
+            if steps > MAX_WALK {
+                return Err(HandlerError::access("File name too long"));
+            }
+            match c.as_bytes() {
+                b"." => continue,
+                b".." if missing => return Err(HandlerError::not_found()),
+                b".." => {
+                    if !done.pop() {
+                        return Err(outside());
+                    }
+                    dir = self.open_walked(&done)?;
+                    continue;
+                }
+                _ if missing => {
+                    done.push(&c);
+                    continue;
+                }
+                _ => {}
+            }
+            match fstatat(&dir, c.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFLNK => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(HandlerError::access("Too many levels of symbolic links"));
+                    }
+                    let target = readlinkat(&dir, c.as_os_str()).map_err(walk_error)?;
+                    let target = target.as_bytes();
+                    if target.is_empty() {
+                        return Err(HandlerError::not_found());
+                    }
+                    if target.starts_with(b"/") {
+                        let inner = Path::new(OsStr::from_bytes(target))
+                            .strip_prefix(&self.root)
+                            .map_err(|_| outside())?;
+                        push_components(&mut todo, inner.as_os_str().as_bytes());
+                        done = PathBuf::new();
+                        dir = self.open_walked(&done)?;
+                    } else {
+                        push_components(&mut todo, target);
+                    }
+                }
+                Ok(_) => {
+                    done.push(&c);
+                    dir = self.open_walked_at(&dir, &c)?;
+                }
+                // Missing here (or a file used as a directory): the rest cannot exist.
+                Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                    missing = true;
+                    done.push(&c);
+                }
+                Err(e) => return Err(walk_error(e)),
+            }
+        }
+        if done
+            .components()
+            .any(|c| is_temp_name(c.as_os_str().as_bytes()))
+        {
+            return Err(reserved());
+        }
+        Ok(done)
+    }
+
+    /// `done` (a walked name with no symbolic link in it), opened as an `O_PATH` below the
+    /// root, links refused.
+    fn open_walked(&self, done: &Path) -> Result<OwnedFd, HandlerError> {
+        self.open_walked_at(&self.root_fd, dot_if_empty(done).as_os_str())
+    }
+
+    fn open_walked_at(&self, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, HandlerError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(beneath() | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        openat2(dir, name, how).map_err(walk_error)
     }
 
     fn open_read_blocking(&self, rel: &Path) -> Result<(std::fs::File, u64), HandlerError> {
@@ -346,8 +486,8 @@ impl DirHandler {
                 }
                 _ => e,
             })?;
-        let mut mode = 0o644;
-        let mut existing = false;
+        // The replaced file's permission bits, if there is one.
+        let mut existing = None;
         match fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFLNK => {
                 // Write through a link only while it stays inside the root: find the file
@@ -360,9 +500,9 @@ impl DirHandler {
                 name = n.to_owned();
                 let st = fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| from_io(&e.into()))?;
-                (mode, existing) = (check_writable(&st)?, true);
+                existing = Some(check_writable(&st)?);
             }
-            Ok(st) => (mode, existing) = (check_writable(&st)?, true),
+            Ok(st) => existing = Some(check_writable(&st)?),
             Err(Errno::ENOENT) => {
                 if !self.allow_create {
                     return Err(HandlerError::access(
@@ -372,14 +512,96 @@ impl DirHandler {
             }
             Err(e) => return Err(from_io(&e.into())),
         }
-        let (file, temp) = create_temp(&dir, &name, mode, existing)?;
+        let (file, temp, mode) = self.create_upload(&dir, &name, existing)?;
         Ok(DirUpload {
             file: BufWriter::with_capacity(UPLOAD_BUFFER, tokio::fs::File::from_std(file)),
             dir,
             temp: Some(temp),
             name,
+            mode,
+            replaces: existing.is_some(),
         })
     }
+
+    /// Creates the file an upload of `name` is written to, in `dir`, mode 0600 while it is
+    /// written. Returns it, where it is, and the permission bits it gets at the commit:
+    /// `old` (the replaced file's, already without special bits), or for a new file 0644
+    /// less the umask (as the kernel applies it to the `O_TMPFILE` inode, default ACLs
+    /// included; read from `/proc/self/status` for the named fallback).
+    fn create_upload(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        old: Option<u32>,
+    ) -> Result<(std::fs::File, Temp, u32), HandlerError> {
+        if self.tmpfile && proc_fd_usable() {
+            let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+            let new_mode = nix::sys::stat::Mode::from_bits_truncate(NEW_FILE_MODE);
+            match openat(dir, ".", flags, new_mode) {
+                Ok(fd) => {
+                    let mode = match old {
+                        Some(m) => m,
+                        None => fstat(&fd).map_err(|e| from_io(&e.into()))?.st_mode & 0o777,
+                    };
+                    fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                        .map_err(|e| from_io(&e.into()))?;
+                    return Ok((std::fs::File::from(fd), Temp::Anonymous, mode));
+                }
+                // EISDIR: a kernel without O_TMPFILE (it saw O_DIRECTORY | O_WRONLY).
+                Err(e @ (Errno::EOPNOTSUPP | Errno::EISDIR)) => {
+                    fall_back_once(&format!("the file system refuses O_TMPFILE ({e})"));
+                }
+                Err(e) => return Err(from_io(&e.into())),
+            }
+        }
+        let (file, temp) = create_temp(dir, name)?;
+        Ok((
+            file,
+            Temp::Named(temp),
+            old.unwrap_or(NEW_FILE_MODE & !umask()),
+        ))
+    }
+}
+
+/// Permission bits of a new upload, before the umask.
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// Whether `/proc/self/fd` is there: the commit of an `O_TMPFILE` upload links
+/// `/proc/self/fd/N` (checked once; without it uploads use named temporary files).
+fn proc_fd_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        let ok = Path::new("/proc/self/fd").is_dir();
+        if !ok {
+            fall_back_once("/proc/self/fd is missing");
+        }
+        ok
+    })
+}
+
+/// Logs, once per process, that uploads use named temporary files, and why.
+fn fall_back_once(why: &str) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "uploads: {why}; using named temporary files (.NAME.XXXXXXXX.tftpx-part) instead: \
+             still atomic and never reachable by a request, but a crash can leave one behind"
+        );
+    }
+}
+
+/// The process's umask, from `/proc/self/status` (Linux 4.7+; 022 if it cannot be read):
+/// `umask(2)` cannot read it without changing it for every thread.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+        & 0o777
 }
 
 /// File type bits of `st_mode` (from `<sys/stat.h>`; the same on every Linux).
@@ -387,6 +609,31 @@ mod libc_mode {
     pub const S_IFMT: u32 = 0o170_000;
     pub const S_IFREG: u32 = 0o100_000;
     pub const S_IFLNK: u32 = 0o120_000;
+}
+
+/// Most symbolic links followed for one name (the kernel's MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
+/// Most components walked for one name, links expanded (bounds the work a link farm costs).
+const MAX_WALK: usize = 4096;
+
+/// Pushes the components of `path` on `todo` so that the first is popped first.
+fn push_components(todo: &mut Vec<OsString>, path: &[u8]) {
+    let start = todo.len();
+    todo.extend(
+        path.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(|c| OsStr::from_bytes(c).to_owned()),
+    );
+    todo[start..].reverse();
+}
+
+/// An error while walking a name below the root: a link swapped in meanwhile (ELOOP from
+/// RESOLVE_NO_SYMLINKS, EXDEV) is "outside", anything else as [`HandlerError::from_io`].
+fn walk_error(e: Errno) -> HandlerError {
+    match e {
+        Errno::ELOOP | Errno::EXDEV => outside(),
+        e => from_io(&e.into()),
+    }
 }
 
 /// `.` for the root itself (openat2 refuses an empty name).
@@ -403,7 +650,8 @@ fn from_io(e: &io::Error) -> HandlerError {
 }
 
 /// An upload may replace `st`'s file: a regular file the server may write. Returns the
-/// permission bits the new file gets.
+/// permission bits the new file gets: the old ones without setuid, setgid and sticky (F5: an
+/// upload over a setuid file must not leave an attacker's setuid file behind).
 fn check_writable(st: &nix::sys::stat::FileStat) -> Result<u32, HandlerError> {
     if st.st_mode & libc_mode::S_IFMT != libc_mode::S_IFREG {
         return Err(HandlerError::access("Not a regular file"));
@@ -411,48 +659,43 @@ fn check_writable(st: &nix::sys::stat::FileStat) -> Result<u32, HandlerError> {
     if st.st_mode & 0o222 == 0 {
         return Err(HandlerError::access("Permission denied"));
     }
-    Ok(st.st_mode & 0o7777)
+    Ok(st.st_mode & 0o777)
 }
 
-/// Creates `.NAME.XXXXXXXX.tftpx-part` in `dir` (exclusively, never following a link), with
-/// `mode` (set exactly when it replaces an existing file, else through the umask).
-fn create_temp(
-    dir: &OwnedFd,
-    name: &OsStr,
-    mode: u32,
-    exact_mode: bool,
-) -> Result<(std::fs::File, OsString), HandlerError> {
+/// A fresh temporary name for `name`: `.NAME.XXXXXXXX.tftpx-part`, within NAME_MAX (255)
+/// whatever the target's length. [`DirHandler::resolve`] refuses every such name.
+fn temp_name(name: &OsStr) -> OsString {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // Keep the temporary name within NAME_MAX (255) whatever the target's length.
     let stem = &name.as_bytes()[..name.len().min(200)];
+    let mut h = std::hash::DefaultHasher::new();
+    (
+        std::time::SystemTime::now(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+    )
+        .hash(&mut h);
+    let mut temp = Vec::with_capacity(stem.len() + 24);
+    temp.push(b'.');
+    temp.extend_from_slice(stem);
+    temp.extend_from_slice(format!(".{:08x}", h.finish() as u32).as_bytes());
+    temp.extend_from_slice(TEMP_SUFFIX);
+    OsString::from_vec(temp)
+}
+
+/// Creates a named temporary file for `name` in `dir` (the fallback without `O_TMPFILE`):
+/// exclusively, never following a link, mode 0600 from the start.
+fn create_temp(dir: &OwnedFd, name: &OsStr) -> Result<(std::fs::File, OsString), HandlerError> {
     for _ in 0..32 {
-        let mut h = std::hash::DefaultHasher::new();
-        (
-            std::time::SystemTime::now(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-        )
-            .hash(&mut h);
-        let mut temp = Vec::with_capacity(stem.len() + 24);
-        temp.push(b'.');
-        temp.extend_from_slice(stem);
-        temp.extend_from_slice(format!(".{:08x}.tftpx-part", h.finish() as u32).as_bytes());
-        let temp = OsString::from_vec(temp);
+        let temp = temp_name(name);
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         match openat(
             dir,
             temp.as_os_str(),
             flags,
-            nix::sys::stat::Mode::from_bits_truncate(mode),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
         ) {
-            Ok(fd) => {
-                if exact_mode {
-                    let _ =
-                        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(mode));
-                }
-                return Ok((std::fs::File::from(fd), temp));
-            }
+            Ok(fd) => return Ok((std::fs::File::from(fd), temp)),
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(from_io(&e.into())),
         }
@@ -461,6 +704,59 @@ fn create_temp(
         ErrorCode::NotDefined,
         "Cannot create a temporary file",
     ))
+}
+
+/// Gives the anonymous (`O_TMPFILE`) file `fd` the name `name` in `dir`.
+///
+/// The link is made through `/proc/self/fd/N` with `AT_SYMLINK_FOLLOW`, which needs no
+/// capability, even in a process that dropped root and is no longer dumpable
+/// (`AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`; it is only tried if `/proc` fails).
+///
+/// A new name (nothing stood there when the upload began) is linked directly. `linkat`
+/// never replaces a name, so when a file is to be replaced, or one appeared under the name
+/// meanwhile, the file is linked under a fresh hidden name (`.NAME.XXXXXXXX.tftpx-part`,
+/// which no request can name) and renamed over the target: rename semantics, the last
+/// upload to commit wins, exactly as for a replacement (a symbolic link put there meanwhile
+/// is replaced, never followed). Only a crash between the link and the rename can leave
+/// the hidden name behind.
+fn link_anonymous(
+    fd: BorrowedFd<'_>,
+    dir: &OwnedFd,
+    name: &OsStr,
+    replaces: bool,
+) -> io::Result<()> {
+    if !replaces {
+        match link_fd(fd, dir, name) {
+            Err(Errno::EEXIST) => {}
+            r => return r.map_err(io::Error::from),
+        }
+    }
+    for _ in 0..32 {
+        let hidden = temp_name(name);
+        match link_fd(fd, dir, &hidden) {
+            Ok(()) => {
+                return renameat(dir, hidden.as_os_str(), dir, name).map_err(|e| {
+                    let _ = unlinkat(dir, hidden.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                    io::Error::from(e)
+                })
+            }
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temporary name",
+    ))
+}
+
+/// `linkat(2)` of the open file `fd` to `at` in `dir`.
+fn link_fd(fd: BorrowedFd<'_>, dir: &OwnedFd, at: &OsStr) -> nix::Result<()> {
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match linkat(AT_FDCWD, proc.as_str(), dir, at, AtFlags::AT_SYMLINK_FOLLOW) {
+        Err(Errno::ENOENT) => linkat(fd, "", dir, at, AtFlags::AT_EMPTY_PATH),
+        r => r,
+    }
 }
 
 /// A file a [`DirHandler`] serves. Reads are plain `read(2)` calls made on the runtime's
@@ -529,14 +825,35 @@ impl Handler for DirHandler {
     }
 }
 
-/// An upload into a [`DirHandler`]'s directory: a temporary file beside the target, renamed
-/// over it by [`Upload::commit`] and removed if dropped before. Both happen relative to the
-/// directory's descriptor, opened below the root when the upload began.
+/// An upload into a [`DirHandler`]'s directory, relative to the directory's descriptor
+/// opened below the root when the upload began.
+///
+/// The bytes go to an anonymous `O_TMPFILE` file in that directory (mode 0600), which has
+/// no name until [`Upload::commit`]: that flushes and syncs it, sets its permission bits
+/// (the replaced file's & 0o777, or 0644 less the umask), and links it into the directory
+/// (see [`DirHandler`]): directly under a new name, or under a hidden name renamed over the
+/// file it replaces. Dropped before, it simply vanishes (so does it when the process dies).
+/// On file systems without `O_TMPFILE` it is a named `.NAME.XXXXXXXX.tftpx-part` file
+/// (mode 0600) instead, renamed over the target by the commit and removed if dropped.
 pub struct DirUpload {
     file: BufWriter<tokio::fs::File>,
     dir: OwnedFd,
-    temp: Option<OsString>,
+    /// Where the bytes are; `None` once committed.
+    temp: Option<Temp>,
     name: OsString,
+    /// Permission bits the file gets at the commit (never setuid, setgid or sticky).
+    mode: u32,
+    /// A file stood under `name` when the upload began.
+    replaces: bool,
+}
+
+/// Where an upload's bytes are until the commit.
+#[derive(Debug)]
+enum Temp {
+    /// An `O_TMPFILE` inode: no name at all.
+    Anonymous,
+    /// The fallback: a named temporary file in the directory.
+    Named(OsString),
 }
 
 impl std::fmt::Debug for DirUpload {
@@ -544,13 +861,15 @@ impl std::fmt::Debug for DirUpload {
         f.debug_struct("DirUpload")
             .field("temp", &self.temp)
             .field("name", &self.name)
+            .field("mode", &format_args!("{:o}", self.mode))
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for DirUpload {
     fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
+        // An anonymous file needs nothing: closing it frees it.
+        if let Some(Temp::Named(temp)) = self.temp.take() {
             let _ = unlinkat(&self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
@@ -578,16 +897,23 @@ impl Upload for DirUpload {
     async fn commit(mut self) -> io::Result<()> {
         self.file.flush().await?;
         self.file.get_mut().sync_data().await?;
-        let temp = self
+        let file = self.file.get_ref();
+        fchmod(file, nix::sys::stat::Mode::from_bits_truncate(self.mode))?;
+        match self
             .temp
-            .clone()
-            .ok_or_else(|| io::Error::other("upload already committed"))?;
-        renameat(
-            &self.dir,
-            temp.as_os_str(),
-            &self.dir,
-            self.name.as_os_str(),
-        )?;
+            .as_ref()
+            .ok_or_else(|| io::Error::other("upload already committed"))?
+        {
+            Temp::Anonymous => {
+                link_anonymous(file.as_fd(), &self.dir, &self.name, self.replaces)?;
+            }
+            Temp::Named(temp) => renameat(
+                &self.dir,
+                temp.as_os_str(),
+                &self.dir,
+                self.name.as_os_str(),
+            )?,
+        }
         self.temp = None;
         Ok(())
     }
@@ -596,6 +922,127 @@ impl Upload for DirUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Names in `dir` (sorted).
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    fn req(name: &str) -> RequestInfo<'_> {
+        RequestInfo {
+            peer: "127.0.0.1:9".parse().unwrap(),
+            filename: name.as_bytes(),
+            mode: Mode::Octet,
+        }
+    }
+
+    #[tokio::test]
+    async fn named_fallback_is_private_unreachable_atomic_and_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.bin");
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let mut h = DirHandler::new(dir.path()).unwrap().allow_create(true);
+        h.tmpfile = false;
+
+        let mut up = h.open_write(&req("old.bin"), None).await.unwrap();
+        up.write_all(b"new content").await.unwrap();
+        up.flush().await.unwrap();
+        let during = names(dir.path());
+        assert_eq!(during.len(), 2, "{during:?}");
+        let temp = during.iter().find(|n| *n != "old.bin").unwrap();
+        assert!(temp.starts_with(".old.bin.") && temp.ends_with(".tftpx-part"));
+        assert_eq!(
+            mode_of(&dir.path().join(temp)),
+            0o600,
+            "private while written"
+        );
+        // No request reaches it.
+        let Err(e) = h.open_read(&req(temp)).await else {
+            panic!("RRQ for {temp} accepted");
+        };
+        assert_eq!(e, reserved());
+        let e = h.open_write(&req(temp), None).await.unwrap_err();
+        assert_eq!(e, reserved());
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            b"old",
+            "atomic: old until commit"
+        );
+        up.commit().await.unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"new content");
+        assert_eq!(mode_of(&old), 0o755, "no setuid after the upload");
+        assert_eq!(names(dir.path()), ["old.bin"]);
+
+        // Dropped before the commit: removed.
+        let mut up = h.open_write(&req("new.bin"), None).await.unwrap();
+        up.write_all(b"abandoned").await.unwrap();
+        up.flush().await.unwrap();
+        assert_eq!(names(dir.path()).len(), 2);
+        drop(up);
+        assert_eq!(names(dir.path()), ["old.bin"]);
+
+        // A new file: 0644 less the umask.
+        let mut up = h.open_write(&req("new.bin"), None).await.unwrap();
+        up.write_all(b"fresh").await.unwrap();
+        up.commit().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("new.bin")).unwrap(), b"fresh");
+        assert_eq!(mode_of(&dir.path().join("new.bin")), 0o644 & !umask());
+        assert_eq!(names(dir.path()), ["new.bin", "old.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_while_uploading_is_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let h = DirHandler::new(dir.path()).unwrap().allow_create(true);
+        // A file appears under the name meanwhile: the upload replaces it (rename semantics).
+        let mut up = h.open_write(&req("race.bin"), None).await.unwrap();
+        up.write_all(b"upload").await.unwrap();
+        assert!(names(dir.path()).is_empty(), "anonymous while written");
+        std::fs::write(dir.path().join("race.bin"), b"created meanwhile").unwrap();
+        up.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("race.bin")).unwrap(),
+            b"upload"
+        );
+        assert_eq!(names(dir.path()), ["race.bin"], "no hidden name left");
+        // A link to outside appears meanwhile: the link itself is replaced.
+        let target = outside.path().join("victim");
+        std::fs::write(&target, b"victim").unwrap();
+        let mut up = h.open_write(&req("link.bin"), None).await.unwrap();
+        up.write_all(b"upload 2").await.unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("link.bin")).unwrap();
+        up.commit().await.unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"victim");
+        let meta = std::fs::symlink_metadata(dir.path().join("link.bin")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(
+            std::fs::read(dir.path().join("link.bin")).unwrap(),
+            b"upload 2"
+        );
+        assert_eq!(names(dir.path()), ["link.bin", "race.bin"]);
+        // The name removed meanwhile: the upload is still committed under it.
+        let mut up = h.open_write(&req("race.bin"), None).await.unwrap();
+        up.write_all(b"upload 3").await.unwrap();
+        std::fs::remove_file(dir.path().join("race.bin")).unwrap();
+        up.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("race.bin")).unwrap(),
+            b"upload 3"
+        );
+        assert_eq!(names(dir.path()), ["link.bin", "race.bin"]);
+    }
 
     #[test]
     fn resolve_confines_names_to_the_root() {
@@ -628,5 +1075,46 @@ mod tests {
         assert!(h.resolve(&vec![b'a'; MAX_NAME_LEN + 1]).is_err());
         // An absolute path elsewhere is taken relative to the root, never outside it.
         assert_eq!(h.resolve(b"/etc/passwd").unwrap(), root.join("etc/passwd"));
+    }
+
+    #[test]
+    fn resolve_refuses_temporary_names_and_trailing_separators() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DirHandler::new(dir.path()).unwrap();
+        for temp in [
+            &b".x.bin.1234abcd.tftpx-part"[..],
+            b"sub/.x.tftpx-part",
+            b"sub\\.x.tftpx-part",
+            b".tftpx-part",
+            b"a.TFTPX-Part",
+            b"d.tftpx-part/f",
+            b"d.tftpx-part/",
+        ] {
+            let e = h.resolve(temp).unwrap_err();
+            assert_eq!(e, reserved(), "{:?}", String::from_utf8_lossy(temp));
+        }
+        // Only a suffix of a component is reserved.
+        assert!(h.resolve(b"tftpx-part").is_ok());
+        assert!(h.resolve(b"x.tftpx-part.bin").is_ok());
+        for dir_name in [
+            &b"f.bin/"[..],
+            b"f.bin\\",
+            b"f.bin//",
+            b"f.bin/.",
+            b"sub/f/",
+            b"/f.bin/",
+        ] {
+            let e = h.resolve(dir_name).unwrap_err();
+            assert_eq!(
+                e,
+                HandlerError::not_found(),
+                "{:?}",
+                String::from_utf8_lossy(dir_name)
+            );
+        }
+        // The root itself and parents stay ERROR 2 with or without a separator.
+        for bad in [&b"/"[..], b"./", b"../", b"sub/../"] {
+            assert_eq!(h.resolve(bad).unwrap_err().code, ErrorCode::AccessViolation);
+        }
     }
 }

@@ -323,3 +323,123 @@ async fn a_symlink_swapped_in_during_requests_never_leads_outside() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The code and message of a refusal.
+fn refusal(r: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected an ERROR from the server, got {other:?}"),
+    }
+}
+
+/// F11: a link that leads outside the root answers the same, code and message, whether or
+/// not its outside target exists: no existence oracle. Before: ERROR 2 if the target
+/// existed, ERROR 1 if not. A dangling link that stays inside is still "File not found".
+#[tokio::test]
+async fn outside_links_answer_the_same_whether_or_not_the_target_exists() {
+    let fx = fixture(|h| h.allow_create(true)).await;
+    let root = fx.root();
+    let tmp = fx.tmp.path().to_path_buf();
+    let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, root.join(name));
+    // Pairs: (target exists, target missing).
+    link(&fx.secret(), "abs-yes").unwrap();
+    link(&tmp.join("missing.txt"), "abs-no").unwrap();
+    link(Path::new("../secret.txt"), "rel-yes").unwrap();
+    link(Path::new("../missing.txt"), "rel-no").unwrap();
+    link(Path::new("sub/../../secret.txt"), "rel2-yes").unwrap();
+    link(Path::new("sub/../../missing.txt"), "rel2-no").unwrap();
+    link(&fx.outside(), "dir-yes").unwrap();
+    link(&tmp.join("missing-dir"), "dir-no").unwrap();
+    link(Path::new("/etc/passwd"), "etc-yes").unwrap();
+    link(Path::new("/etc/no-such-file-here"), "etc-no").unwrap();
+    // A chain: inside link -> inside link -> outside.
+    link(Path::new("abs-yes"), "chain-yes").unwrap();
+    link(Path::new("abs-no"), "chain-no").unwrap();
+    let want = (
+        ErrorCode::AccessViolation,
+        "Access outside the root refused".to_string(),
+    );
+    for name in [
+        "abs-yes",
+        "abs-no",
+        "rel-yes",
+        "rel-no",
+        "rel2-yes",
+        "rel2-no",
+        "dir-yes/f",
+        "dir-yes/nothing",
+        "dir-no/f",
+        "dir-no",
+        "etc-yes",
+        "etc-no",
+        "chain-yes",
+        "chain-no",
+        "sub/../abs-no",
+    ] {
+        assert_eq!(refusal(fx.get(name).await), want, "RRQ {name}");
+        assert_eq!(refusal(fx.put(name, b"pwned").await), want, "WRQ {name}");
+    }
+    // Inside the root, a dangling link is simply a missing file (relative or absolute).
+    link(Path::new("nothing-here"), "in-rel-no").unwrap();
+    link(
+        &root.canonicalize().unwrap().join("sub/nothing"),
+        "in-abs-no",
+    )
+    .unwrap();
+    link(
+        &root.canonicalize().unwrap().join("nodir/x"),
+        "in-abs-nodir",
+    )
+    .unwrap();
+    for name in ["in-rel-no", "in-abs-no", "in-abs-nodir"] {
+        assert_eq!(
+            refusal(fx.get(name).await).0,
+            ErrorCode::FileNotFound,
+            "RRQ {name}"
+        );
+        assert_eq!(
+            refusal(fx.put(name, b"x").await).0,
+            ErrorCode::FileNotFound,
+            "WRQ {name}"
+        );
+    }
+    // A loop is refused, not followed forever.
+    link(Path::new("loop-b"), "loop-a").unwrap();
+    link(&root.canonicalize().unwrap().join("loop-a"), "loop-b").unwrap();
+    assert_eq!(
+        refusal(fx.get("loop-a").await).0,
+        ErrorCode::AccessViolation
+    );
+    fx.assert_outside_untouched();
+    assert!(!tmp.join("missing.txt").exists() && !tmp.join("missing-dir").exists());
+}
+
+/// F14: a name ending in a separator (or in `/.`) names a directory, never the file before
+/// it: ERROR 1 on RRQ and WRQ, whatever the file system has. Before: `f.bin/` served
+/// `f.bin`.
+#[tokio::test]
+async fn a_trailing_separator_names_no_file() {
+    let fx = fixture(|h| h.allow_create(true)).await;
+    std::fs::write(fx.root().join("f.bin"), INSIDE).unwrap();
+    assert_eq!(fx.get("f.bin").await.unwrap(), INSIDE);
+    for name in [
+        "f.bin/", "f.bin\\", "f.bin//", "f.bin/.", "/f.bin/", "sub/f/", "sub/f\\", "sub/",
+        "new.bin/", "nodir/",
+    ] {
+        assert_eq!(
+            refusal(fx.get(name).await),
+            (ErrorCode::FileNotFound, "File not found".to_string()),
+            "RRQ {name}"
+        );
+        assert_eq!(
+            refusal(fx.put(name, b"pwned").await),
+            (ErrorCode::FileNotFound, "File not found".to_string()),
+            "WRQ {name}"
+        );
+    }
+    assert_eq!(std::fs::read(fx.root().join("f.bin")).unwrap(), INSIDE);
+    assert_eq!(std::fs::read(fx.root().join("sub/f")).unwrap(), INSIDE);
+    assert!(!fx.root().join("new.bin").exists());
+    fx.put("f.bin", b"replaced").await.unwrap();
+    assert_eq!(fx.get("f.bin").await.unwrap(), b"replaced");
+}

@@ -125,6 +125,25 @@ pub fn part_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How many uploads server process `pid` is writing in `dir`: the files it holds open
+/// there that have no name (read from `/proc/PID/fd`). The server writes an upload to an
+/// anonymous `O_TMPFILE` file, whose link reads `DIR/#INODE (deleted)` (or, on a file system
+/// without `O_TMPFILE`, to a `.NAME.XXXXXXXX.tftpx-part` file). This is how a test sees that
+/// an upload is under way.
+pub fn uploads_open_in(pid: u32, dir: &Path) -> usize {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.parent() == Some(&dir))
+        .filter(|target| {
+            let name = target.to_string_lossy();
+            name.ends_with(" (deleted)") || name.ends_with(".tftpx-part")
+        })
+        .count()
+}
+
 /// A temporary directory laid out as `base/root` (served) and `base/local` (the client's side).
 pub struct Layout {
     _tmp: tempfile::TempDir,
