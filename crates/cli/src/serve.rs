@@ -71,6 +71,17 @@ pub struct ServeArgs {
     /// may be forged: this bounds how much a spoofed RRQ can reflect).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub max_unanswered_retries: u32,
+
+    /// IPv4 addresses sharing this many leading bits count as one client for
+    /// --rate-limit and --max-transfers-per-client.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32), value_name = "BITS")]
+    pub client_prefix_v4: u8,
+
+    /// IPv6 addresses sharing this many leading bits count as one client for
+    /// --rate-limit and --max-transfers-per-client (a host may send from its whole /64;
+    /// use 128 on a LAN where many clients share one /64).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128), value_name = "BITS")]
+    pub client_prefix_v6: u8,
 }
 
 fn defaults() -> Vec<SocketAddr> {
@@ -105,7 +116,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 (args.max_transfers_per_client > 0).then_some(args.max_transfers_per_client),
             )
             .rate_limit(Some(args.rate_limit))
-            .max_unanswered_retries(args.max_unanswered_retries);
+            .max_unanswered_retries(args.max_unanswered_retries)
+            .client_prefix_v4(args.client_prefix_v4)
+            .client_prefix_v6(args.client_prefix_v6);
         for a in &listen {
             b = b.listen(*a);
         }
