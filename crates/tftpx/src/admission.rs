@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-/// A token bucket per source address: `per_second` requests per second on average, up to
-/// `burst` at once.
+/// A token bucket per client (an address prefix, see `ServerBuilder::client_prefix_v6`):
+/// `per_second` requests per second on average, up to `burst` at once. A request whose peer
+/// answers gets its token back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
-    /// Sustained requests per second from one address (>= 1).
+    /// Sustained requests per second from one client (>= 1).
     pub per_second: u32,
-    /// Requests accepted at once from an idle address (>= 1).
+    /// Requests accepted at once from an idle client (>= 1).
     pub burst: u32,
 }
 
@@ -166,7 +167,7 @@ pub(crate) struct Ticket {
 
 /// What a transfer reports about its peer, and learns about its eviction: a handle to its
 /// ticket that can be cloned (into the transfer's summary) and frees nothing when dropped.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Proof {
     table: Arc<Mutex<Table>>,
     /// The client (prefix) the transfer counts against.
@@ -212,6 +213,18 @@ impl Ticket {
     /// A handle for reporting the peer as heard from later (after the ticket is released).
     pub fn proof(&self) -> Proof {
         self.proof.clone()
+    }
+}
+
+/// The transfer's own facts only (not the whole table).
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proof")
+            .field("id", &self.state.id)
+            .field("client", &self.client)
+            .field("heard", &self.state.heard.load(Ordering::Relaxed))
+            .field("evicted", &self.state.evicted.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -707,6 +720,24 @@ mod tests {
         // Once the client answered, the same request again is a restart.
         other.heard();
         assert!(matches!(admit(&a, p, b"rrq-b", t0), Verdict::Admit(_)));
+    }
+
+    #[test]
+    fn a_proof_debugs_as_its_own_facts_not_the_table() {
+        let a = new(RateLimit::per_second(20), Some(2));
+        let t0 = Instant::now();
+        for i in 0..1000u32 {
+            let _ = a.check_rate(peer(&format!("10.0.{}.{}:69", i / 256, i % 256)), t0);
+        }
+        let Verdict::Admit(t) = admit(&a, "10.0.0.1:1000", b"r", t0) else {
+            panic!()
+        };
+        let d = format!("{:?}", t.proof());
+        assert!(d.len() < 100, "{d}");
+        assert!(
+            d.contains("client: 10.0.0.1") && d.contains("heard: false"),
+            "{d}"
+        );
     }
 
     #[test]
