@@ -81,6 +81,17 @@ pub struct ServeArgs {
     /// transfers get a smaller blksize x windowsize instead of a refusal.
     #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "BYTES")]
     pub max_memory: u64,
+
+    /// IPv4 addresses sharing this many leading bits count as one client for
+    /// --rate-limit and --max-transfers-per-client.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32), value_name = "BITS")]
+    pub client_prefix_v4: u8,
+
+    /// IPv6 addresses sharing this many leading bits count as one client for
+    /// --rate-limit and --max-transfers-per-client (a host may send from its whole /64;
+    /// use 128 on a LAN where many clients share one /64).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128), value_name = "BITS")]
+    pub client_prefix_v6: u8,
 }
 
 fn defaults() -> Vec<SocketAddr> {
@@ -117,7 +128,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .rate_limit(Some(args.rate_limit))
             .max_unanswered_retries(args.max_unanswered_retries)
             .max_timeout(args.max_timeout)
-            .max_memory(usize::try_from(args.max_memory).unwrap_or(usize::MAX));
+            .max_memory(usize::try_from(args.max_memory).unwrap_or(usize::MAX))
+            .client_prefix_v4(args.client_prefix_v4)
+            .client_prefix_v6(args.client_prefix_v6);
         for a in &listen {
             b = b.listen(*a);
         }

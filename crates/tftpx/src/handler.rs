@@ -72,6 +72,8 @@ impl HandlerError {
                 Self::new(ErrorCode::DiskFull, "Disk full or allocation exceeded")
             }
             io::ErrorKind::FileTooLarge => Self::new(ErrorCode::DiskFull, "File too large"),
+            // Out of descriptors passes: "Server busy", never the OS text.
+            _ if crate::server::no_descriptors(e) => crate::server::busy_error(),
             _ => Self::new(ErrorCode::NotDefined, format!("I/O error: {e}")),
         }
     }

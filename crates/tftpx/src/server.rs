@@ -1,14 +1,16 @@
 //! The TFTP server: listeners, one task and one socket (TID) per transfer.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tftpx_proto::negotiate::{Direction, Negotiated, ServerLimits};
 use tftpx_proto::transfer::{Receiver, Sender, Stats, TransferConfig, TransferError};
-use tftpx_proto::wire::{ErrorCode, Mode, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
+use tftpx_proto::wire::{ErrorCode, Mode, OptionList, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -17,10 +19,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use crate::admission::RateLimit;
-use crate::admission::{Admission, Ticket, Verdict};
+use crate::admission::{Admission, ClientPrefix, Proof, Ticket, Verdict};
 use crate::budget::MemoryBudget;
 use crate::driver::{self, Tracker};
-use crate::handler::{Handler, RequestInfo, Upload};
+use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
 
@@ -66,7 +68,8 @@ pub struct TransferSummary {
     pub peer: SocketAddr,
     /// RRQ or WRQ.
     pub kind: Kind,
-    /// The requested file name (lossy UTF-8).
+    /// The requested file name (lossy UTF-8), whole: the [`Display`](fmt::Display) form (the
+    /// log line) escapes it and cuts it to 256 bytes.
     pub filename: String,
     /// The transfer mode, if it was valid.
     pub mode: Option<Mode>,
@@ -80,15 +83,32 @@ pub struct TransferSummary {
     pub outcome: Outcome,
     started: Instant,
     reported: bool,
+    /// The transfer's admission: told when the peer has answered (its rate token is given
+    /// back), and whether it was evicted.
+    proof: Option<Proof>,
 }
 
+/// One line of at most about 1 KiB: the file name and any peer message are escaped and cut to
+/// 256 bytes (see [`printable`]).
 impl fmt::Display for TransferSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} from {} {:?}", self.kind, self.peer, self.filename)?;
+        write!(
+            f,
+            "{} from {} {}",
+            self.kind,
+            self.peer,
+            quoted(&self.filename)
+        )?;
         if let Some(m) = self.mode {
             write!(f, " {m}")?;
         }
         match &self.outcome {
+            Outcome::Failed(_) if self.proof.as_ref().is_some_and(Proof::evicted) => {
+                f.write_str(
+                    ": evicted: its peer never answered and a newer request of the same \
+                     client needed the slot",
+                )?;
+            }
             Outcome::Ok => {
                 let secs = self.duration.as_secs_f64();
                 let rate = if secs > 0.0 {
@@ -155,15 +175,88 @@ impl TransferSummary {
     }
 }
 
-/// `s` with control characters escaped (`\n` -> `\\n`, ESC -> `\\u{1b}`): peers' file names
-/// and messages end up in logs and terminals, where they must not inject lines or escapes.
+/// Longest escaped text, in bytes, that a log line shows of one peer-supplied field (file
+/// name, mode, message, the options together); longer text is cut and ends with `…`.
+const LOG_FIELD_MAX: usize = 256;
+
+/// `s` with control and other invisible characters escaped (`\n` -> `\\n`, ESC ->
+/// `\\u{1b}`, U+202E -> `\\u{202e}`), cut to 256 bytes followed by `…` when longer: peers'
+/// file names and messages end up in logs and terminals, where they must not inject lines
+/// or escapes, nor cost more than a bounded number of bytes.
 pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+    let mut out = String::new();
+    push_escaped(&mut out, s, LOG_FIELD_MAX, false);
+    out
+}
+
+/// `s` escaped as by [`str::escape_debug`] (double quotes and backslashes too) and cut to
+/// 256 bytes as by [`printable`], between double quotes.
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    push_escaped(&mut out, s, LOG_FIELD_MAX + 1, true);
+    out.push('"');
+    out
+}
+
+/// Peer bytes (lossy UTF-8) escaped as by [`quoted`], without the quotes.
+fn escaped(b: &[u8]) -> String {
+    let mut out = String::new();
+    push_escaped(&mut out, &lossy_head(b), LOG_FIELD_MAX, true);
+    out
+}
+
+/// Appends `s` to `out` with every character escaped that is not plainly visible (with
+/// `debug`: double quotes and backslashes too), stopping before `out` would pass `limit` bytes;
+/// then appends `…` and returns false.
+fn push_escaped(out: &mut String, s: &str, limit: usize, debug: bool) -> bool {
     for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
+        let start = out.len();
+        // escape_debug leaves visible characters alone (quotes and backslashes aside).
+        let visible = c.escape_debug().nth(1).is_none() || matches!(c, '"' | '\'' | '\\');
+        if debug && c != '\'' {
+            out.extend(c.escape_debug());
+        } else if visible {
             out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+        if out.len() > limit {
+            out.truncate(start);
+            out.push('…');
+            return false;
+        }
+    }
+    true
+}
+
+/// The start of peer bytes as text: enough to fill [`LOG_FIELD_MAX`] escaped bytes (every
+/// input byte shows as at least one), so a 65,000-byte field is never converted whole.
+fn lossy_head(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(&b[..b.len().min(LOG_FIELD_MAX + 4)])
+}
+
+/// A request's options for the log: `name=value` pairs, escaped, cut to 256 bytes in all,
+/// with the count of those left out.
+fn options_for_log(options: OptionList<'_>) -> String {
+    let mut out = String::new();
+    for (shown, (n, v)) in options.iter().enumerate() {
+        let before = out.len();
+        if shown > 0 {
+            out.push(' ');
+        }
+        let fits = push_escaped(&mut out, &lossy_head(n), LOG_FIELD_MAX, true) && {
+            out.push('=');
+            push_escaped(&mut out, &lossy_head(v), LOG_FIELD_MAX, true)
+        };
+        if !fits {
+            if shown > 0 {
+                // Whole options only, unless the first is already too long (then it is cut).
+                out.truncate(before);
+                out.push_str(" …");
+            }
+            let total = options.iter().count();
+            let _ = write!(out, " ({shown} of {total} options shown in full)");
+            return out;
         }
     }
     out
@@ -190,13 +283,23 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// Transfers running at once; requests beyond it get ERROR 0 "server busy". Default 1024.
     pub max_transfers: usize,
-    /// Transfers running at once for one client IP address; requests beyond it get ERROR 0.
-    /// Default 32; `None`: no limit.
+    /// Transfers running at once for one client (see `client_prefix_v4`/`_v6`). At the
+    /// limit, the client's oldest transfer whose peer never answered is ended to make room;
+    /// when all have answered, the request gets ERROR 0. Default 32; `None`: no limit.
     pub max_transfers_per_client: Option<usize>,
-    /// Datagrams accepted per second from one source IP address at the listeners; beyond
-    /// it, requests are dropped (the first of every 10 s answered with ERROR 0 and logged).
-    /// Default 20 per second with a burst of 40; `None`: no limit.
+    /// Datagrams accepted per second from one client at the listeners; beyond it, requests
+    /// are dropped (the first of every 10 s answered with ERROR 0 and logged). A request
+    /// whose peer answers (ACKs our DATA or sends DATA) gives its token back, so only
+    /// unanswered (possibly forged) requests use it up. Default 20 per second with a burst
+    /// of 40; `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// IPv4 addresses sharing this many leading bits are one client for the per-client
+    /// limits (0..=32; default 32).
+    pub client_prefix_v4: u8,
+    /// IPv6 addresses sharing this many leading bits are one client for the per-client
+    /// limits (0..=128; default 64, a subnet a single host may hold whole). IPv4-mapped
+    /// IPv6 addresses count as IPv4.
+    pub client_prefix_v6: u8,
 }
 
 impl Default for ServerConfig {
@@ -211,6 +314,8 @@ impl Default for ServerConfig {
             max_transfers: 1024,
             max_transfers_per_client: Some(32),
             rate_limit: RateLimit::per_second(20),
+            client_prefix_v4: ClientPrefix::default().v4,
+            client_prefix_v6: ClientPrefix::default().v6,
         }
     }
 }
@@ -311,20 +416,44 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Transfers running at once for one client IP address (default 32; `None`: no
-    /// limit). A request beyond it gets ERROR 0 "Too many transfers from your address".
+    /// Transfers running at once for one client (default 32; `None`: no limit; a client is
+    /// an address prefix, see [`ServerBuilder::client_prefix_v6`]). At the limit, the
+    /// client's oldest transfer whose peer has not answered yet is ended to make room (so
+    /// forged requests from a victim's address cannot hold its slots); when every one has
+    /// answered, the request gets ERROR 0 "Too many transfers from your address".
     pub fn max_transfers_per_client(mut self, n: Option<usize>) -> Self {
         self.config.max_transfers_per_client = n.map(|n| n.max(1));
         self
     }
 
-    /// Requests per second accepted from one source IP address, with a burst of twice that
-    /// (default 20; `None` or 0: no limit). Datagrams beyond it are dropped; the first of
-    /// every 10 s gets ERROR 0 and a warning in the log that counts the others. This keeps a
-    /// flood from one address (or forged requests aimed at one victim) from costing more than
-    /// a few packets per second.
+    /// Requests per second accepted from one client, with a burst of twice that (default
+    /// 20; `None` or 0: no limit). Datagrams beyond it are dropped; the first of every 10 s
+    /// gets ERROR 0 and a warning in the log that counts the others. This keeps a flood from
+    /// one client (or forged requests aimed at one victim) from costing more than a few
+    /// packets per second. A request whose peer answers from its port (it ACKs our DATA or
+    /// sends DATA, so it is not forged) gives its token back: a real client fetching file
+    /// after file is never refused.
     pub fn rate_limit(mut self, per_second: Option<u32>) -> Self {
         self.config.rate_limit = per_second.and_then(RateLimit::per_second);
+        self
+    }
+
+    /// IPv4 addresses that share their first `bits` bits (0..=32, clamped; default 32) are
+    /// one client for [`ServerBuilder::rate_limit`] and
+    /// [`ServerBuilder::max_transfers_per_client`].
+    pub fn client_prefix_v4(mut self, bits: u8) -> Self {
+        self.config.client_prefix_v4 = bits.min(32);
+        self
+    }
+
+    /// IPv6 addresses that share their first `bits` bits (0..=128, clamped; default 64) are
+    /// one client for [`ServerBuilder::rate_limit`] and
+    /// [`ServerBuilder::max_transfers_per_client`]: a host usually holds a whole /64 and can
+    /// send from any of its 2^64 addresses. Use 128 where every address is its own host and
+    /// many clients share one /64 (a provisioning LAN), or raise the limits. IPv4-mapped
+    /// IPv6 addresses count as IPv4.
+    pub fn client_prefix_v6(mut self, bits: u8) -> Self {
+        self.config.client_prefix_v6 = bits.min(128);
         self
     }
 
@@ -360,8 +489,13 @@ impl<H: Handler> ServerBuilder<H> {
                 admission: Admission::new(
                     self.config.rate_limit,
                     self.config.max_transfers_per_client,
+                    ClientPrefix {
+                        v4: self.config.client_prefix_v4,
+                        v6: self.config.client_prefix_v6,
+                    },
                 ),
                 memory: MemoryBudget::new(self.config.max_memory),
+                out_of_descriptors: Mutex::new(Throttle::default()),
                 config: self.config,
                 hook: self.hook,
             }),
@@ -377,6 +511,71 @@ struct Shared<H> {
     admission: Admission,
     memory: Arc<MemoryBudget>,
     hook: Option<Hook>,
+    /// Requests answered "Server busy" for want of a file descriptor, logged once per 10 s.
+    out_of_descriptors: Mutex<Throttle>,
+}
+
+/// The ERROR 0 message for a request refused for want of resources (transfer slots, file
+/// descriptors): the client may try again later. Never the OS's own text.
+pub(crate) const SERVER_BUSY: &str = "Server busy, try again later";
+
+/// How often a warning about running out of descriptors is logged.
+const OUT_OF_DESCRIPTORS_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts occurrences of a condition so it is logged once per period with a count.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    /// Counts one occurrence; `Some(n)` when it is time to log, with `n` occurrences since
+    /// the last time (this one included).
+    fn hit(&mut self, now: Instant, every: Duration) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) < every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+impl<H> Shared<H> {
+    /// Counts a request refused for want of a file descriptor; warns once per 10 s.
+    fn out_of_descriptors(&self, what: &dyn fmt::Display) {
+        let n = self
+            .out_of_descriptors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hit(Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
+        if let Some(n) = n {
+            warn!(
+                "out of file descriptors ({what}): {n} request(s) answered \"{SERVER_BUSY}\" \
+                 since the last warning (at most one per {} s); raise the descriptor limit \
+                 (ulimit -n, LimitNOFILE=) or lower --max-transfers",
+                OUT_OF_DESCRIPTORS_EVERY.as_secs()
+            );
+        }
+    }
+}
+
+/// True for EMFILE and ENFILE: the process or the system is out of file descriptors.
+pub(crate) fn no_descriptors(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
+}
+
+/// What a client is told when file descriptors run out: ERROR 0 [`SERVER_BUSY`].
+pub(crate) fn busy_error() -> HandlerError {
+    HandlerError::new(ErrorCode::NotDefined, SERVER_BUSY)
 }
 
 /// A bound TFTP server. [`Server::run`] serves until [`Server::shutdown_token`] is
@@ -447,6 +646,8 @@ async fn listen<H: Handler>(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Shared with the transfers, which answer from it when they cannot open their own.
+    let sock = Arc::new(sock);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut cmsg = vec![0u8; 256];
     loop {
@@ -502,7 +703,7 @@ async fn listen<H: Handler>(
                 continue;
             }
         }
-        let ticket = match shared.admission.admit(arrival.from, datagram, now) {
+        let ticket = match shared.admission.admit(arrival.from, datagram, now, &cancel) {
             Verdict::Admit(t) => t,
             Verdict::Duplicate => {
                 debug!(peer = %arrival.from, "repeated request ignored: its transfer is running and retransmits on its own");
@@ -523,18 +724,12 @@ async fn listen<H: Handler>(
         };
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             warn!(peer = %arrival.from, "too many transfers ({}); request refused", shared.config.max_transfers);
-            reply_error(
-                &sock,
-                arrival.from,
-                ErrorCode::NotDefined,
-                "Server busy, try again later",
-            )
-            .await;
+            reply_error(&sock, arrival.from, ErrorCode::NotDefined, SERVER_BUSY).await;
             continue;
         };
         let request = datagram.to_vec();
         let shared = shared.clone();
-        let cancel = cancel.clone();
+        let listener = sock.clone();
         tracker.spawn(async move {
             let slot = Slot(std::sync::Mutex::new(Some(permit)));
             transfer(
@@ -542,7 +737,7 @@ async fn listen<H: Handler>(
                 request,
                 arrival.from,
                 arrival.local,
-                cancel,
+                &listener,
                 &ticket,
                 &slot,
             )
@@ -566,15 +761,19 @@ impl Slot {
     }
 }
 
+/// Serves one admitted request on a socket of its own, bound to `local` (the address the
+/// request was sent to); `listener` answers when that socket cannot be opened.
 async fn transfer<H: Handler>(
     shared: Arc<Shared<H>>,
     request: Vec<u8>,
     peer: SocketAddr,
     local: SocketAddr,
-    cancel: CancellationToken,
+    listener: &UdpSocket,
     ticket: &Ticket,
     slot: &Slot,
 ) {
+    // Cancelled when the server stops, or when the transfer is evicted.
+    let cancel = ticket.cancel_token().clone();
     let start = Instant::now();
     let Ok(packet) = Packet::decode(&request) else {
         return;
@@ -595,18 +794,31 @@ async fn transfer<H: Handler>(
         outcome: Outcome::Ok,
         started: start,
         reported: false,
+        proof: Some(ticket.proof()),
     };
+    // Peer-supplied fields are escaped and cut: a 65,000-byte request logs under 1 KiB.
     info!(
-        "{kind} from {peer} {:?} {} [{}]",
-        summary.filename,
-        String::from_utf8_lossy(req.mode).escape_debug(),
-        req.options
+        "{kind} from {peer} {} {} [{}]",
+        quoted(&summary.filename),
+        escaped(req.mode),
+        options_for_log(req.options)
     );
     let config = &shared.config;
     let sock = match net::bind_transfer(local) {
         Ok(s) => s,
         Err(e) => {
-            warn!("{kind} from {peer}: cannot open a transfer socket on {local}: {e}");
+            // Answered from the listen port, with no OS text: the client may retry.
+            reply_error(listener, peer, ErrorCode::NotDefined, SERVER_BUSY).await;
+            if no_descriptors(&e) {
+                shared.out_of_descriptors(&format_args!("transfer socket: {e}"));
+            } else {
+                warn!("{kind} from {peer}: cannot open a transfer socket on {local}: {e}");
+            }
+            summary.outcome = Outcome::Refused {
+                code: ErrorCode::NotDefined,
+                message: SERVER_BUSY.to_owned(),
+            };
+            report(&shared, &mut summary);
             return;
         }
     };
@@ -621,7 +833,7 @@ async fn transfer<H: Handler>(
     let idle = config.timeout * (config.max_retries + 2);
     match summary.mode {
         None => {
-            let msg = format!("Unsupported mode {:?}", String::from_utf8_lossy(req.mode));
+            let msg = format!("Unsupported mode \"{}\"", escaped(req.mode));
             refuse(&sock, peer, &mut summary, ErrorCode::IllegalOperation, msg).await;
         }
         Some(mode) => {
@@ -644,6 +856,13 @@ async fn transfer<H: Handler>(
                 Kind::Wrq => ctx.serve_write(&info, req.options, &mut summary).await,
             }
         }
+    }
+    // Opening the file ran out of descriptors (HandlerError::from_io answers "Server
+    // busy"): counted, and warned about once per 10 s.
+    if matches!(&summary.outcome, Outcome::Refused { code: ErrorCode::NotDefined, message }
+        if message == SERVER_BUSY)
+    {
+        shared.out_of_descriptors(&"opening a file");
     }
     report(&shared, &mut summary);
 }
@@ -810,6 +1029,16 @@ fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
     if std::mem::replace(&mut summary.reported, true) {
         return;
     }
+    // A peer that ACKed DATA, sent DATA or sent an ERROR to the transfer's port received
+    // our reply: it is not forged, and its request's rate token goes back (a one-block
+    // upload ends before the progress callback sees a block).
+    let answered = summary.stats.blocks > 0
+        || matches!(summary.outcome, Outcome::Failed(TransferError::Peer { .. }));
+    if answered {
+        if let Some(p) = &summary.proof {
+            p.heard();
+        }
+    }
     if summary.duration.is_zero() {
         summary.duration = summary.started.elapsed();
     }
@@ -864,6 +1093,12 @@ fn log_summary(s: &TransferSummary) {
         Outcome::Ok => info!("{s}"),
         // Missing files are routine (PXELINUX probes for a dozen config names).
         Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => info!("{s}"),
+        // Out of descriptors: one warning per 10 s with a count (Shared::out_of_descriptors).
+        Outcome::Refused { code, message }
+            if *code == ErrorCode::NotDefined && message == SERVER_BUSY =>
+        {
+            info!("{s}")
+        }
         Outcome::Refused { .. } => warn!("{s}"),
         // A client that ends the transfer after reading the OACK (PXE size probe).
         Outcome::Failed(_) if s.is_size_probe() => info!("{s}"),
@@ -879,5 +1114,79 @@ fn log_summary(s: &TransferSummary) {
             info!("{s}")
         }
         Outcome::Failed(_) => warn!("{s}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_and_cuts() {
+        assert_eq!(
+            printable("a\nb\x1b[31m\u{202e}é\"'\\"),
+            "a\\nb\\u{1b}[31m\\u{202e}é\"'\\"
+        );
+        let long = "é".repeat(1000);
+        let p = printable(&long);
+        assert!(p.ends_with('…'));
+        assert_eq!(p.len(), 256 + '…'.len_utf8(), "128 é of 2 bytes, then …");
+        // An escape is never split: 256 bytes hold 42 "\u{1b}" (6 bytes) and no part of
+        // the 43rd.
+        let p = printable(&"\x1b".repeat(100));
+        assert_eq!(p, format!("{}…", "\\u{1b}".repeat(42)));
+        assert_eq!(printable(&"x".repeat(256)), "x".repeat(256));
+        assert_eq!(printable(&"x".repeat(257)), format!("{}…", "x".repeat(256)));
+    }
+
+    #[test]
+    fn quoted_names_read_as_before_and_are_cut() {
+        for name in ["pxelinux.cfg/01-aa-bb", "it's", "a\"b\\c\td\n"] {
+            assert_eq!(quoted(name), format!("{name:?}"));
+        }
+        let q = quoted(&"\u{e9}/".repeat(10_000));
+        assert!(q.len() <= 256 + 2 + 3 && q.ends_with("…\""), "{}", q.len());
+        // Peer bytes: invalid UTF-8 shows as U+FFFD; a 65,000-byte field is cut.
+        assert_eq!(escaped(b"oc\xfftet"), "oc\u{fffd}tet");
+        let e = escaped(&[b'm'; 65_000]);
+        assert_eq!(e, format!("{}…", "m".repeat(256)));
+    }
+
+    #[test]
+    fn options_are_cut_to_whole_pairs_with_a_count() {
+        let raw = b"blksize\x001468\x00tsize\x000\x00";
+        let list = OptionList::new(raw).unwrap();
+        assert_eq!(options_for_log(list), "blksize=1468 tsize=0");
+        let mut raw = Vec::new();
+        for i in 0..3000 {
+            raw.extend_from_slice(format!("o{i}\0\n{i}\0").as_bytes());
+        }
+        let s = options_for_log(OptionList::new(&raw).unwrap());
+        assert!(s.starts_with("o0=\\n0 o1=\\n1 "), "{s}");
+        assert!(s.ends_with(" options shown in full)"), "{s}");
+        assert!(s.contains(" … ("), "{s}");
+        assert!(s.contains(" of 3000 "), "{s}");
+        assert!(s.len() < 320, "{}", s.len());
+        // One option longer than the limit by itself: cut.
+        let mut raw = b"x\0".to_vec();
+        raw.extend(std::iter::repeat_n(b'9', 60_000));
+        raw.push(0);
+        let s = options_for_log(OptionList::new(&raw).unwrap());
+        assert!(s.starts_with("x=999"), "{s}");
+        assert!(s.ends_with("… (0 of 1 options shown in full)"), "{s}");
+        assert!(s.len() < 320, "{}", s.len());
+    }
+
+    #[test]
+    fn throttle_reports_once_per_period_with_a_count() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        assert_eq!(t.hit(t0, every), Some(1));
+        for i in 1..50 {
+            assert_eq!(t.hit(t0 + Duration::from_millis(i * 100), every), None);
+        }
+        assert_eq!(t.hit(t0 + every, every), Some(50));
+        assert_eq!(t.hit(t0 + every, every), None);
     }
 }

@@ -191,18 +191,36 @@ async fn a_flood_from_one_source_is_rate_limited_and_does_not_stop_another() {
 
 #[tokio::test]
 async fn per_client_and_total_transfer_limits_answer_error_0() {
-    let srv = start(|b| b.rate_limit(None).max_transfers_per_client(Some(2))).await;
-    // Three downloads from one address whose first DATA nobody ACKs: the third is refused.
+    // A long timeout: the two held transfers must outlast the third request.
+    let srv = start(|b| {
+        b.rate_limit(None)
+            .max_transfers_per_client(Some(2))
+            .timeout(Duration::from_secs(5))
+    })
+    .await;
+    // Three downloads from one address; the first two ACK DATA 1 (so their peers are real:
+    // unanswered transfers would be evicted to make room) and then stall: the third is
+    // refused.
     let socks = [
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
     ];
-    for s in &socks {
-        s.send_to(&rrq("big.bin", &[]), srv.addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut buf = vec![0u8; 1000];
+    for s in &socks[..2] {
+        s.send_to(&rrq("big.bin", &[]), srv.addr).await.unwrap();
+        let (n, tid) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..4], &[0, 3, 0, 1], "{:?}", &buf[..n.min(8)]);
+        s.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await;
+    }
+    socks[2]
+        .send_to(&rrq("big.bin", &[]), srv.addr)
+        .await
+        .unwrap();
     let (n, _) = tokio::time::timeout(Duration::from_secs(5), socks[2].recv_from(&mut buf))
         .await
         .unwrap()
