@@ -452,6 +452,8 @@ pub struct Sender {
     early_resends: u32,
     /// No block from this one on is sent (an unproven peer's retransmission is one block).
     hold: Option<u64>,
+    /// When DATA last left.
+    sent_at: Option<Instant>,
     /// Ring capacity in blocks (0 until the first block is read); block `b` lives in slot
     /// `b % cap`.
     cap: u64,
@@ -498,6 +500,7 @@ impl Sender {
             per_block_acks: false,
             early_resends: 0,
             hold: None,
+            sent_at: None,
             cap: 0,
             slots: Vec::new(),
             slot_len: Vec::new(),
@@ -737,7 +740,7 @@ impl Sender {
                 self.retries = 0;
                 self.deadline = None;
             }
-            (SenderState::Sending, Packet::Ack { block }) => self.on_ack(block),
+            (SenderState::Sending, Packet::Ack { block }) => self.on_ack(now, block),
             _ => self.stats.ignored += 1,
         }
     }
@@ -750,19 +753,25 @@ impl Sender {
         self.apply(n);
     }
 
-    fn on_ack(&mut self, wire: u16) {
+    fn on_ack(&mut self, now: Instant, wire: u16) {
         // The ACK may name base-1 (nothing new) up to the last block sent.
         let prev = self.base - 1;
         let delta = wire.wrapping_sub(prev as u16);
         if delta == 0 {
             self.stats.duplicates += 1;
-            // An unproven peer repeating ACK 0 is still waiting for DATA 1 (it was lost, or
-            // the peer is a forger spraying ACK 0): one more copy of the first block each
-            // time, at most max_retries in all. Never after the peer has proved itself: a
-            // duplicate ACK then never causes a resend (Sorcerer's Apprentice).
+            // An unproven peer repeating ACK 0 a while after DATA 1 left is still waiting
+            // for it (it was lost, or the peer is a forger spraying ACK 0): one more copy of
+            // the first block each time, at most max_retries in all. A copy of ACK 0 that
+            // the network duplicated arrives at once and draws nothing, and once the peer
+            // has proved itself a duplicate ACK never causes a resend (Sorcerer's
+            // Apprentice, RFC 1123 §4.2.3.1).
+            let waited = self
+                .sent_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.timeout / 4);
             if self.link.unproven()
                 && prev == 0
                 && self.next > self.base
+                && waited
                 && self.early_resends < self.config.max_retries
             {
                 self.early_resends += 1;
@@ -888,6 +897,7 @@ impl Sender {
         let block = self.next;
         self.next += 1;
         self.high = self.high.max(self.next);
+        self.sent_at = Some(now);
         self.stats.data_sent += 1;
         self.deadline = Some(now + backoff(self.timeout(), self.retries));
         let i = self.slot_index(block);
@@ -946,6 +956,7 @@ impl Sender {
             }
         }
         self.high = self.high.max(self.next);
+        self.sent_at = Some(now);
         self.stats.data_sent += count as u64;
         self.deadline = Some(now + backoff(self.timeout(), self.retries));
         Some(TransmitBatch {

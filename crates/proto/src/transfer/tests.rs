@@ -1101,10 +1101,16 @@ fn a_repeated_ack0_from_an_unproven_peer_gets_block_one_again_within_the_retry_b
     s.handle_datagram(t0, client_tid(), &ack(0));
     fill(&mut s, &file, &mut pos, usize::MAX);
     assert_eq!(pkts(&drain_tx(&mut s, t0)).len(), 1);
+    // A copy the network duplicated (at once) draws nothing.
+    s.handle_datagram(t0, client_tid(), &ack(0));
+    assert!(drain_tx(&mut s, t0).is_empty());
     let mut resent = 0;
+    let mut t = t0;
     for _ in 0..20 {
-        s.handle_datagram(t0, client_tid(), &ack(0));
-        resent += drain_tx(&mut s, t0).len();
+        // The client repeats ACK 0 after a timeout of its own (30 ms >= 100 ms / 4).
+        t += 30 * MS;
+        s.handle_datagram(t, client_tid(), &ack(0));
+        resent += drain_tx(&mut s, t).len();
     }
     assert_eq!(resent, 5, "max_retries resends for 20 repeated ACK 0");
     // The real client got DATA 1 at last: the window opens as usual.
