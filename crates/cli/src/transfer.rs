@@ -11,6 +11,7 @@ use tftpx::proto::Mode;
 use tftpx::{Client, ClientError, Progress, Report};
 use tokio::io::AsyncWriteExt;
 
+use crate::serve::parse_size;
 use crate::{parse_duration, CliError};
 
 /// Options shared by get and put.
@@ -56,31 +57,6 @@ fn parse_dally(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     parse_duration(s)
-}
-
-/// Parses a byte count: digits, optionally followed by K, M, G or T (powers of 1024; `KiB`,
-/// `MB` and the like are read the same way).
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: use bytes, e.g. 1048576, 64K or 10M"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use K, M, G or T, e.g. 10M)"
-            ))
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {

@@ -264,7 +264,7 @@ fn max_size_caps_a_download_with_or_without_tsize() {
 
     let o = run(&["get", "127.0.0.1", "f", "--max-size", "10X"], cwd.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown unit"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a size"));
 }
 
 /// A remote whose base name is `-` lands in a file named `-`; only `-o -` means stdout.
