@@ -779,14 +779,24 @@ mod tests {
         assert!(!root.no_new_privs);
     }
 
+    /// In a child (the limit is process-wide): a soft limit below the hard one is raised.
     #[test]
     fn the_descriptor_limit_is_raised_to_the_hard_limit() {
-        let r = raise_nofile_limit();
-        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        assert_eq!(r.error, None);
-        assert_eq!(soft, hard);
-        assert_eq!(r.now, hard);
-        assert!(r.before <= r.now);
+        const NAME: &str = "privileges::tests::the_descriptor_limit_is_raised_to_the_hard_limit";
+        if std::env::var(CHILD).is_ok() {
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            setrlimit(Resource::RLIMIT_NOFILE, 256.min(hard), hard).unwrap();
+            let r = raise_nofile_limit();
+            let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            println!("RAISED {} {} {} {:?}", r.before, r.now, soft, r.error);
+            return;
+        }
+        let o = in_child(NAME, "1");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{out}");
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let want = format!("RAISED {} {hard} {hard} None", 256.min(hard));
+        assert!(out.contains(&want), "want {want:?} in {out}");
     }
 
     /// Landlock, where this kernel has it: once [`confine`] returns, no thread of a

@@ -84,15 +84,23 @@ fn serve(bin: &Path, dir: &Path, args: &[&str], as_user: Option<&User>) -> Runni
     cmd.arg("serve")
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(args);
     if let Some(u) = as_user {
         // std drops the supplementary groups when root sets a uid.
         cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     }
-    let mut child = cmd.spawn().expect("start tftpx serve");
+    serve_cmd(&mut cmd)
+}
+
+/// Starts `cmd` (a `tftpx serve`) and waits, at most 10 s, for its `serving ... on ADDR`
+/// line.
+fn serve_cmd(cmd: &mut Command) -> Running {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tftpx serve");
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(String::new()));
     let sink = log.clone();
@@ -425,4 +433,33 @@ fn an_ordinary_user_cannot_ask_for_another_account() {
         assert_eq!(t.uid, vec![acct.uid.as_raw(); 4], "{t:?}");
         assert_eq!(t.no_new_privs, "1", "{t:?}");
     }
+}
+
+/// The soft descriptor limit is raised to the hard one at start; a hard limit below 4096
+/// is logged at info level (it caps concurrent transfers).
+#[test]
+fn the_descriptor_limit_is_raised_and_a_low_one_is_logged() {
+    require_root();
+    let dir = open_dir();
+    // A shell sets the limits (soft 512, hard 2000) and then becomes the server.
+    let script = format!(
+        "ulimit -Sn 512 && ulimit -Hn 2000 && exec '{BIN}' serve '{}' --listen 127.0.0.1:0 --user root",
+        dir.path().display()
+    );
+    let srv = serve_cmd(Command::new("sh").args(["-c", &script]));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    eprintln!("{line}");
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, ["2000", "2000"], "{line}");
+    let log = srv.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("descriptor limit 2000")),
+        "{log}"
+    );
 }
