@@ -427,15 +427,16 @@ impl Confined {
                 "Landlock unavailable ({}): file access is limited by the account's rights only",
                 landlock_status(&s.landlock)
             ),
-            Some(s) => tracing::info!(
-                "Landlock ({}, {}): file access confined to {} ({rights}), no other file, \
-                 no TCP, no signals out",
+            Some(s) if s.ruleset == RulesetStatus::FullyEnforced => tracing::info!(
+                "Landlock ({}): file access confined to {} ({rights}); no other file, no TCP, \
+                 no signal or abstract socket outside the process",
                 landlock_status(&s.landlock),
-                if s.ruleset == RulesetStatus::FullyEnforced {
-                    "fully enforced"
-                } else {
-                    "partly enforced"
-                },
+                dir.display()
+            ),
+            Some(s) => tracing::info!(
+                "Landlock ({}, partly enforced): file access confined to {} ({rights}) as far \
+                 as this kernel's Landlock goes",
+                landlock_status(&s.landlock),
                 dir.display()
             ),
         }

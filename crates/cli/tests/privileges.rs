@@ -300,6 +300,24 @@ fn user_root_keeps_root_and_warns() {
         assert_eq!(t.uid, vec![0; 4], "{t:?}");
         assert_eq!(t.no_new_privs, "1", "{t:?}");
     }
+    drop(srv);
+
+    // --no-landlock: said at debug level, and nothing else changes.
+    let srv = serve(
+        Path::new(BIN),
+        dir.path(),
+        &["--user", "root", "--no-landlock", "-v"],
+        None,
+    );
+    let (code, out, err) = get(&srv.addr, "secret.txt");
+    assert_eq!(
+        (code, out.as_slice()),
+        (Some(0), &b"root only\n"[..]),
+        "{err}"
+    );
+    let log = srv.log();
+    assert!(log.contains("Landlock off (--no-landlock)"), "{log}");
+    assert!(!log.contains("confined to"), "{log}");
 }
 
 /// A root directory the account cannot read, or (with uploads) cannot write in, fails
