@@ -139,7 +139,7 @@ start_server() {
     case "$s" in
     # The load generator is one address: lift tftpx's per-client limits (32 transfers, 20
     # requests/s) as the peers have none.
-    tftpx) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --max-transfers 30000 \
+    tftpx) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
         --max-transfers-per-client 0 --rate-limit 0 -q >"$out" 2>&1 & ;;
     tftpd-hpa) /usr/sbin/in.tftpd -L -s -c -p -u root -a "127.0.0.1:$port" "$dir" >"$out" 2>&1 & ;;
     atftpd) "$ATFTPD" --daemon --no-fork --port "$port" --bind-address 127.0.0.1 --user root --group root \

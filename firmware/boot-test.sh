@@ -286,7 +286,7 @@ boot() {
         ;;
     esac
 
-    ip netns exec "$NS" "$TFTPX" serve "$ROOT" --listen "$listen" >"$tlog" 2>&1 &
+    ip netns exec "$NS" "$TFTPX" serve "$ROOT" --listen "$listen" --user root >"$tlog" 2>&1 &
     tftpx_pid=$!
     PIDS+=("$tftpx_pid")
     wait_for "$tlog" 'serving' "$tftpx_pid" 10 || {

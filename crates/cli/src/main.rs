@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
 
+mod privileges;
 mod serve;
 mod transfer;
 
@@ -99,32 +100,30 @@ fn give_freed_buffers_back() {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    // The server spreads transfers over every core; a client runs one lock-step transfer,
-    // where waking a task on another thread costs more than it gains.
-    let mut builder = match cli.command {
-        Command::Serve(_) => {
-            give_freed_buffers_back();
-            tokio::runtime::Builder::new_multi_thread()
-        }
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
-    let rt = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let quiet = cli.quiet > 0;
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args)
-                .await
-                .map_err(|e| CliError::Failed(format!("{e:#}"))),
-            Command::Get(args) => transfer::get(args, quiet).await,
-            Command::Put(args) => transfer::put(args, quiet).await,
+    let result = match cli.command {
+        // The server builds its own runtime (spread over every core), around binding as
+        // root and giving root up.
+        Command::Serve(args) => {
+            give_freed_buffers_back();
+            serve::main(args)
         }
-    });
+        // A client runs one lock-step transfer, where waking a task on another thread costs
+        // more than it gains.
+        command => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async {
+                match command {
+                    Command::Get(args) => transfer::get(args, quiet).await,
+                    Command::Put(args) => transfer::put(args, quiet).await,
+                    Command::Serve(_) => unreachable!("handled above"),
+                }
+            }),
+            Err(e) => Err(CliError::Failed(format!("cannot start the runtime: {e}"))),
+        },
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(msg)) => {

@@ -1,14 +1,16 @@
-//! `tftpx serve`: parse flags into a [`tftpx::Server`] and run it until SIGINT/SIGTERM.
+//! `tftpx serve`: parse flags into a [`tftpx::Server`], bind, give up root (see
+//! [`crate::privileges`]) and run until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use tftpx::{DirHandler, Server, ServerError};
 
-use crate::parse_duration;
+use crate::privileges::{self, Confinement, GateGuard, Identity};
+use crate::{parse_duration, CliError};
 
 /// Serve a directory over TFTP.
 #[derive(Debug, Args)]
@@ -92,6 +94,22 @@ pub struct ServeArgs {
     /// use 128 on a LAN where many clients share one /64).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128), value_name = "BITS")]
     pub client_prefix_v6: u8,
+
+    /// Started as root: the account to run as once the sockets are bound and DIR is open
+    /// (files are then opened with its rights, with no capability left) [default: tftp if
+    /// that account exists, else nobody]. `--user root` keeps root (not recommended).
+    /// Started as another user, only that user.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Started as root: the group to run as [default: the --user's primary group].
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+
+    /// Do not confine the server with Landlock (where the kernel has it, the server may then
+    /// only read, and with uploads write, files beneath DIR).
+    #[arg(long)]
+    pub no_landlock: bool,
 }
 
 fn defaults() -> Vec<SocketAddr> {
@@ -101,13 +119,89 @@ fn defaults() -> Vec<SocketAddr> {
     ]
 }
 
-pub async fn run(args: ServeArgs) -> Result<()> {
+/// Runs `tftpx serve` to the end: raises the descriptor limit, opens DIR and binds as the
+/// user it was started as, then switches to `--user` and confines every thread before the
+/// first request is read.
+///
+/// # Errors
+/// A usage error for a `--user`/`--group` it cannot take; a failure (one line) when DIR
+/// cannot be opened, an address cannot be bound, the switch fails, or the account cannot
+/// read DIR (or write in it, with uploads).
+pub fn main(args: ServeArgs) -> Result<(), CliError> {
+    let nofile = privileges::raise_nofile_limit();
+    let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
+    let failed = |e: String| CliError::Failed(e);
     let handler = DirHandler::new(&args.dir)
-        .with_context(|| format!("cannot serve {}", args.dir.display()))?
+        .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
         .allow_write(args.allow_write)
         .allow_create(args.allow_create)
         .allow_hard_links(args.allow_hard_links);
     let root = handler.root().to_path_buf();
+    let root_fd = privileges::open_dir(&root)
+        .map_err(|e| failed(format!("cannot serve {}: {e}", root.display())))?;
+    let writable = args.allow_write || args.allow_create;
+    // Runtime threads wait in on_thread_start until the switch below, then confine
+    // themselves (no_new_privs and Landlock are per thread).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(privileges::on_thread_start)
+        .build()
+        .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
+    // Dropped before `rt` on every early return: lets waiting threads go so the runtime can
+    // shut down.
+    let gate = GateGuard::new();
+    let server = {
+        let _enter = rt.enter();
+        bind(&args, handler).map_err(|e| failed(format!("{e:#}")))?
+    };
+    let confined = privileges::confine(
+        &who,
+        &Confinement {
+            root: &root_fd,
+            writable,
+            landlock: !args.no_landlock,
+            foreign: &[],
+        },
+    )
+    .map_err(|e| failed(format!("cannot drop privileges: {e}")))?;
+    drop(gate);
+    privileges::check_root_access(&who, &root_fd, &root, writable).map_err(failed)?;
+    drop(root_fd);
+
+    let mode = if args.allow_create {
+        "read-write, may create files"
+    } else if args.allow_write {
+        "read-write, existing files only"
+    } else {
+        "read-only"
+    };
+    for a in server.local_addrs() {
+        tracing::info!("serving {} on {a} ({mode})", root.display());
+    }
+    match &who {
+        Identity::Switch(_) => tracing::info!(
+            "running as {}: no capabilities, no supplementary groups, no_new_privs",
+            who.describe()
+        ),
+        Identity::KeepRoot => tracing::warn!(
+            "running as root (--user root): every file root can read below {} can be served, \
+             with all of root's capabilities; give the server an account of its own \
+             (e.g. --user nobody)",
+            root.display()
+        ),
+        Identity::Unprivileged(_) => {
+            tracing::debug!("running as {} (not started as root)", who.describe())
+        }
+    }
+    tracing::debug!("{} runtime threads confined themselves", confined.threads);
+    confined.log(&root, writable);
+    nofile.log();
+    rt.block_on(run(server));
+    Ok(())
+}
+
+/// Binds every listen address (the defaults, less IPv6 where the machine has none).
+fn bind(args: &ServeArgs, handler: DirHandler) -> Result<Server<DirHandler>> {
     let explicit = !args.listen.is_empty();
     let mut listen = if explicit {
         args.listen.clone()
@@ -155,16 +249,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             Err(e) => anyhow::bail!("{e}"),
         }
     };
-    let mode = if args.allow_create {
-        "read-write, may create files"
-    } else if args.allow_write {
-        "read-write, existing files only"
-    } else {
-        "read-only"
-    };
-    for a in server.local_addrs() {
-        tracing::info!("serving {} on {a} ({mode})", root.display());
-    }
+    Ok(server)
+}
+
+/// Serves until SIGINT or SIGTERM, then lets running transfers end.
+async fn run(server: Server<DirHandler>) {
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -172,7 +261,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         token.cancel();
     });
     server.run().await;
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,7 @@ use tftpx::proto::Mode;
 use tftpx::{Client, ClientError, Progress, Report};
 use tokio::io::AsyncWriteExt;
 
+use crate::serve::parse_size;
 use crate::{parse_duration, CliError};
 
 /// Options shared by get and put.
@@ -73,9 +74,15 @@ pub struct GetArgs {
     pub server: String,
     /// The file on the server (omit when SERVER is a tftp:// URL).
     pub remote: Option<String>,
-    /// Where to write it [default: the remote file's base name]; `-` for stdout.
+    /// Where to write it [default: the remote file's base name, always a file: a remote
+    /// named `-` becomes a file named `-`]; `-o -` writes to stdout.
     #[arg(short, long, value_name = "LOCAL")]
     pub output: Option<PathBuf>,
+    /// Largest download accepted, in bytes; suffixes K, M, G, T multiply by 1024 (10M =
+    /// 10 MiB). A bigger file, or one whose announced tsize is bigger, is stopped with
+    /// ERROR 3 and nothing is kept. Without it the announced tsize still caps the download.
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    pub max_size: Option<u64>,
     #[command(flatten)]
     pub opts: TransferOpts,
 }
@@ -207,11 +214,17 @@ async fn resolve(t: &Target) -> Result<std::net::SocketAddr, CliError> {
         .ok_or_else(|| CliError::Failed(format!("{} has no address", t.host)))
 }
 
-fn build_client(server: std::net::SocketAddr, opts: &TransferOpts, mode: Mode) -> Client {
+fn build_client(
+    server: std::net::SocketAddr,
+    opts: &TransferOpts,
+    mode: Mode,
+    max_size: Option<u64>,
+) -> Client {
     let mut b = Client::builder(server)
         .mode(mode)
         .retries(opts.retries)
-        .tsize(!opts.no_tsize);
+        .tsize(!opts.no_tsize)
+        .max_size(max_size);
     if let Some(n) = opts.blksize {
         b = b.blksize(n);
     }
@@ -270,6 +283,11 @@ fn summary(verb: &str, r: &Report) -> String {
 }
 
 fn transfer_failed(e: ClientError) -> CliError {
+    if let ClientError::TooLarge { limit } = e {
+        return CliError::Failed(format!(
+            "the file is larger than --max-size ({limit} bytes); nothing was kept"
+        ));
+    }
     // The server's message is untrusted: no control characters reach the terminal.
     CliError::Failed(tftpx::printable(&e.to_string()))
 }
@@ -298,6 +316,8 @@ pub async fn get(args: GetArgs, quiet: bool) -> Result<(), CliError> {
         }
     };
     let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
+    // Only `-o -` means stdout: a remote whose base name is `-` is a file named `-`.
+    let to_stdout = args.output.as_deref() == Some(Path::new("-"));
     let local = match &args.output {
         Some(p) => p.clone(),
         None => PathBuf::from(base_name(&remote).ok_or_else(|| {
@@ -307,9 +327,9 @@ pub async fn get(args: GetArgs, quiet: bool) -> Result<(), CliError> {
         })?),
     };
     let server = resolve(&target).await?;
-    let client = build_client(server, &args.opts, mode);
+    let client = build_client(server, &args.opts, mode, args.max_size);
     let pb = progress_bar(quiet);
-    let report = if local.as_os_str() == "-" {
+    let report = if to_stdout {
         // Buffered: tokio's stdout hands every write to a thread, one DATA block at a time.
         let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
         let r = client
@@ -394,7 +414,7 @@ pub async fn put(args: PutArgs, quiet: bool) -> Result<(), CliError> {
     };
     let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
     let server = resolve(&target).await?;
-    let client = build_client(server, &args.opts, mode);
+    let client = build_client(server, &args.opts, mode, None);
     let pb = progress_bar(quiet);
     let report = if stdin {
         let input = tokio::io::BufReader::with_capacity(256 * 1024, tokio::io::stdin());
@@ -475,5 +495,22 @@ mod tests {
         assert_eq!(base_name("win\\x.cfg"), Some("x.cfg"));
         assert_eq!(base_name("dir/"), None);
         assert_eq!(base_name(".."), None);
+        // A file named `-`, never stdout: get() only writes to stdout for `-o -`.
+        assert_eq!(base_name("-"), Some("-"));
+        assert_eq!(base_name("dir/-"), Some("-"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        for bad in ["", "M", "10X", "-1", "1.5M", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -28,7 +28,7 @@ fn disk_full_during_upload_answers_error_3_and_keeps_the_old_file() {
         ip link set lo up || exit 90
         mount -t tmpfs -o size=1m tmpfs "$ROOT" || exit 91
         cp "$OUT/old.bin" "$ROOT/fw.bin"
-        "$BIN" serve "$ROOT" --listen 127.0.0.1:6969 --allow-write 2> "$OUT/serve.log" &
+        "$BIN" serve "$ROOT" --listen 127.0.0.1:6969 --allow-write --user root 2> "$OUT/serve.log" &
         P=$!
         for i in $(seq 1 50); do
             if "$BIN" get 127.0.0.1:6969 fw.bin -o "$OUT/probe" -q --timeout 100ms --retries 1 --dally 0; then break; fi

@@ -28,6 +28,8 @@ fn serve(dir: &Path, extra: &[&str]) -> Serve {
         .arg("serve")
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
+        // Not a test of privileges: tempdirs are 0700 root, so stay root.
+        .args(["--user", "root"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -2,6 +2,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tftpx_proto::negotiate::{ClientOptions, NegotiateError, Negotiated};
@@ -80,6 +83,22 @@ pub enum ClientError {
         /// Payload bytes received.
         received: u64,
     },
+    /// The server sent more data than the `tsize` it announced (RFC 2349): ERROR 3 was sent
+    /// to it at the first block that went past, and nothing beyond the announced size was
+    /// written.
+    #[error("the server sent more than the {announced} bytes (tsize) it announced")]
+    TsizeExceeded {
+        /// The server's `tsize`, in bytes.
+        announced: u64,
+    },
+    /// The download is larger than [`ClientBuilder::max_size`] (it went past it, or the
+    /// server announced a bigger `tsize`): ERROR 3 was sent to the server, and nothing
+    /// beyond the limit was written.
+    #[error("the file is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 impl ClientError {
@@ -118,6 +137,7 @@ pub struct Client {
     windowsize: Option<u16>,
     negotiate_timeout: Option<u8>,
     tsize: bool,
+    max_size: Option<u64>,
     config: TransferConfig,
     cancel: CancellationToken,
     dallies: TaskTracker,
@@ -174,6 +194,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Largest download accepted, in bytes (default: no limit). A download that goes past
+    /// it, or whose announced `tsize` is bigger, is stopped with ERROR 3 ("Disk full or
+    /// allocation exceeded", RFC 1350) before the first byte beyond the limit is written,
+    /// and fails with [`ClientError::TooLarge`]. Whatever this says, a download never takes
+    /// more than the `tsize` the server announced ([`ClientError::TsizeExceeded`]).
+    pub fn max_size(mut self, bytes: Option<u64>) -> Self {
+        self.client.max_size = bytes;
+        self
+    }
+
     /// Retransmissions before giving up (default 5).
     pub fn retries(mut self, n: u32) -> Self {
         self.client.config.max_retries = n;
@@ -212,6 +242,7 @@ impl Client {
                 windowsize: None,
                 negotiate_timeout: None,
                 tsize: true,
+                max_size: None,
                 config: TransferConfig {
                     dally: Duration::from_secs(1),
                     ..TransferConfig::default()
@@ -280,7 +311,18 @@ impl Client {
             self.options((self.mode == Mode::Octet).then_some(0)),
             self.config,
         )?;
-        let mut sink = Sink::new(out, self.mode);
+        // A lying or broken server cannot make the download bigger than it said (tsize,
+        // octet mode only: netascii changes the size) or than the caller allows.
+        let cap = Cap::new(self.max_size);
+        let octet = self.mode == Mode::Octet;
+        let mut sink = Sink::new(
+            Capped {
+                inner: out,
+                written: 0,
+                cap: &cap,
+            },
+            self.mode,
+        );
         let mut tracker = Tracker::default();
         let mut local_error = None;
         driver::run_receiver(
@@ -291,9 +333,14 @@ impl Client {
             &self.cancel,
             self.idle(),
             &mut |st, n| {
+                let total = n.and_then(|n| n.tsize);
+                if let Some(t) = total.filter(|_| octet) {
+                    // Called once the OACK is in, before the next datagram is read.
+                    cap.announce(t);
+                }
                 progress(Progress {
                     bytes: st.bytes,
-                    total: n.and_then(|n| n.tsize),
+                    total,
                 })
             },
         )
@@ -336,6 +383,10 @@ impl Client {
         }
         if let Some(m) = mismatch {
             return Err(m);
+        }
+        if let Some(e) = cap.exceeded() {
+            // Our ERROR 3 left with the flush above.
+            return Err(e);
         }
         match outcome {
             Ok(()) if local_error.is_none() => Ok(Report {
@@ -411,5 +462,145 @@ impl Client {
             }),
             Err(e) => Err(self.failure(Some(e), src.take_error())),
         }
+    }
+}
+
+/// Why a download was cut, as [`Cap`] records it.
+const CUT_NONE: u8 = 0;
+const CUT_TSIZE: u8 = 1;
+const CUT_LIMIT: u8 = 2;
+
+/// The most a download may write: the caller's limit and the server's `tsize`, the smaller
+/// wins. Shared (by reference) between the writer and the progress callback, which learns
+/// the `tsize` from the OACK.
+#[derive(Debug)]
+struct Cap {
+    /// [`ClientBuilder::max_size`]; `u64::MAX` for none.
+    limit: u64,
+    /// The announced `tsize`; `u64::MAX` until one is known.
+    tsize: AtomicU64,
+    /// `CUT_*`: whether (and why) a write was refused.
+    cut: AtomicU8,
+}
+
+impl Cap {
+    fn new(limit: Option<u64>) -> Self {
+        Self {
+            limit: limit.unwrap_or(u64::MAX),
+            tsize: AtomicU64::new(u64::MAX),
+            cut: AtomicU8::new(CUT_NONE),
+        }
+    }
+
+    fn announce(&self, tsize: u64) {
+        self.tsize.store(tsize, Ordering::Relaxed);
+    }
+
+    /// Whether `len` more bytes after `written` stay within the cap; records the reason
+    /// when they do not.
+    fn admits(&self, written: u64, len: usize) -> bool {
+        let after = written.saturating_add(len as u64);
+        let tsize = self.tsize.load(Ordering::Relaxed);
+        let cut = if tsize != u64::MAX && tsize > self.limit {
+            // Announced bigger than allowed: stop at the first block.
+            CUT_LIMIT
+        } else if after > tsize {
+            CUT_TSIZE
+        } else if after > self.limit {
+            CUT_LIMIT
+        } else {
+            return true;
+        };
+        self.cut.store(cut, Ordering::Relaxed);
+        false
+    }
+
+    fn exceeded(&self) -> Option<ClientError> {
+        match self.cut.load(Ordering::Relaxed) {
+            CUT_TSIZE => Some(ClientError::TsizeExceeded {
+                announced: self.tsize.load(Ordering::Relaxed),
+            }),
+            CUT_LIMIT => Some(ClientError::TooLarge { limit: self.limit }),
+            _ => None,
+        }
+    }
+}
+
+/// A download's writer that refuses, with [`io::ErrorKind::FileTooLarge`] (sent to the
+/// server as ERROR 3), any write that would take it past its [`Cap`].
+struct Capped<'a, W> {
+    inner: W,
+    written: u64,
+    cap: &'a Cap,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Capped<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.cap.admits(self.written, buf.len()) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "download exceeds its size limit",
+            )));
+        }
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_takes_the_smaller_of_tsize_and_limit() {
+        let none = Cap::new(None);
+        assert!(none.admits(u64::MAX - 10, 10));
+        assert!(none.exceeded().is_none());
+
+        let tsize = Cap::new(None);
+        tsize.announce(10);
+        assert!(tsize.admits(0, 10));
+        assert!(!tsize.admits(0, 11));
+        assert!(matches!(
+            tsize.exceeded(),
+            Some(ClientError::TsizeExceeded { announced: 10 })
+        ));
+
+        let limit = Cap::new(Some(1000));
+        assert!(limit.admits(512, 488));
+        assert!(!limit.admits(512, 512));
+        assert!(matches!(
+            limit.exceeded(),
+            Some(ClientError::TooLarge { limit: 1000 })
+        ));
+
+        // A tsize below the limit is the cap; one above it fails at the first block.
+        let both = Cap::new(Some(1000));
+        both.announce(600);
+        assert!(!both.admits(512, 512));
+        assert!(matches!(
+            both.exceeded(),
+            Some(ClientError::TsizeExceeded { announced: 600 })
+        ));
+        let over = Cap::new(Some(1000));
+        over.announce(5000);
+        assert!(!over.admits(0, 1));
+        assert!(matches!(
+            over.exceeded(),
+            Some(ClientError::TooLarge { limit: 1000 })
+        ));
     }
 }

@@ -214,6 +214,8 @@ impl Server {
             .arg("serve")
             .arg(root)
             .args(["--listen", "127.0.0.1:0"])
+            // Not a test of privileges: tempdirs are 0700 root, so stay root.
+            .args(["--user", "root"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
