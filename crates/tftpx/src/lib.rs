@@ -9,6 +9,7 @@
 //! | [`Handler`], [`DirHandler`] | what is served: a directory confined to its root, or your own |
 //! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
 //! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
+//! | [`RemapRules`] | tftp-hpa's file name remapping rules, applied before the handler |
 //! | [`Client`], [`ClientBuilder`] | downloads into any `AsyncWrite`, uploads from any `AsyncRead` |
 //!
 //! Every transfer runs in its own task on its own socket bound to the address the request
@@ -22,6 +23,7 @@ mod driver;
 mod handler;
 mod io;
 mod net;
+pub mod remap;
 mod server;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
@@ -29,6 +31,7 @@ pub use handler::{
     DirFile, DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload,
     MAX_COMPONENT_LEN, MAX_NAME_LEN,
 };
+pub use remap::{RemapRules, Remapped};
 pub use server::{
     printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,
     TransferSummary,
