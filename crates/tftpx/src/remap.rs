@@ -548,7 +548,7 @@ enum Case {
 fn expand(pieces: &[Piece], name: &[u8], caps: Option<&Captures<'_>>, client: IpAddr) -> Vec<u8> {
     let mut out = Vec::new();
     let mut case = Case::Keep;
-    let mut push = |out: &mut Vec<u8>, bytes: &[u8], case: Case| {
+    let push = |out: &mut Vec<u8>, bytes: &[u8], case: Case| {
         out.extend(bytes.iter().map(|&b| match case {
             Case::Keep => b,
             Case::Upper => b.to_ascii_uppercase(),

@@ -25,6 +25,7 @@ use crate::driver::{self, Tracker};
 use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
+use crate::remap::{RemapRules, Remapped};
 
 /// RRQ or WRQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub struct TransferSummary {
     /// The requested file name (lossy UTF-8), whole: the [`Display`](fmt::Display) form (the
     /// log line) escapes it and cuts it to 256 bytes.
     pub filename: String,
+    /// The name the [`ServerBuilder::remap`] rules turned it into (lossy UTF-8), when they
+    /// changed it: the name the handler opened.
+    pub remapped: Option<String>,
     /// The transfer mode, if it was valid.
     pub mode: Option<Mode>,
     /// The options in force, once negotiated.
@@ -99,6 +103,9 @@ impl fmt::Display for TransferSummary {
             self.peer,
             quoted(&self.filename)
         )?;
+        if let Some(r) = &self.remapped {
+            write!(f, " -> {}", quoted(r))?;
+        }
         if let Some(m) = self.mode {
             write!(f, " {m}")?;
         }
@@ -344,6 +351,7 @@ pub struct ServerBuilder<H> {
     handler: H,
     config: ServerConfig,
     hook: Option<Hook>,
+    remap: Option<Arc<RemapRules>>,
 }
 
 impl<H: Handler> ServerBuilder<H> {
@@ -457,6 +465,17 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Remaps every requested file name with tftp-hpa's rules (`in.tftpd --map-file`; see
+    /// [`crate::remap`]) before the handler sees it: [`RequestInfo::filename`] is the
+    /// remapped name, the log and [`TransferSummary::remapped`] show both. A request the
+    /// rules refuse gets ERROR 2 (RFC 1350 section 5) with in.tftpd's message
+    /// ([`Refusal::message`](crate::remap::Refusal::message)). Checked after the mode, as
+    /// in.tftpd does.
+    pub fn remap(mut self, rules: RemapRules) -> Self {
+        self.remap = Some(Arc::new(rules));
+        self
+    }
+
     /// Calls `hook` with the summary of every transfer when it ends.
     pub fn on_transfer_end(
         mut self,
@@ -498,6 +517,7 @@ impl<H: Handler> ServerBuilder<H> {
                 out_of_descriptors: Mutex::new(Throttle::default()),
                 config: self.config,
                 hook: self.hook,
+                remap: self.remap,
             }),
             cancel: CancellationToken::new(),
         })
@@ -511,6 +531,7 @@ struct Shared<H> {
     admission: Admission,
     memory: Arc<MemoryBudget>,
     hook: Option<Hook>,
+    remap: Option<Arc<RemapRules>>,
     /// Requests answered "Server busy" for want of a file descriptor, logged once per 10 s.
     out_of_descriptors: Mutex<Throttle>,
 }
@@ -603,6 +624,7 @@ impl Server<()> {
             handler,
             config: ServerConfig::default(),
             hook: None,
+            remap: None,
         }
     }
 }
@@ -787,6 +809,7 @@ async fn transfer<H: Handler>(
         peer,
         kind,
         filename: req.filename_lossy().into_owned(),
+        remapped: None,
         mode: Mode::parse(req.mode),
         negotiated: None,
         stats: Stats::default(),
@@ -796,9 +819,28 @@ async fn transfer<H: Handler>(
         reported: false,
         proof: Some(ticket.proof()),
     };
+    // Remapping (tftp-hpa rules) happens before the handler sees the name.
+    let remapped = shared
+        .remap
+        .as_ref()
+        .map(|r| r.apply(req.filename, peer.ip(), kind));
+    let remap_note = match &remapped {
+        Some(Remapped::Name(n)) if n.as_slice() != req.filename => {
+            let name = String::from_utf8_lossy(n).into_owned();
+            let note = format!(" remapped to {}", quoted(&name));
+            summary.remapped = Some(name);
+            note
+        }
+        Some(Remapped::Refused(r)) => format!(" ({r})"),
+        _ => String::new(),
+    };
+    let refused = match &remapped {
+        Some(Remapped::Refused(r)) => Some(r.message()),
+        _ => None,
+    };
     // Peer-supplied fields are escaped and cut: a 65,000-byte request logs under 1 KiB.
     info!(
-        "{kind} from {peer} {} {} [{}]",
+        "{kind} from {peer} {}{remap_note} {} [{}]",
         quoted(&summary.filename),
         escaped(req.mode),
         options_for_log(req.options)
@@ -836,10 +878,18 @@ async fn transfer<H: Handler>(
             let msg = format!("Unsupported mode \"{}\"", escaped(req.mode));
             refuse(&sock, peer, &mut summary, ErrorCode::IllegalOperation, msg).await;
         }
+        Some(_) if refused.is_some() => {
+            let msg = refused.unwrap_or_default();
+            refuse(&sock, peer, &mut summary, ErrorCode::AccessViolation, msg).await;
+        }
         Some(mode) => {
+            let filename = match &remapped {
+                Some(Remapped::Name(n)) => n.as_slice(),
+                _ => req.filename,
+            };
             let info = RequestInfo {
                 peer,
-                filename: req.filename,
+                filename,
                 mode,
             };
             let ctx = Ctx {
