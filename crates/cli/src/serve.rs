@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use tftpx::{DirHandler, Server, ServerError};
+use tftpx::{DirHandler, RemapRules, Server, ServerError};
 
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::{parse_duration, CliError};
@@ -110,6 +110,27 @@ pub struct ServeArgs {
     /// only read, and with uploads write, files beneath DIR).
     #[arg(long)]
     pub no_landlock: bool,
+
+    /// Remap requested file names with the rules in FILE, tftpd-hpa's `--map-file` syntax
+    /// (`OPERATION REGEX [REPLACEMENT]` per line; see README "Remap rules"). A bad file
+    /// stops start-up with FILE:LINE and what is wrong.
+    #[arg(long = "map", value_name = "FILE")]
+    pub map: Option<PathBuf>,
+}
+
+/// Reads and parses the `--map` rules file (before privileges are dropped).
+fn load_map(path: &std::path::Path) -> Result<RemapRules, CliError> {
+    let text = std::fs::read(path)
+        .map_err(|e| CliError::Failed(format!("cannot read --map {}: {e}", path.display())))?;
+    let text = String::from_utf8(text).map_err(|e| {
+        CliError::Failed(format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    RemapRules::parse(&text)
+        .map_err(|e| CliError::Failed(format!("{}:{}: {}", path.display(), e.line, e.message)))
 }
 
 fn defaults() -> Vec<SocketAddr> {
@@ -130,6 +151,7 @@ fn defaults() -> Vec<SocketAddr> {
 pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let nofile = privileges::raise_nofile_limit();
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
+    let map = args.map.as_deref().map(load_map).transpose()?;
     let failed = |e: String| CliError::Failed(e);
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
@@ -152,7 +174,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let gate = GateGuard::new();
     let server = {
         let _enter = rt.enter();
-        bind(&args, handler).map_err(|e| failed(format!("{e:#}")))?
+        bind(&args, handler, map).map_err(|e| failed(format!("{e:#}")))?
     };
     let confined = privileges::confine(
         &who,
@@ -201,7 +223,11 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
 }
 
 /// Binds every listen address (the defaults, less IPv6 where the machine has none).
-fn bind(args: &ServeArgs, handler: DirHandler) -> Result<Server<DirHandler>> {
+fn bind(
+    args: &ServeArgs,
+    handler: DirHandler,
+    map: Option<RemapRules>,
+) -> Result<Server<DirHandler>> {
     let explicit = !args.listen.is_empty();
     let mut listen = if explicit {
         args.listen.clone()
@@ -227,6 +253,9 @@ fn bind(args: &ServeArgs, handler: DirHandler) -> Result<Server<DirHandler>> {
             .client_prefix_v6(args.client_prefix_v6);
         for a in &listen {
             b = b.listen(*a);
+        }
+        if let Some(m) = &map {
+            b = b.remap(m.clone());
         }
         match b.bind() {
             Ok(s) => break s,
