@@ -272,3 +272,22 @@ fn parse_errors_name_the_line() {
         assert!(e.message.contains(what), "{text}: {e}");
     }
 }
+
+#[test]
+fn readme_example() {
+    let r = rules(
+        r"rg \\ /                          # \Boot\BCD -> /Boot/BCD
+r ^/(tftpboot/)?                 # drop a leading / or /tftpboot/
+ri ^boot/bcd$ boot/bcd           # any case
+r ^pxelinux\.cfg/mine$ pxelinux.cfg/\x
+a ^secret/                       # ERROR 2 'Access denied'
+",
+    );
+    assert_eq!(get(&r, "\\Boot\\BCD"), "boot/bcd");
+    assert_eq!(get(&r, "/tftpboot/vmlinuz"), "vmlinuz");
+    assert_eq!(get(&r, "/pxelinux.cfg/mine"), "pxelinux.cfg/C00002A9");
+    assert_eq!(
+        refusal(r.apply(b"/secret/x", V4, Kind::Rrq)).message(),
+        "Access denied"
+    );
+}
