@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,15 +75,16 @@ fn first_reply(sock: &UdpSocket, server: SocketAddr, req: &[u8]) -> (Vec<u8>, So
     panic!("no answer from {server} to {req:?} after {TRIES} tries");
 }
 
-fn socket() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+/// A client socket on the loopback address of `server`'s family.
+fn socket(server: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind(SocketAddr::new(server.ip(), 0)).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     s
 }
 
 /// Downloads `name` (octet, no options, lock-step) from `server`.
 fn get(server: SocketAddr, name: &[u8]) -> Outcome {
-    let sock = socket();
+    let sock = socket(server);
     let (mut d, tid) = first_reply(&sock, server, &request(1, name));
     let mut data = Vec::new();
     let mut buf = [0u8; 1024];
@@ -111,7 +112,7 @@ fn get(server: SocketAddr, name: &[u8]) -> Outcome {
 /// Uploads `content` (under 512 bytes: one DATA) as `name` to `server`.
 fn put(server: SocketAddr, name: &[u8], content: &[u8]) -> Outcome {
     assert!(content.len() < 512);
-    let sock = socket();
+    let sock = socket(server);
     let (d, tid) = first_reply(&sock, server, &request(2, name));
     if let Some(e) = error_of(&d) {
         return e;
@@ -141,19 +142,17 @@ struct InTftpd {
 }
 
 impl InTftpd {
-    fn start(root: &Path, rules: &Path) -> Self {
+    fn start(root: &Path, rules: &Path, host: IpAddr) -> Self {
         assert!(
             Path::new(IN_TFTPD).is_file(),
             "{IN_TFTPD} is missing: run `bash .ci/install-peers.sh` as root"
         );
         let mut last = String::new();
         for _ in 0..5 {
-            let port = UdpSocket::bind("127.0.0.1:0")
+            let addr = UdpSocket::bind(SocketAddr::new(host, 0))
                 .unwrap()
                 .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+                .unwrap();
             let mut child = Command::new(IN_TFTPD)
                 .args(["-L", "-s", "-c", "-p", "-u", "root", "-m"])
                 .arg(rules)
@@ -166,7 +165,7 @@ impl InTftpd {
                 .spawn()
                 .expect("start in.tftpd");
             // Ready once it answers anything (the rules may refuse the probe).
-            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let sock = UdpSocket::bind(SocketAddr::new(host, 0)).unwrap();
             sock.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
             let start = Instant::now();
@@ -222,10 +221,15 @@ enum Req {
     Put(&'static str, Result<&'static str, u16>),
 }
 
-/// Runs `reqs` against in.tftpd and tftpx serving identical trees (`files`) with `rules`;
-/// asserts each outcome is the expected one and the same for both, and that the trees are
-/// identical afterwards. Returns tftpx's log.
+/// Runs `reqs` from 127.0.0.1 against in.tftpd and tftpx serving identical trees (`files`)
+/// with `rules`; asserts each outcome is the expected one and the same for both, and that
+/// the trees are identical afterwards. Returns tftpx's log.
 fn differential(rules: &str, files: &[(&str, &[u8])], reqs: &[Req]) -> String {
+    differential_from(IpAddr::V4(Ipv4Addr::LOCALHOST), rules, files, reqs)
+}
+
+/// [`differential`] with requests from `host` (127.0.0.1 or ::1), where both servers listen.
+fn differential_from(host: IpAddr, rules: &str, files: &[(&str, &[u8])], reqs: &[Req]) -> String {
     let base = Layout::new();
     let rules_path = base.base.join("remap.rules");
     std::fs::write(&rules_path, rules).unwrap();
@@ -241,13 +245,28 @@ fn differential(rules: &str, files: &[(&str, &[u8])], reqs: &[Req]) -> String {
             std::fs::write(&p, content).unwrap();
         }
     }
-    let hpa = InTftpd::start(&hpa_root, &rules_path);
+    let hpa = InTftpd::start(&hpa_root, &rules_path, host);
     let rules_arg = rules_path.to_str().unwrap();
-    let tftpx = Server::start(
-        &base.root,
-        &["--map", rules_arg, "--allow-create", "--rate-limit", "0"],
-    );
-    let tftpx_addr: SocketAddr = format!("127.0.0.1:{}", tftpx.port).parse().unwrap();
+    let listen = SocketAddr::new(host, 0).to_string();
+    let mut args = vec!["--map", rules_arg, "--allow-create", "--rate-limit", "0"];
+    if host.is_ipv6() {
+        // Besides the 127.0.0.1:0 every common::Server listens on.
+        args.extend(["--listen", &listen]);
+    }
+    let tftpx = Server::start(&base.root, &args);
+    let tftpx_addr = if host.is_ipv6() {
+        let on = format!(" on [{host}]:");
+        assert!(
+            common::wait_until(Duration::from_secs(10), || tftpx.log().contains(&on)),
+            "tftpx does not listen on {host}"
+        );
+        let log = tftpx.log();
+        let rest = &log[log.find(&on).unwrap() + on.len()..];
+        let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        SocketAddr::new(host, port.parse().unwrap())
+    } else {
+        SocketAddr::new(host, tftpx.port)
+    };
     let originals: BTreeMap<String, Vec<u8>> = tree(&base.root);
     println!(
         "{:<28} {:<8} {:<40} {:<40}",
@@ -437,6 +456,33 @@ r ^stopped$ x                  # 16: reached only by inv- names
             Get("stopped", Err(1)),
             Get("loop", Err(2)),
             Get("hash", Ok("a#b c")),
+        ],
+    );
+}
+
+/// IPv6 clients: `6` rules apply and `4` rules do not, `\x` is 32 hex digits, `\i` the
+/// colon form.
+#[test]
+fn same_outcomes_as_tftpd_hpa_for_ipv6_clients() {
+    let rules = r"r6 ^who$ by-hex/\x
+r4 ^who$ v4-file
+r ^ip$ by-ip/\i
+r4 ^v4-only$ v4-file
+";
+    let files: &[(&str, &[u8])] = &[
+        ("by-hex/00000000000000000000000000000001", b"::1 in hex\n"),
+        ("by-ip/::1", b"::1\n"),
+        ("v4-file", b"for IPv4 clients\n"),
+    ];
+    use Req::*;
+    differential_from(
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        rules,
+        files,
+        &[
+            Get("who", Ok("by-hex/00000000000000000000000000000001")),
+            Get("ip", Ok("by-ip/::1")),
+            Get("v4-only", Err(1)),
         ],
     );
 }
