@@ -348,8 +348,8 @@ a ^secret/                     # never
 a ^private/(.*)$ no\ \1\ for\ \i  # with a message
 a~ ^(boot/|pxelinux|by-ip/|vmlinuz$|upload/)
 ";
-    // (No message on the a~ rule: tftpd-hpa 5.2 crashes expanding one for an inverted
-    // rule, which has no match; tftpx sends it. See the unit tests.)
+    // (No message on the a~ rule: tftpd-hpa 5.2 garbles one for an inverted rule, which has
+    // no match: `no\ way` arrives as "o way"; tftpx sends it whole. See the unit tests.)
     let files: &[(&str, &[u8])] = &[
         ("boot/bcd", b"the BCD store\n"),
         ("boot/x64/wdsnbp.com", &[0x4d; 1500]),

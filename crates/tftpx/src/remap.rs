@@ -58,7 +58,7 @@
 //! - A refusing rule's message is its replacement alone (5.3); 5.2 put the text before and
 //!   after the match around it.
 //! - At most [`MAX_STEPS`] rule evaluations (each repetition of a `g` rule counts; 5.2 did
-//!   not count those, so `rg a a` hung its process) and names of at most [`MAX_REMAP_LEN`]
+//!   not count those, so `rg a a` never ended there) and names of at most [`MAX_REMAP_LEN`]
 //!   bytes: beyond either the request is refused with ERROR 2 `Remap table failure`, as
 //!   tftp-hpa does when its step limit (also 1024) runs out.
 

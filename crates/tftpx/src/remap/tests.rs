@@ -168,7 +168,7 @@ fn loops_are_refused_after_max_steps() {
         refusal(r.apply(b"a", V4, Kind::Rrq)).message(),
         "Remap table failure"
     );
-    // g loop: the replacement always matches again (tftpd-hpa 5.2 hangs on this one).
+    // g loop: the replacement always matches again (tftpd-hpa 5.2 does not count g rounds: it never ends).
     let r = rules("rg a a");
     assert_eq!(refusal(r.apply(b"a", V4, Kind::Rrq)), Refusal::TooManySteps);
     // A name that doubles each round is refused long before it is 2^1024 bytes.
