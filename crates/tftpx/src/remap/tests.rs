@@ -291,3 +291,32 @@ a ^secret/                       # ERROR 2 'Access denied'
         "Access denied"
     );
 }
+
+#[test]
+fn a_classic_rules_file() {
+    // The kind of file tftp-hpa's sample rules show: drive letters, backslashes, hash marks,
+    // dot-dot, an exit, a prefix and a refusal, with tabs between fields.
+    let r = rules(
+        "#\n# classic\n#\n\
+         ri\t^[a-z]:\t\t\t\t# drive letters\n\
+         rg\t\\\\\t\t/\t\t# backslashes\n\
+         rg\t\\#\t\t@\t\t# hash marks\n\
+         rg\t/\\.\\./\t\t/..no../\t# dot-dot\n\
+         e\t^ok/\t\t\t\t# always ok\n\
+         r\t^[^/]\t\t/tftpboot/\\0\t# relative names\n\
+         a\t\\.pvt$\t\t\t\t# private files\n",
+    );
+    assert_eq!(r.len(), 7);
+    assert_eq!(get(&r, "C:\\Boot\\bcd"), "/Boot/bcd");
+    assert_eq!(get(&r, "a#b#c"), "/tftpboot/a@b@c");
+    assert_eq!(get(&r, "/a/../../b"), "/a/..no../..no../b");
+    assert_eq!(get(&r, "ok/x.pvt"), "ok/x.pvt");
+    assert_eq!(get(&r, "x"), "/tftpboot/x");
+    assert_eq!(
+        refusal(r.apply(b"d:\\keys\\a.pvt", V4, Kind::Rrq)),
+        Refusal::Rule {
+            line: 10,
+            message: Vec::new()
+        }
+    );
+}
