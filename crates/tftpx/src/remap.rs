@@ -195,10 +195,11 @@ impl RemapRules {
     /// file (or one of comments only) is valid and remaps nothing.
     ///
     /// # Errors
-    /// The first line that is not a valid rule: an unknown or contradictory operation flag,
-    /// a missing regex, a regex the regex crate refuses (or a POSIX feature it lacks), a bad
-    /// replacement escape (`\` + digit beyond the regex's groups is fine: it is empty), or
-    /// text after the replacement.
+    /// [`ParseError`] for the first line that is not a valid rule: an unknown or
+    /// contradictory operation flag, a missing regex, a regex the regex crate refuses (or a
+    /// POSIX feature it lacks: back-references, collating elements), or text after the
+    /// replacement. Replacements always parse (`\c` is `c`; a group the regex lacks is
+    /// empty).
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut rules = Vec::new();
         for (i, raw) in text.split('\n').enumerate() {
