@@ -153,3 +153,39 @@ fn connect(path: &OsStr) -> io::Result<UnixDatagram> {
     sock.connect_addr(&addr)?;
     Ok(sock)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Variables meant for another process (LISTEN_PID not ours) pass no socket and are
+    /// cleared all the same; no descriptor is touched.
+    #[test]
+    fn listen_variables_for_another_process_are_ignored_and_cleared() {
+        std::env::set_var("LISTEN_PID", (std::process::id() + 1).to_string());
+        std::env::set_var("LISTEN_FDS", "1");
+        std::env::set_var("LISTEN_FDNAMES", "tftpx.socket");
+        let passed = take_listen_sockets().expect("no error");
+        assert!(passed.is_empty());
+        for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            assert!(std::env::var_os(v).is_none(), "{v} still set");
+        }
+    }
+
+    #[test]
+    fn notify_socket_addresses() {
+        let e = connect(OsStr::new("vsock:2:1234")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let name = format!("tftpx-unit-notify-{}", std::process::id());
+        let listener =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        let n = Notifier {
+            sock: Some(connect(OsStr::new(&format!("@{name}"))).unwrap()),
+        };
+        n.ready("a\nb");
+        let mut buf = [0u8; 64];
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"READY=1\nSTATUS=a b\n");
+    }
+}
