@@ -22,8 +22,8 @@ pub struct ServeArgs {
     pub dir: PathBuf,
 
     /// Address and port to listen on; repeat for several [default: 0.0.0.0:69 and [::]:69].
-    /// ADDR:PORT, [IPV6]:PORT, HOST:PORT (every address HOST resolves to), an address or
-    /// host alone (port 69), or PORT / :PORT (every address of both families). [::]:PORT
+    /// ADDR:PORT, [IPV6]:PORT, HOST:PORT (every address HOST resolves to), an address
+    /// alone (port 69), or PORT / :PORT (every address of both families). [::]:PORT
     /// alone serves IPv4 too. Ignored, with a warning, when systemd passes listen sockets.
     #[arg(short, long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: Vec<Listen>,
@@ -127,7 +127,7 @@ pub enum Listen {
     Addr(SocketAddr),
     /// `PORT` or `:PORT`: `0.0.0.0:PORT` and `[::]:PORT` (IPv6 only), like the defaults.
     Any(u16),
-    /// `HOST:PORT` or `HOST`: every address the name resolves to, at start-up.
+    /// `HOST:PORT`: every address the name resolves to, at start-up.
     Host(String, u16),
 }
 
@@ -169,10 +169,14 @@ pub(crate) fn parse_listen(s: &str) -> Result<Listen, String> {
         };
         return Ok(Listen::Addr(SocketAddr::new(IpAddr::V6(ip), p)));
     }
-    let (host, p) = match t.rsplit_once(':') {
-        Some((h, p)) => (h, port(p)?),
-        None => (t, TFTP_PORT),
+    // A name alone is more likely a typo than a host: names need their port.
+    let Some((host, p)) = t.rsplit_once(':') else {
+        return Err(format!(
+            "{t:?} is not an address; a host name needs its port (HOST:PORT, e.g. \
+             localhost:6969)"
+        ));
     };
+    let p = port(p)?;
     let valid = !host.is_empty()
         && host.len() <= 253
         && host

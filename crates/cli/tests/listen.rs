@@ -244,6 +244,10 @@ fn nonsense_listen_values_are_usage_errors_that_say_what_is_wrong() {
         ("a b:69", r#""a b" is neither an address nor a host name"#),
         ("1.2.3.4.5:69x", r#""69x" is not a port number"#),
         ("", "empty"),
+        (
+            "nonsense",
+            r#""nonsense" is not an address; a host name needs its port"#,
+        ),
     ] {
         let o = run_serve(root.path(), &["--listen", arg]);
         let err = String::from_utf8_lossy(&o.stderr);
