@@ -316,3 +316,74 @@ fn packaged_units_pass_systemd_analyze_verify() {
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("tftpx")).collect();
     assert!(ours.is_empty(), "warnings about the units: {ours:#?}");
 }
+
+/// What tftpx.service grants is enough, and tftpx ends with none of it: in a private network
+/// namespace, root limited to the unit's bounding set (CAP_NET_BIND_SERVICE, CAP_SETUID,
+/// CAP_SETGID) with no_new_privs, as systemd starts it without the socket unit, binds
+/// 127.0.0.1:69 itself, switches to `tftp` with no capability left and serves a file.
+#[test]
+fn the_units_capabilities_suffice_to_bind_port_69_and_drop_to_tftp() {
+    let root = tempfile::tempdir().unwrap();
+    // Readable by tftp: root here cannot override permissions (no CAP_DAC_OVERRIDE).
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = content(70_000);
+    std::fs::write(root.path().join("f"), &data).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let script = r#"
+        set -u
+        ip link set lo up || exit 90
+        setpriv --no-new-privs --inh-caps=-all \
+            --bounding-set=-all,+net_bind_service,+setuid,+setgid \
+            "$BIN" serve "$ROOT" --listen 127.0.0.1:69 2>"$OUT/log" &
+        P=$!
+        rc=1
+        for i in $(seq 1 100); do
+            if "$BIN" get 127.0.0.1 f -o "$OUT/f" -q --timeout 100ms --retries 1 --dally 0; then
+                rc=0; break
+            fi
+            sleep 0.1
+        done
+        grep -E '^(Uid|CapEff|CapPrm|CapBnd):' /proc/$P/status >"$OUT/status"
+        kill $P
+        wait $P
+        exit $rc
+    "#;
+    let o = Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .env("BIN", BIN)
+        .env("ROOT", root.path())
+        .env("OUT", out.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare (util-linux) is installed");
+    let log = std::fs::read_to_string(out.path().join("log")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{:?}: {}\nserver log:\n{log}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), data);
+    let status = std::fs::read_to_string(out.path().join("status")).unwrap();
+    let tftp_uid = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "tftp"])
+            .output()
+            .expect("id")
+            .stdout,
+    )
+    .unwrap();
+    let uid = tftp_uid.trim();
+    assert!(!uid.is_empty(), "no tftp account (tftpd-hpa creates it)");
+    assert!(
+        status.contains(&format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}\n")),
+        "{status}"
+    );
+    assert!(status.contains("CapEff:\t0000000000000000\n"), "{status}");
+    assert!(status.contains("CapPrm:\t0000000000000000\n"), "{status}");
+    assert!(log.contains("running as user tftp"), "{log}");
+}
