@@ -27,7 +27,8 @@ pkg_missing() {
 # Debian packages. Keep tftpd-hpa's postinst from starting its service (it would bind port 69 on
 # every address): a policy-rc.d that refuses every start, only for this install, only if the
 # machine has none of its own.
-apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0)
+# systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
+apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0

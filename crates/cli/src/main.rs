@@ -12,6 +12,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod privileges;
 mod serve;
+mod systemd;
 mod transfer;
 
 /// A TFTP server and client (RFC 1350, 2347, 2348, 2349, 7440).

@@ -1,7 +1,8 @@
-//! `tftpx serve`: parse flags into a [`tftpx::Server`], bind, give up root (see
-//! [`crate::privileges`]) and run until SIGINT/SIGTERM.
+//! `tftpx serve`: parse flags into a [`tftpx::Server`], bind (or take the sockets systemd
+//! passed, see [`crate::systemd`]), give up root (see [`crate::privileges`]) and run until
+//! SIGINT/SIGTERM.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use clap::Args;
 use tftpx::{DirHandler, RemapRules, Server, ServerError};
 
 use crate::privileges::{self, Confinement, GateGuard, Identity};
+use crate::systemd::{self, Notifier, Passed};
 use crate::{parse_duration, CliError};
 
 /// Serve a directory over TFTP.
@@ -19,9 +21,12 @@ pub struct ServeArgs {
     #[arg(default_value = ".")]
     pub dir: PathBuf,
 
-    /// Address and port to listen on; repeat for several [default: 0.0.0.0:69 and [::]:69]
-    #[arg(short, long = "listen", value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
+    /// Address and port to listen on; repeat for several [default: 0.0.0.0:69 and [::]:69].
+    /// ADDR:PORT, [IPV6]:PORT, HOST:PORT (every address HOST resolves to), an address
+    /// alone (port 69), or PORT / :PORT (every address of both families). [::]:PORT
+    /// alone serves IPv4 too. Ignored, with a warning, when systemd passes listen sockets.
+    #[arg(short, long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Vec<Listen>,
 
     /// Let clients overwrite existing files.
     #[arg(long)]
@@ -133,11 +138,118 @@ fn load_map(path: &std::path::Path) -> Result<RemapRules, CliError> {
         .map_err(|e| CliError::Failed(format!("{}:{}: {}", path.display(), e.line, e.message)))
 }
 
-fn defaults() -> Vec<SocketAddr> {
-    vec![
-        "0.0.0.0:69".parse().expect("valid address"),
-        "[::]:69".parse().expect("valid address"),
-    ]
+/// The TFTP port (RFC 1350).
+const TFTP_PORT: u16 = 69;
+
+/// One `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// An address and port (an address alone: port 69).
+    Addr(SocketAddr),
+    /// `PORT` or `:PORT`: `0.0.0.0:PORT` and `[::]:PORT` (IPv6 only), like the defaults.
+    Any(u16),
+    /// `HOST:PORT`: every address the name resolves to, at start-up.
+    Host(String, u16),
+}
+
+/// Parses a `--listen` value (see [`Listen`]).
+pub(crate) fn parse_listen(s: &str) -> Result<Listen, String> {
+    let t = s.trim();
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number (0-65535) in --listen {s:?}"))
+    };
+    if t.is_empty() {
+        return Err("empty; try e.g. 0.0.0.0:69, [::]:69, :69 or localhost:6969".into());
+    }
+    if let Some(p) = t.strip_prefix(':') {
+        return Ok(Listen::Any(port(p)?));
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(Listen::Any(port(t)?));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(Listen::Addr(a));
+    }
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(Listen::Addr(SocketAddr::new(ip, TFTP_PORT)));
+    }
+    if let Some(rest) = t.strip_prefix('[') {
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: missing ']' (write [IPV6]:PORT)"))?;
+        let ip: Ipv6Addr = inside
+            .parse()
+            .map_err(|_| format!("{inside:?} is not an IPv6 address in --listen {s:?}"))?;
+        let p = match after {
+            "" => TFTP_PORT,
+            _ => match after.strip_prefix(':') {
+                Some(p) => port(p)?,
+                None => return Err(format!("{s:?}: expected [IPV6]:PORT")),
+            },
+        };
+        return Ok(Listen::Addr(SocketAddr::new(IpAddr::V6(ip), p)));
+    }
+    // A name alone is more likely a typo than a host: names need their port.
+    let Some((host, p)) = t.rsplit_once(':') else {
+        return Err(format!(
+            "{t:?} is not an address; a host name needs its port (HOST:PORT, e.g. \
+             localhost:6969)"
+        ));
+    };
+    let p = port(p)?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !valid {
+        return Err(format!(
+            "{host:?} is neither an address nor a host name in --listen {s:?} \
+             (an IPv6 address with a port is written [IPV6]:PORT)"
+        ));
+    }
+    Ok(Listen::Host(host.to_owned(), p))
+}
+
+/// What to bind: the addresses, and those that may be left out when the machine has no
+/// IPv6 (the `[::]` of the defaults and of `:PORT`).
+fn listen_addrs(listen: &[Listen]) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let any = |p: u16| {
+        [
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), p),
+        ]
+    };
+    if listen.is_empty() {
+        let both = any(TFTP_PORT);
+        return Ok((both.to_vec(), vec![both[1]]));
+    }
+    let mut addrs = Vec::new();
+    let mut optional = Vec::new();
+    for l in listen {
+        let found: Vec<SocketAddr> = match l {
+            Listen::Addr(a) => vec![*a],
+            Listen::Any(p) => {
+                optional.push(any(*p)[1]);
+                any(*p).to_vec()
+            }
+            Listen::Host(h, p) => {
+                let found: Vec<SocketAddr> = (h.as_str(), *p)
+                    .to_socket_addrs()
+                    .map_err(|e| anyhow::anyhow!("cannot resolve --listen {h}: {e}"))?
+                    .collect();
+                anyhow::ensure!(!found.is_empty(), "--listen {h}: the name has no address");
+                found
+            }
+        };
+        for a in found {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    Ok((addrs, optional))
 }
 
 /// Runs `tftpx serve` to the end: raises the descriptor limit, opens DIR and binds as the
@@ -149,6 +261,10 @@ fn defaults() -> Vec<SocketAddr> {
 /// cannot be opened, an address cannot be bound, the switch fails, or the account cannot
 /// read DIR (or write in it, with uploads).
 pub fn main(args: ServeArgs) -> Result<(), CliError> {
+    // Before any thread starts: this reads and clears LISTEN_* from the environment.
+    let passed = systemd::take_listen_sockets().map_err(CliError::Failed)?;
+    // Connected while root and unconfined; used after the switch.
+    let notifier = Notifier::from_env();
     let nofile = privileges::raise_nofile_limit();
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
     let map = args.map.as_deref().map(load_map).transpose()?;
@@ -174,7 +290,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let gate = GateGuard::new();
     let server = {
         let _enter = rt.enter();
-        bind(&args, handler, map).map_err(|e| failed(format!("{e:#}")))?
+        bind(&args, handler, map, passed).map_err(|e| failed(format!("{e:#}")))?
     };
     let confined = privileges::confine(
         &who,
@@ -197,7 +313,8 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     } else {
         "read-only"
     };
-    for a in server.local_addrs() {
+    let addrs = server.local_addrs();
+    for a in &addrs {
         tracing::info!("serving {} on {a} ({mode})", root.display());
     }
     match &who {
@@ -218,22 +335,40 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     tracing::debug!("{} runtime threads confined themselves", confined.threads);
     confined.log(&root, writable);
     nofile.log();
-    rt.block_on(run(server));
+    if notifier.enabled() {
+        let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        notifier.ready(&format!(
+            "Serving {} on {} ({mode})",
+            root.display(),
+            on.join(", ")
+        ));
+        tracing::debug!("told the service manager: READY=1");
+    }
+    rt.block_on(run(server, notifier));
     Ok(())
 }
 
-/// Binds every listen address (the defaults, less IPv6 where the machine has none).
+/// Binds every listen address (the defaults, less IPv6 where the machine has none), or
+/// takes the sockets systemd passed instead.
 fn bind(
     args: &ServeArgs,
     handler: DirHandler,
     map: Option<RemapRules>,
+    passed: Vec<Passed>,
 ) -> Result<Server<DirHandler>> {
-    let explicit = !args.listen.is_empty();
-    let mut listen = if explicit {
-        args.listen.clone()
+    let activated = !passed.is_empty();
+    let (mut listen, optional) = if activated {
+        if !args.listen.is_empty() {
+            tracing::warn!(
+                "--listen ignored: serving the {} socket(s) passed by systemd instead",
+                passed.len()
+            );
+        }
+        (Vec::new(), Vec::new())
     } else {
-        defaults()
+        listen_addrs(&args.listen)?
     };
+    let mut passed = Some(passed);
     let server = loop {
         let mut b = Server::builder(handler.clone())
             .timeout(args.timeout)
@@ -257,11 +392,29 @@ fn bind(
         if let Some(m) = &map {
             b = b.remap(m.clone());
         }
+        // Taken once: only a failure to bind an address of our own goes round again, and
+        // with sockets passed there is none.
+        for p in passed.take().into_iter().flatten() {
+            let at = p
+                .socket
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let name = p
+                .name
+                .as_deref()
+                .map(|n| format!(", {n}"))
+                .unwrap_or_default();
+            tracing::info!(
+                "listening on {at}: socket passed by systemd (descriptor {}{name})",
+                p.fd
+            );
+            b = b.listen_socket(p.socket);
+        }
         match b.bind() {
             Ok(s) => break s,
-            // A machine without IPv6 still serves IPv4 by default.
+            // A machine without IPv6 still serves IPv4 by default (and with :PORT).
             Err(ServerError::Bind { addr, source })
-                if !explicit && addr.is_ipv6() && listen.len() > 1 && ipv6_missing(&source) =>
+                if optional.contains(&addr) && listen.len() > 1 && ipv6_missing(&source) =>
             {
                 tracing::warn!("IPv6 unavailable ({source}); serving IPv4 only");
                 listen.retain(|a| *a != addr);
@@ -281,12 +434,14 @@ fn bind(
     Ok(server)
 }
 
-/// Serves until SIGINT or SIGTERM, then lets running transfers end.
-async fn run(server: Server<DirHandler>) {
+/// Serves until SIGINT or SIGTERM, then lets running transfers end (telling the service
+/// manager STOPPING=1 first).
+async fn run(server: Server<DirHandler>, notifier: Notifier) {
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: ending running transfers");
+        notifier.stopping("Shutting down: ending running transfers");
         token.cancel();
     });
     server.run().await;

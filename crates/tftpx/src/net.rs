@@ -34,18 +34,80 @@ fn new_socket(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 /// Binds a listening socket that reports each datagram's destination address
-/// (IP_PKTINFO / IPV6_RECVPKTINFO).
-pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// (IP_PKTINFO / IPV6_RECVPKTINFO). `v6only: false` makes an IPv6 socket dual-stack: it
+/// also receives IPv4, as IPv4-mapped addresses (which [`recv_request`] turns back into
+/// IPv4).
+pub(crate) fn bind_listener(addr: SocketAddr, v6only: bool) -> io::Result<UdpSocket> {
     let s = new_socket(&addr)?;
+    if addr.is_ipv6() && !v6only {
+        s.set_only_v6(false)?;
+    }
     // Bursts of requests (a PXE boot storm) should queue, not drop.
     let _ = s.set_recv_buffer_size(1 << 20);
     s.bind(&addr.into())?;
-    if addr.is_ipv6() {
-        setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
-    } else {
-        setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
-    }
+    enable_packet_info(&s, &addr)?;
     UdpSocket::from_std(s.into())
+}
+
+/// Asks for each datagram's destination address: IP_PKTINFO on IPv4, IPV6_RECVPKTINFO on
+/// IPv6 (which on a dual-stack socket reports IPv4 destinations as IPv4-mapped addresses).
+fn enable_packet_info(s: &Socket, bound: &SocketAddr) -> io::Result<()> {
+    if bound.is_ipv6() {
+        setsockopt(s, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)
+    } else {
+        setsockopt(s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)
+    }
+}
+
+/// Makes a socket bound by someone else (systemd socket activation, a parent process) a
+/// listener: checks that it is a bound UDP socket of IPv4 or IPv6, makes it non-blocking
+/// and asks for each datagram's destination address, as [`bind_listener`] does. Its
+/// IPV6_V6ONLY setting is left as it was given.
+///
+/// # Errors
+/// `InvalidInput` naming what the socket is instead (not a datagram socket, not UDP, not
+/// bound, not IPv4/IPv6); an OS error from a socket option.
+pub(crate) fn adopt_listener(sock: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    let s = Socket::from(std::os::fd::OwnedFd::from(sock));
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    match s.r#type() {
+        Ok(t) if t == Type::DGRAM => {}
+        Ok(t) => return Err(invalid(format!("not a datagram socket ({t:?})"))),
+        Err(e) => return Err(invalid(format!("not a socket ({e})"))),
+    }
+    match s.domain() {
+        Ok(d) if d == Domain::IPV4 || d == Domain::IPV6 => {}
+        Ok(d) => return Err(invalid(format!("not an IPv4 or IPv6 socket ({d:?})"))),
+        Err(e) => return Err(invalid(format!("not a socket ({e})"))),
+    }
+    match s.protocol() {
+        Ok(Some(p)) if p != Protocol::UDP => {
+            return Err(invalid(format!("not a UDP socket ({p:?})")))
+        }
+        _ => {}
+    }
+    let bound = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .filter(|a| a.port() != 0)
+        .ok_or_else(|| invalid("not bound to an address and port".into()))?;
+    s.set_nonblocking(true)?;
+    let _ = s.set_recv_buffer_size(1 << 20);
+    enable_packet_info(&s, &bound)?;
+    UdpSocket::from_std(s.into())
+}
+
+/// An IPv4 client seen through a dual-stack IPv6 listener (`::ffff:a.b.c.d`) as the IPv4
+/// address it is; every other address unchanged.
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
 }
 
 /// Receives one datagram on a listener, with its destination address. `cmsg` is scratch
@@ -87,6 +149,21 @@ pub(crate) async fn recv_request(
                     }
                     _ => {}
                 }
+            }
+        }
+        // A dual-stack listener sees IPv4 as IPv4-mapped IPv6: the transfer talks IPv4
+        // (its socket is an IPv4 one), answering from the IPv4 address that was asked.
+        let from = unmapped(from);
+        if let IpAddr::V6(ip) = local_ip {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                // A broadcast or multicast request: let the kernel choose the source.
+                local_ip = if v4.is_broadcast() || v4.is_multicast() {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(v4)
+                };
+            } else if from.is_ipv4() {
+                local_ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
             }
         }
         let local = match local_ip {

@@ -272,7 +272,9 @@ fn options_for_log(options: OptionList<'_>) -> String {
 /// Server settings. Build them with [`Server::builder`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Addresses to listen on (RFC 1350's well-known port is 69).
+    /// Addresses to listen on (RFC 1350's well-known port is 69). `[::]:PORT` is bound
+    /// dual-stack (IPv4 too) unless an IPv4 address with the same port is in the list; every
+    /// other IPv6 address is IPv6 only (IPV6_V6ONLY).
     pub listen: Vec<SocketAddr>,
     /// Retransmission timeout when the client negotiates none (RFC 2349); default 1 s.
     pub timeout: Duration,
@@ -339,9 +341,18 @@ pub enum ServerError {
         /// The OS error.
         source: io::Error,
     },
-    /// No listen address was given.
+    /// No listen address or socket was given.
     #[error("no listen address given")]
     NoListenAddress,
+    /// A socket given to [`ServerBuilder::listen_socket`] cannot serve: not a bound UDP
+    /// socket of IPv4 or IPv6 (the message says what it is), or a socket option failed.
+    #[error("cannot listen on the socket given{}: {source}", .addr.map(|a| format!(" ({a})")).unwrap_or_default())]
+    Adopt {
+        /// The socket's local address, when it has one.
+        addr: Option<SocketAddr>,
+        /// What is wrong with it.
+        source: io::Error,
+    },
 }
 
 type Hook = Arc<dyn Fn(&TransferSummary) + Send + Sync>;
@@ -352,13 +363,30 @@ pub struct ServerBuilder<H> {
     config: ServerConfig,
     hook: Option<Hook>,
     remap: Option<Arc<RemapRules>>,
+    /// Sockets bound by someone else, served besides `config.listen`.
+    sockets: Vec<std::net::UdpSocket>,
 }
 
 impl<H: Handler> ServerBuilder<H> {
     /// Adds a listen address (repeatable). Port 0 lets the OS pick one; see
-    /// [`Server::local_addrs`].
+    /// [`Server::local_addrs`]. The unspecified IPv6 address (`[::]:PORT`) also receives
+    /// IPv4 (dual-stack, IPV6_V6ONLY off) unless an IPv4 address with the same port is
+    /// listened on too, so `0.0.0.0:69` and `[::]:69` can be bound side by side; any other
+    /// IPv6 address receives IPv6 only. IPv4 clients that arrive on a dual-stack socket are
+    /// served and reported as IPv4 addresses.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.config.listen.push(addr);
+        self
+    }
+
+    /// Adds a listen socket bound by someone else (repeatable): one passed by systemd
+    /// socket activation (`LISTEN_FDS`), or bound by a parent before it dropped privileges.
+    /// It must be a bound UDP socket of IPv4 or IPv6; [`ServerBuilder::bind`] makes it
+    /// non-blocking and turns on IP_PKTINFO / IPV6_RECVPKTINFO so that every transfer still
+    /// answers from the address its request was sent to. Its IPV6_V6ONLY setting is kept
+    /// (a dual-stack socket serves IPv4 clients as IPv4).
+    pub fn listen_socket(mut self, sock: std::net::UdpSocket) -> Self {
+        self.sockets.push(sock);
         self
     }
 
@@ -485,19 +513,33 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Binds every listen address.
+    /// Binds every listen address and takes over every listen socket given.
     ///
     /// # Errors
+    /// [`ServerError::Adopt`] for the first socket given that cannot serve;
     /// [`ServerError::Bind`] for the first address that cannot be bound;
-    /// [`ServerError::NoListenAddress`] if none was given.
+    /// [`ServerError::NoListenAddress`] if neither addresses nor sockets were given.
     pub fn bind(self) -> Result<Server<H>, ServerError> {
-        if self.config.listen.is_empty() {
+        if self.config.listen.is_empty() && self.sockets.is_empty() {
             return Err(ServerError::NoListenAddress);
         }
         let mut listeners = Vec::new();
-        for &addr in &self.config.listen {
+        for sock in self.sockets {
+            let addr = sock.local_addr().ok().filter(|a| a.port() != 0);
             let s =
-                net::bind_listener(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                net::adopt_listener(sock).map_err(|source| ServerError::Adopt { addr, source })?;
+            listeners.push(s);
+        }
+        for &addr in &self.config.listen {
+            // `[::]:P` alone serves IPv4 too; beside an IPv4 address on port P it cannot.
+            let v6only = !addr.ip().is_unspecified()
+                || self
+                    .config
+                    .listen
+                    .iter()
+                    .any(|a| a.is_ipv4() && a.port() == addr.port());
+            let s = net::bind_listener(addr, v6only)
+                .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(s);
         }
         Ok(Server {
@@ -625,6 +667,7 @@ impl Server<()> {
             config: ServerConfig::default(),
             hook: None,
             remap: None,
+            sockets: Vec::new(),
         }
     }
 }
