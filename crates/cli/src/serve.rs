@@ -437,6 +437,17 @@ fn bind(
 /// Serves until SIGINT or SIGTERM, then lets running transfers end (telling the service
 /// manager STOPPING=1 first).
 async fn run(server: Server<DirHandler>, notifier: Notifier) {
+    // A daemon must not die of SIGHUP (the signal that asks a service to reload): there is
+    // no configuration file to re-read yet, so say so and go on.
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(
+                    "SIGHUP: nothing to reload (no configuration file); running transfers continue"
+                );
+            }
+        });
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
