@@ -407,16 +407,13 @@ fn resolve_links(p: &Path) -> std::io::Result<PathBuf> {
     Err(std::io::Error::from_raw_os_error(libc::ELOOP))
 }
 
-/// Decides where `remote` goes, and checks that it can be written, before any transfer.
-/// `shown` (the user's name for it) is what error messages show.
-fn destination(local: &Path, shown: &Path) -> Result<Dest, CliError> {
+/// Decides where a download to `local` goes, and checks that it can be written, before any
+/// transfer. `to_stdout` is `-o -` (a local name `-` derived from the remote one is a file).
+fn destination(local: &Path, to_stdout: bool) -> Result<Dest, CliError> {
     use std::os::unix::fs::MetadataExt;
     let cannot =
-        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", shown.display()));
-    if local.as_os_str() == "-" && local == shown {
-        return Ok(Dest::Stdout);
-    }
-    if STDOUT_PATHS.iter().any(|s| local == Path::new(s)) {
+        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", local.display()));
+    if to_stdout || STDOUT_PATHS.iter().any(|s| local == Path::new(s)) {
         return Ok(Dest::Stdout);
     }
     let path = resolve_links(local).map_err(cannot)?;
@@ -424,7 +421,7 @@ fn destination(local: &Path, shown: &Path) -> Result<Dest, CliError> {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Err(CliError::Failed(format!(
             "cannot write {}: it is a directory",
-            shown.display()
+            local.display()
         ))),
         Ok(m) if !m.is_file() || special => Ok(Dest::Direct(path)),
         Ok(m) => {
@@ -543,11 +540,13 @@ pub async fn get(args: GetArgs, ctx: &Ctx) -> Result<(), CliError> {
     let server = resolve(&target).await?;
     let client = build_client(server, &args.opts, mode, args.max_size, &ctx.cancel);
     let several = jobs.len() > 1;
+    // Only `-o -` means stdout: a remote whose base name is `-` is a file named `-`.
+    let stdout_allowed = args.output.as_deref() == Some(Path::new("-"));
     each(
         jobs,
         |(r, _)| r.clone(),
         ctx,
-        |(remote, local)| get_one(&client, remote, local, several, ctx),
+        |(remote, local)| get_one(&client, remote, local, several, stdout_allowed, ctx),
     )
     .await
 }
@@ -557,9 +556,10 @@ async fn get_one(
     remote: String,
     local: PathBuf,
     several: bool,
+    stdout_allowed: bool,
     ctx: &Ctx,
 ) -> Result<(), CliError> {
-    let dest = destination(&local, &local)?;
+    let dest = destination(&local, local.as_os_str() == "-" && stdout_allowed)?;
     let pb = progress_bar(ctx.quiet);
     let report = match dest {
         Dest::Stdout => {
