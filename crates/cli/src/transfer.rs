@@ -373,8 +373,8 @@ where
 enum Dest {
     /// `-o -` or `-o /dev/stdout`: standard output.
     Stdout,
-    /// An existing file that is not a regular one (a device, a FIFO), or a path under /dev
-    /// or /proc: opened and written, never replaced.
+    /// An existing file that is not a regular one (a device, a FIFO), or one of the
+    /// process's open files (/dev/stderr, /dev/fd/N): opened and written, never replaced.
     Direct(PathBuf),
     /// A regular file (existing or not), reached through any symlinks: downloaded beside
     /// it and renamed over it. `keep` is the existing file's (mode, uid, gid).
@@ -386,6 +386,14 @@ enum Dest {
 
 /// Paths that name this process's standard output.
 const STDOUT_PATHS: [&str; 3] = ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"];
+
+/// Paths (and the directories of paths) that name a file this process already has open.
+const OPEN_FILE_PATHS: [&str; 4] = [
+    "/dev/stderr",
+    "/dev/fd",
+    "/proc/self/fd",
+    "/proc/thread-self/fd",
+];
 
 /// Follows `p` through symlinks (at most 40, as the kernel does) to the path that names
 /// the file itself; a dangling link gives the path the link points to.
@@ -416,14 +424,18 @@ fn destination(local: &Path, to_stdout: bool) -> Result<Dest, CliError> {
     if to_stdout || STDOUT_PATHS.iter().any(|s| local == Path::new(s)) {
         return Ok(Dest::Stdout);
     }
+    // The process's own descriptors (/dev/stderr, /dev/fd/N, /proc/self/fd/N) are magic
+    // links to what the shell opened (a pipe, a tty, a file): opened as they are.
+    if OPEN_FILE_PATHS.iter().any(|p| local.starts_with(p)) {
+        return Ok(Dest::Direct(local.to_path_buf()));
+    }
     let path = resolve_links(local).map_err(cannot)?;
-    let special = path.starts_with("/dev") || path.starts_with("/proc");
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Err(CliError::Failed(format!(
             "cannot write {}: it is a directory",
             local.display()
         ))),
-        Ok(m) if !m.is_file() || special => Ok(Dest::Direct(path)),
+        Ok(m) if !m.is_file() => Ok(Dest::Direct(path)),
         Ok(m) => {
             // Writable now, or the download is refused before it starts (as curl would).
             std::fs::OpenOptions::new()
@@ -802,6 +814,25 @@ mod tests {
             "tftp://h/f;x=1",
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn http_urls_point_to_tftp() {
+        for url in ["http://h/f", "HTTPS://h:80/f"] {
+            let e = parse_target(url).unwrap_err();
+            assert!(e.contains("tftpx speaks TFTP: use tftp://HOST/PATH"), "{e}");
+        }
+    }
+
+    #[test]
+    fn dallies() {
+        assert_eq!(parse_dally("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_dally("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_dally("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_dally("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["-1", "x", "1 parsec"] {
+            assert!(parse_dally(bad).is_err(), "{bad}");
         }
     }
 

@@ -295,12 +295,25 @@ fn output_to_a_fifo_streams_into_it() {
 }
 
 #[test]
-fn output_to_dev_stdout_is_standard_output() {
+fn output_to_dev_stdout_and_stderr_writes_the_open_descriptors() {
     let data = pseudo_random(3000);
     let (l, s) = served(&[("f", &data)], &[]);
     let o = tftpx(&["get", &addr(&s), "f", "-o", "/dev/stdout"], &l.local);
     assert_ok(&o);
     assert_eq!(o.stdout, data);
+    // The process's other descriptors are written as they are, here a pipe.
+    let o = tftpx(
+        &["get", "-q", &addr(&s), "f", "-o", "/dev/stderr"],
+        &l.local,
+    );
+    assert_ok(&o);
+    assert_eq!(o.stderr, data);
+    let o = tftpx(
+        &["get", "-q", &addr(&s), "f", "-o", "/proc/self/fd/2"],
+        &l.local,
+    );
+    assert_ok(&o);
+    assert_eq!(o.stderr, data);
     assert!(our_parts(&l.local).is_empty());
 }
 
