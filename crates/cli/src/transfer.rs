@@ -47,8 +47,9 @@ pub struct TransferOpts {
     pub mode: Option<Mode>,
 
     /// After a download's final ACK, linger this long to re-acknowledge a repeated last
-    /// DATA (RFC 1350 section 6), e.g. 1s; the file is in place before the linger starts
-    /// [default: 0, the command ends when the file is complete, as curl and tftp-hpa do]
+    /// DATA (RFC 1350 section 6), e.g. 1s; the command (and a regular file's rename into
+    /// place) ends after it [default: 0, the command ends when the file is complete and in
+    /// place, as curl and tftp-hpa do]
     #[arg(long, value_parser = parse_dally, value_name = "DURATION")]
     pub dally: Option<Duration>,
 }
@@ -73,8 +74,14 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
+/// What `tftpx get --help` and `tftpx put --help` end with.
+const EXIT_CODES: &str = "Exit codes: 0 every file transferred; 1 a transfer failed (one \
+    `error:` line each; the others still ran); 2 usage error; 130 / 143 stopped by SIGINT \
+    (Ctrl-C) / SIGTERM: the server got ERROR 0 and no temporary file is left.";
+
 /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST[:PORT]/PATH`
 #[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct GetArgs {
     /// The server, `HOST[:PORT]` (IPv6 in brackets: `[::1]:6969`), or a `tftp://` URL.
     pub server: String,
@@ -100,6 +107,7 @@ pub struct GetArgs {
 
 /// Upload files: `tftpx put HOST[:PORT] LOCAL [REMOTE]` or `tftpx put HOST[:PORT] LOCAL LOCAL LOCAL...`
 #[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct PutArgs {
     /// The server, `HOST[:PORT]` (IPv6 in brackets: `[::1]:6969`), or a `tftp://` URL naming
     /// the remote file.
@@ -108,7 +116,7 @@ pub struct PutArgs {
     /// required) and its name on the server [default: LOCAL's base name]. Three or more
     /// (or two with --each): local files, each sent under its base name; a failure does not
     /// stop the others, the exit code is 1 if any failed.
-    #[arg(required = true, value_name = "LOCAL [REMOTE] | LOCAL...")]
+    #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Every file after SERVER is a LOCAL sent under its base name, even when there are
     /// exactly two.
