@@ -629,7 +629,8 @@ fn an_http_url_is_pointed_to_tftp() {
     }
 }
 
-/// The receive buffer was sized for DATA: at blksize 8 a server's ERROR was cut to 9 bytes.
+/// The receive buffer was sized for DATA: once blksize 8 was negotiated, a server's ERROR
+/// was cut to 9 bytes ("Access vi").
 #[test]
 fn a_server_error_is_printed_whole_at_blksize_8() {
     let l = Layout::new();
@@ -638,7 +639,14 @@ fn a_server_error_is_printed_whole_at_blksize_8() {
     let message = "Access violation: this is a long explanation from the server, \
                    well past eight bytes, and it must reach the user whole";
     let child = Command::new(BIN)
-        .args(["get", &format!("127.0.0.1:{port}"), "f", "--blksize", "8"])
+        .args([
+            "get",
+            &format!("127.0.0.1:{port}"),
+            "f",
+            "--blksize",
+            "8",
+            "--no-tsize",
+        ])
         .current_dir(&l.local)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -646,11 +654,15 @@ fn a_server_error_is_printed_whole_at_blksize_8() {
         .spawn()
         .unwrap();
     let (rrq, client) = recv(&listen);
-    assert_eq!(&rrq[..2], b"\x00\x01");
+    assert_eq!(rrq, b"\x00\x01f\x00octet\x00blksize\x008\x00");
+    let tid = udp();
+    tid.send_to(b"\x00\x06blksize\x008\x00", client).unwrap();
+    let (ack, _) = recv(&tid);
+    assert_eq!(ack, b"\x00\x04\x00\x00", "ACK 0: blksize 8 is in force");
     let mut e = b"\x00\x05\x00\x02".to_vec();
     e.extend_from_slice(message.as_bytes());
     e.push(0);
-    udp().send_to(&e, client).unwrap();
+    tid.send_to(&e, client).unwrap();
     let o = wait_output(child);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains(message), "{}", stderr(&o));
