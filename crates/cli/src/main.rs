@@ -1,10 +1,13 @@
 //! The `tftpx` command: `serve`, `get` (`pull`) and `put` (`push`).
 //!
 //! Exit codes: 0 success, 1 failure (a transfer failed, or the server could not start),
-//! 2 usage error.
+//! 2 usage error, 128 + the signal's number when `get`/`put` is stopped by SIGINT (130) or
+//! SIGTERM (143).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -33,10 +36,10 @@ struct Cli {
 enum Command {
     /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
     Serve(serve::ServeArgs),
-    /// Download a file: `tftpx get HOST[:PORT] REMOTE [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
+    /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
     #[command(visible_alias = "pull")]
     Get(transfer::GetArgs),
-    /// Upload a file: `tftpx put HOST[:PORT] LOCAL [REMOTE]`
+    /// Upload files: `tftpx put HOST[:PORT] LOCAL [REMOTE]` or `tftpx put HOST LOCAL LOCAL LOCAL...`
     #[command(visible_alias = "push")]
     Put(transfer::PutArgs),
 }
@@ -48,6 +51,8 @@ pub(crate) enum CliError {
     Usage(String),
     /// The work failed (exit 1).
     Failed(String),
+    /// Some of the work failed and each failure was already printed (exit 1).
+    Reported,
 }
 
 /// Parses `1s`, `500ms`, `2m` (humantime), or a bare number of seconds.
@@ -115,13 +120,30 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(async {
-                match command {
-                    Command::Get(args) => transfer::get(args, quiet).await,
-                    Command::Put(args) => transfer::put(args, quiet).await,
-                    Command::Serve(_) => unreachable!("handled above"),
+            Ok(rt) => {
+                let caught = Arc::new(AtomicI32::new(0));
+                let r = rt.block_on(async {
+                    let ctx = transfer::Ctx {
+                        quiet,
+                        cancel: tftpx::CancellationToken::new(),
+                    };
+                    stop_on_signals(ctx.cancel.clone(), caught.clone())?;
+                    match command {
+                        Command::Get(args) => transfer::get(args, &ctx).await,
+                        Command::Put(args) => transfer::put(args, &ctx).await,
+                        Command::Serve(_) => unreachable!("handled above"),
+                    }
+                });
+                // Nothing of a transfer is left running; a FIFO still waiting for its reader
+                // in the blocking pool must not hold the exit.
+                rt.shutdown_background();
+                let sig = caught.load(Ordering::SeqCst);
+                if sig != 0 {
+                    eprintln!("tftpx: stopped by signal {sig}; the server was told (ERROR 0)");
+                    return ExitCode::from(128 + sig as u8);
                 }
-            }),
+                r
+            }
             Err(e) => Err(CliError::Failed(format!("cannot start the runtime: {e}"))),
         },
     };
@@ -135,5 +157,34 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(1)
         }
+        Err(CliError::Reported) => ExitCode::from(1),
     }
+}
+
+/// On the first SIGINT or SIGTERM, records its number in `caught` and cancels `cancel`: the
+/// running transfer sends ERROR 0 to the server, its temporary file is removed, and the
+/// command exits 128 + the number. A second signal exits at once.
+fn stop_on_signals(
+    cancel: tftpx::CancellationToken,
+    caught: Arc<AtomicI32>,
+) -> Result<(), CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))
+    };
+    let mut int = listen(SignalKind::interrupt())?;
+    let mut term = listen(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = int.recv() => libc::SIGINT,
+                _ = term.recv() => libc::SIGTERM,
+            };
+            if caught.swap(sig, Ordering::SeqCst) != 0 {
+                std::process::exit(128 + sig);
+            }
+            cancel.cancel();
+        }
+    });
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tftpx::proto::Mode;
-use tftpx::{Client, ClientError, Progress, Report};
+use tftpx::{CancellationToken, Client, ClientError, Progress, Report};
 use tokio::io::AsyncWriteExt;
 
 use crate::serve::parse_size;
@@ -47,16 +47,23 @@ pub struct TransferOpts {
     pub mode: Option<Mode>,
 
     /// After a download's final ACK, linger this long to re-acknowledge a repeated last
-    /// DATA (RFC 1350 dally); 0 exits at once [default: the timeout]
+    /// DATA (RFC 1350 section 6), e.g. 1s; the command (and a regular file's rename into
+    /// place) ends after it [default: 0, the command ends when the file is complete and in
+    /// place, as curl and tftp-hpa do]
     #[arg(long, value_parser = parse_dally, value_name = "DURATION")]
     pub dally: Option<Duration>,
 }
 
+/// Parses a dally: `0`, `0s`, `500ms`, `1s`, or a number of seconds (zero allowed).
 fn parse_dally(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err("must be 0 or more, e.g. 0, 1s or 500ms".into());
     }
-    parse_duration(s)
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 0, 1s or 500ms)"))
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -67,15 +74,26 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-/// Download a file: `tftpx get HOST[:PORT] REMOTE [-o LOCAL]` or `tftpx get tftp://HOST[:PORT]/PATH`
+/// What `tftpx get --help` and `tftpx put --help` end with.
+const EXIT_CODES: &str = "Exit codes: 0 every file transferred; 1 a transfer failed (one \
+    `error:` line each; the others still ran); 2 usage error; 130 / 143 stopped by SIGINT \
+    (Ctrl-C) / SIGTERM: the server got ERROR 0 and no temporary file is left.";
+
+/// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST[:PORT]/PATH`
 #[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct GetArgs {
     /// The server, `HOST[:PORT]` (IPv6 in brackets: `[::1]:6969`), or a `tftp://` URL.
     pub server: String,
-    /// The file on the server (omit when SERVER is a tftp:// URL).
-    pub remote: Option<String>,
-    /// Where to write it [default: the remote file's base name, always a file: a remote
-    /// named `-` becomes a file named `-`]; `-o -` writes to stdout.
+    /// The files on the server, fetched in turn (omit when SERVER is a tftp:// URL). A
+    /// failure does not stop the others; the exit code is 1 if any failed.
+    pub remote: Vec<String>,
+    /// Where to write it [default: the remote file's base name; a remote named `-` becomes
+    /// a file named `-`]. `-o -` or `-o /dev/stdout` writes to stdout; an existing
+    /// directory gets the file under its remote base name (with several REMOTEs, -o must
+    /// be one); a device or FIFO is written, never replaced; a symlink is written through;
+    /// a regular file is replaced only once the download is complete, keeping its mode
+    /// and owner.
     #[arg(short, long, value_name = "LOCAL")]
     pub output: Option<PathBuf>,
     /// Largest download accepted, in bytes; suffixes K, M, G, T multiply by 1024 (10M =
@@ -87,16 +105,23 @@ pub struct GetArgs {
     pub opts: TransferOpts,
 }
 
-/// Upload a file: `tftpx put HOST[:PORT] LOCAL [REMOTE]` (`-` as LOCAL reads stdin)
+/// Upload files: `tftpx put HOST[:PORT] LOCAL [REMOTE]` or `tftpx put HOST[:PORT] LOCAL LOCAL LOCAL...`
 #[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct PutArgs {
     /// The server, `HOST[:PORT]` (IPv6 in brackets: `[::1]:6969`), or a `tftp://` URL naming
     /// the remote file.
     pub server: String,
-    /// The file to send; `-` reads standard input (then REMOTE is required).
-    pub local: PathBuf,
-    /// The name on the server [default: LOCAL's base name].
-    pub remote: Option<String>,
+    /// `LOCAL [REMOTE]`: the file to send (`-` reads standard input, then REMOTE is
+    /// required) and its name on the server [default: LOCAL's base name]. Three or more
+    /// (or two with --each): local files, each sent under its base name; a failure does not
+    /// stop the others, the exit code is 1 if any failed.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Every file after SERVER is a LOCAL sent under its base name, even when there are
+    /// exactly two.
+    #[arg(long)]
+    pub each: bool,
     #[command(flatten)]
     pub opts: TransferOpts,
 }
@@ -117,6 +142,9 @@ pub struct Target {
 /// Parses `HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT`, a bare IPv6 address, or
 /// `tftp://HOST[:PORT]/PATH[;mode=octet|netascii]` (RFC 3617).
 pub fn parse_target(s: &str) -> Result<Target, String> {
+    if strip_prefix_ci(s, "http://").is_some() || strip_prefix_ci(s, "https://").is_some() {
+        return Err(format!("{s:?}: tftpx speaks TFTP: use tftp://HOST/PATH"));
+    }
     let (authority, path, mode) = if let Some(rest) = strip_prefix_ci(s, "tftp://") {
         let (auth, path) = rest
             .split_once('/')
@@ -219,12 +247,17 @@ fn build_client(
     opts: &TransferOpts,
     mode: Mode,
     max_size: Option<u64>,
+    cancel: &CancellationToken,
 ) -> Client {
     let mut b = Client::builder(server)
         .mode(mode)
         .retries(opts.retries)
         .tsize(!opts.no_tsize)
-        .max_size(max_size);
+        .max_size(max_size)
+        .cancel_token(cancel.clone())
+        // The command ends when the file is complete and in place, as curl, busybox and
+        // tftp-hpa do; `--dally` brings back the RFC 1350 linger.
+        .dally(opts.dally.unwrap_or(Duration::ZERO));
     if let Some(n) = opts.blksize {
         b = b.blksize(n);
     }
@@ -232,10 +265,7 @@ fn build_client(
         b = b.windowsize(n);
     }
     if let Some(t) = opts.timeout {
-        b = b.timeout(t).dally(t);
-    }
-    if let Some(d) = opts.dally {
-        b = b.dally(d);
+        b = b.timeout(t);
     }
     b.build()
 }
@@ -299,138 +329,439 @@ fn base_name(remote: &str) -> Option<&str> {
         .filter(|b| !b.is_empty() && *b != "." && *b != "..")
 }
 
-pub async fn get(args: GetArgs, quiet: bool) -> Result<(), CliError> {
+/// What the command shares between its transfers.
+pub struct Ctx {
+    /// `-q`: no summary, no progress bar.
+    pub quiet: bool,
+    /// Cancelled by SIGINT / SIGTERM: the running transfer sends ERROR 0 and stops.
+    pub cancel: CancellationToken,
+}
+
+/// Runs `one` for every item; a failure is reported (one line, prefixed with the item when
+/// there are several) and does not stop the others. A signal does.
+async fn each<T, F, Fut>(
+    items: Vec<T>,
+    name: impl Fn(&T) -> String,
+    ctx: &Ctx,
+    one: F,
+) -> Result<(), CliError>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    if items.len() == 1 {
+        let item = items.into_iter().next().expect("one item");
+        return one(item).await;
+    }
+    let mut failed = 0;
+    for item in items {
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        let label = tftpx::printable(&name(&item));
+        match one(item).await {
+            Ok(()) => {}
+            Err(_) if ctx.cancel.is_cancelled() => break,
+            Err(CliError::Usage(m) | CliError::Failed(m)) => {
+                eprintln!("error: {label}: {m}");
+                failed += 1;
+            }
+            Err(CliError::Reported) => failed += 1,
+        }
+    }
+    if failed > 0 || ctx.cancel.is_cancelled() {
+        Err(CliError::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a download goes.
+#[derive(Debug)]
+enum Dest {
+    /// `-o -` or `-o /dev/stdout`: standard output.
+    Stdout,
+    /// An existing file that is not a regular one (a device, a FIFO), or one of the
+    /// process's open files (/dev/stderr, /dev/fd/N): opened and written, never replaced.
+    Direct(PathBuf),
+    /// A regular file (existing or not), reached through any symlinks: downloaded beside
+    /// it and renamed over it. `keep` is the existing file's (mode, uid, gid).
+    Replace {
+        path: PathBuf,
+        keep: Option<(u32, u32, u32)>,
+    },
+}
+
+/// Paths that name this process's standard output.
+const STDOUT_PATHS: [&str; 3] = ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"];
+
+/// Paths (and the directories of paths) that name a file this process already has open.
+const OPEN_FILE_PATHS: [&str; 4] = [
+    "/dev/stderr",
+    "/dev/fd",
+    "/proc/self/fd",
+    "/proc/thread-self/fd",
+];
+
+/// Follows `p` through symlinks (at most 40, as the kernel does) to the path that names
+/// the file itself; a dangling link gives the path the link points to.
+fn resolve_links(p: &Path) -> std::io::Result<PathBuf> {
+    let mut p = p.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)?;
+                p = if target.is_absolute() {
+                    target
+                } else {
+                    p.parent().unwrap_or(Path::new("")).join(target)
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+}
+
+/// Decides where a download to `local` goes, and checks that it can be written, before any
+/// transfer. `to_stdout` is `-o -` (a local name `-` derived from the remote one is a file).
+fn destination(local: &Path, to_stdout: bool) -> Result<Dest, CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let cannot =
+        |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", local.display()));
+    if to_stdout || STDOUT_PATHS.iter().any(|s| local == Path::new(s)) {
+        return Ok(Dest::Stdout);
+    }
+    // The process's own descriptors (/dev/stderr, /dev/fd/N, /proc/self/fd/N) are magic
+    // links to what the shell opened (a pipe, a tty, a file): opened as they are.
+    if OPEN_FILE_PATHS.iter().any(|p| local.starts_with(p)) {
+        return Ok(Dest::Direct(local.to_path_buf()));
+    }
+    let path = resolve_links(local).map_err(cannot)?;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Err(CliError::Failed(format!(
+            "cannot write {}: it is a directory",
+            local.display()
+        ))),
+        Ok(m) if !m.is_file() => Ok(Dest::Direct(path)),
+        Ok(m) => {
+            // Writable now, or the download is refused before it starts (as curl would).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(cannot)?;
+            Ok(Dest::Replace {
+                path,
+                keep: Some((m.mode() & 0o7777, m.uid(), m.gid())),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Dest::Replace { path, keep: None })
+        }
+        Err(e) => Err(cannot(e)),
+    }
+}
+
+/// A download's temporary file beside its destination, removed on drop unless renamed.
+struct TempFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl TempFile {
+    /// Creates `.tftpx-XXXXXXXX.part` in `dir`: mode 0600 when it will take an existing
+    /// file's mode, else 0666 less the umask (the kernel applies it), as any new file gets.
+    fn create(dir: &Path, private: bool) -> std::io::Result<(Self, std::fs::File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id().rotate_left(16);
+        let mut last = None;
+        for i in 0..100u32 {
+            let name = format!(
+                ".tftpx-{:08x}.part",
+                seed.wrapping_add(i.wrapping_mul(0x9e37_79b9))
+            );
+            let path = dir.join(name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(if private { 0o600 } else { 0o666 })
+                .open(&path)
+            {
+                Ok(f) => return Ok((Self { path, kept: false }, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `tftpx get`: every REMOTE in turn.
+pub async fn get(args: GetArgs, ctx: &Ctx) -> Result<(), CliError> {
     let target = parse_target(&args.server).map_err(CliError::Usage)?;
-    let remote = match (&target.path, &args.remote) {
-        (Some(_), Some(_)) => {
+    let remotes = match (&target.path, args.remote.is_empty()) {
+        (Some(_), false) => {
             return Err(CliError::Usage(
                 "give the remote file either in the tftp:// URL or as REMOTE, not both".into(),
             ))
         }
-        (Some(p), None) => p.clone(),
-        (None, Some(r)) => r.clone(),
-        (None, None) => {
+        (Some(p), true) => vec![p.clone()],
+        (None, false) => args.remote.clone(),
+        (None, true) => {
             return Err(CliError::Usage(
-                "missing REMOTE: tftpx get HOST[:PORT] REMOTE [-o LOCAL]".into(),
+                "missing REMOTE: tftpx get HOST[:PORT] REMOTE... [-o LOCAL]".into(),
             ))
         }
     };
-    let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
-    // Only `-o -` means stdout: a remote whose base name is `-` is a file named `-`.
-    let to_stdout = args.output.as_deref() == Some(Path::new("-"));
-    let local = match &args.output {
-        Some(p) => p.clone(),
-        None => PathBuf::from(base_name(&remote).ok_or_else(|| {
-            CliError::Usage(format!(
-                "cannot derive a local name from {remote:?}: give one with -o LOCAL"
-            ))
-        })?),
+    // With several files, -o names the directory they go to.
+    let into_dir = match &args.output {
+        Some(o) if remotes.len() > 1 => {
+            if !o.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "with several files, -o must name an existing directory ({} is not one)",
+                    o.display()
+                )));
+            }
+            true
+        }
+        Some(o) => o.is_dir() && o.as_os_str() != "-",
+        None => false,
     };
-    let server = resolve(&target).await?;
-    let client = build_client(server, &args.opts, mode, args.max_size);
-    let pb = progress_bar(quiet);
-    let report = if to_stdout {
-        // Buffered: tokio's stdout hands every write to a thread, one DATA block at a time.
-        let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
-        let r = client
-            .get(&remote, &mut out, on_progress(&pb))
-            .await
-            .map_err(transfer_failed);
-        out.flush().await.ok();
-        r?
-    } else {
-        // Download beside LOCAL, then rename: a failure leaves no partial file and never
-        // touches an existing LOCAL.
-        let dir = match local.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
+    // Every local name first: a usage error stops the command before any transfer.
+    let mut jobs = Vec::with_capacity(remotes.len());
+    for remote in remotes {
+        let base = || {
+            base_name(&remote).map(PathBuf::from).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "cannot derive a local name from {remote:?}: give one with -o LOCAL"
+                ))
+            })
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".tftpx-")
-            .suffix(".part")
-            .tempfile_in(&dir)
-            .map_err(|e| CliError::Failed(format!("cannot write in {}: {e}", dir.display())))?;
-        let (file, path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(file);
-        let report = {
-            let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut file);
+        let local = match &args.output {
+            Some(o) if into_dir => o.join(base()?),
+            Some(o) => o.clone(),
+            None => base()?,
+        };
+        jobs.push((remote, local));
+    }
+    let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
+    let server = resolve(&target).await?;
+    let client = build_client(server, &args.opts, mode, args.max_size, &ctx.cancel);
+    let several = jobs.len() > 1;
+    // Only `-o -` means stdout: a remote whose base name is `-` is a file named `-`.
+    let stdout_allowed = args.output.as_deref() == Some(Path::new("-"));
+    each(
+        jobs,
+        |(r, _)| r.clone(),
+        ctx,
+        |(remote, local)| get_one(&client, remote, local, several, stdout_allowed, ctx),
+    )
+    .await
+}
+
+async fn get_one(
+    client: &Client,
+    remote: String,
+    local: PathBuf,
+    several: bool,
+    stdout_allowed: bool,
+    ctx: &Ctx,
+) -> Result<(), CliError> {
+    let dest = destination(&local, local.as_os_str() == "-" && stdout_allowed)?;
+    let pb = progress_bar(ctx.quiet);
+    let report = match dest {
+        Dest::Stdout => {
+            // Buffered: tokio's stdout hands every write to a thread, one DATA block at a
+            // time.
+            let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
+            let r = client
+                .get(&remote, &mut out, on_progress(&pb))
+                .await
+                .map_err(transfer_failed);
+            out.flush().await.ok();
+            r?
+        }
+        Dest::Direct(path) => {
+            // Opening a FIFO waits for its reader: a signal must still end the command.
+            let mut options = tokio::fs::OpenOptions::new();
+            options.write(true).truncate(true);
+            let file = tokio::select! {
+                f = options.open(&path) => f.map_err(|e| {
+                    CliError::Failed(format!("cannot write {}: {e}", local.display()))
+                })?,
+                _ = ctx.cancel.cancelled() => return Err(CliError::Failed("cancelled".into())),
+            };
+            let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, file);
             client
                 .get(&remote, &mut w, on_progress(&pb))
                 .await
                 .map_err(transfer_failed)?
-        };
-        // No fsync: like tftp-hpa, curl and every peer measured, the download is left to the
-        // page cache (an fsync cost a third of a 100 MiB transfer at blksize 65464). The
-        // rename still means LOCAL is either the old file or the complete new one.
-        drop(file);
-        set_default_permissions(&path);
-        path.persist(&local).map_err(|e| {
-            CliError::Failed(format!("cannot write {}: {}", local.display(), e.error))
-        })?;
-        report
+        }
+        Dest::Replace { path, keep } => {
+            // Download beside the file, then rename: a failure leaves no partial file and
+            // never touches an existing one.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let (mut tmp, file) = TempFile::create(&dir, keep.is_some())
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", local.display())))?;
+            let mut file = tokio::fs::File::from_std(file);
+            let report = {
+                let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut file);
+                client
+                    .get(&remote, &mut w, on_progress(&pb))
+                    .await
+                    .map_err(transfer_failed)?
+            };
+            // No fsync: like tftp-hpa, curl and every peer measured, the download is left
+            // to the page cache (an fsync cost a third of a 100 MiB transfer at blksize
+            // 65464). The rename still means LOCAL is either the old file or the new one.
+            drop(file);
+            if let Some((mode, uid, gid)) = keep {
+                // The owner first: chown clears set-id bits, the mode then restores them.
+                if let Err(e) = std::os::unix::fs::chown(&tmp.path, Some(uid), Some(gid)) {
+                    tracing::warn!(
+                        "{}: cannot keep the owner {uid}:{gid}: {e}",
+                        local.display()
+                    );
+                }
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp.path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| {
+                        CliError::Failed(format!(
+                            "cannot keep the mode of {}: {e}",
+                            local.display()
+                        ))
+                    })?;
+            }
+            std::fs::rename(&tmp.path, &path)
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", local.display())))?;
+            tmp.kept = true;
+            report
+        }
     };
     pb.finish_and_clear();
-    if !quiet {
-        eprintln!("{}", summary("received", &report));
+    if !ctx.quiet {
+        let s = summary("received", &report);
+        if several {
+            eprintln!("{}: {s}", tftpx::printable(&remote));
+        } else {
+            eprintln!("{s}");
+        }
     }
-    // The file is in place and reported; linger for the dally before exiting.
-    client.finish().await;
     Ok(())
 }
 
-/// Temporary files are created 0600; a downloaded file gets the usual 0644 (less umask is
-/// not applied: this matches what tftp-hpa's client produces).
-fn set_default_permissions(p: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
-}
-
-pub async fn put(args: PutArgs, quiet: bool) -> Result<(), CliError> {
+/// `tftpx put`: one LOCAL [REMOTE], or several LOCAL files under their base names.
+pub async fn put(args: PutArgs, ctx: &Ctx) -> Result<(), CliError> {
     let target = parse_target(&args.server).map_err(CliError::Usage)?;
-    let stdin = args.local.as_os_str() == "-";
-    let remote = match (&target.path, &args.remote) {
-        (Some(_), Some(_)) => {
+    let several = args.each || args.files.len() > 2;
+    let jobs: Vec<(PathBuf, String)> = if several {
+        if target.path.is_some() {
             return Err(CliError::Usage(
-                "give the remote name either in the tftp:// URL or as REMOTE, not both".into(),
-            ))
+                "a tftp:// URL names one remote file: give one LOCAL with it".into(),
+            ));
         }
-        (Some(p), None) => p.clone(),
-        (None, Some(r)) => r.clone(),
-        (None, None) if stdin => {
-            return Err(CliError::Usage(
-                "reading from stdin (-) needs a REMOTE name: tftpx put HOST - REMOTE".into(),
-            ))
+        let mut jobs = Vec::with_capacity(args.files.len());
+        for local in &args.files {
+            if local.as_os_str() == "-" {
+                return Err(CliError::Usage(
+                    "stdin (-) can only be sent alone: tftpx put HOST - REMOTE".into(),
+                ));
+            }
+            jobs.push((local.clone(), remote_name(local)?));
         }
-        (None, None) => args
-            .local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                CliError::Usage(format!(
-                    "cannot derive a remote name from {}: give REMOTE",
-                    args.local.display()
+        jobs
+    } else {
+        let local = args.files[0].clone();
+        let stdin = local.as_os_str() == "-";
+        let given = args
+            .files
+            .get(1)
+            .map(|r| {
+                r.to_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| CliError::Usage(format!("REMOTE {} is not UTF-8", r.display())))
+            })
+            .transpose()?;
+        let remote = match (&target.path, given) {
+            (Some(_), Some(_)) => {
+                return Err(CliError::Usage(
+                    "give the remote name either in the tftp:// URL or as REMOTE, not both".into(),
                 ))
-            })?,
+            }
+            (Some(p), None) => p.clone(),
+            (None, Some(r)) => r,
+            (None, None) if stdin => {
+                return Err(CliError::Usage(
+                    "reading from stdin (-) needs a REMOTE name: tftpx put HOST - REMOTE".into(),
+                ))
+            }
+            (None, None) => remote_name(&local)?,
+        };
+        vec![(local, remote)]
     };
     let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
     let server = resolve(&target).await?;
-    let client = build_client(server, &args.opts, mode, None);
-    let pb = progress_bar(quiet);
-    let report = if stdin {
+    let client = build_client(server, &args.opts, mode, None, &ctx.cancel);
+    let many = jobs.len() > 1;
+    each(
+        jobs,
+        |(l, _)| l.display().to_string(),
+        ctx,
+        |(local, remote)| put_one(&client, local, remote, many, ctx),
+    )
+    .await
+}
+
+fn remote_name(local: &Path) -> Result<String, CliError> {
+    local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "cannot derive a remote name from {}: give REMOTE",
+                local.display()
+            ))
+        })
+}
+
+async fn put_one(
+    client: &Client,
+    local: PathBuf,
+    remote: String,
+    several: bool,
+    ctx: &Ctx,
+) -> Result<(), CliError> {
+    let pb = progress_bar(ctx.quiet);
+    let report = if local.as_os_str() == "-" {
         let input = tokio::io::BufReader::with_capacity(256 * 1024, tokio::io::stdin());
         client.put(&remote, input, None, on_progress(&pb)).await
     } else {
-        let file = tokio::fs::File::open(&args.local)
+        let file = tokio::fs::File::open(&local)
             .await
-            .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", args.local.display())))?;
+            .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", local.display())))?;
         let meta = file
             .metadata()
             .await
-            .map_err(|e| CliError::Failed(format!("{}: {e}", args.local.display())))?;
+            .map_err(|e| CliError::Failed(format!("{}: {e}", local.display())))?;
         if !meta.is_file() {
             return Err(CliError::Failed(format!(
                 "{} is not a regular file",
-                args.local.display()
+                local.display()
             )));
         }
         let input = tokio::io::BufReader::with_capacity(256 * 1024, file);
@@ -440,8 +771,13 @@ pub async fn put(args: PutArgs, quiet: bool) -> Result<(), CliError> {
     }
     .map_err(transfer_failed)?;
     pb.finish_and_clear();
-    if !quiet {
-        eprintln!("{}", summary("sent", &report));
+    if !ctx.quiet {
+        let s = summary("sent", &report);
+        if several {
+            eprintln!("{}: {s}", local.display());
+        } else {
+            eprintln!("{s}");
+        }
     }
     Ok(())
 }
@@ -486,6 +822,25 @@ mod tests {
             "tftp://h/f;x=1",
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn http_urls_point_to_tftp() {
+        for url in ["http://h/f", "HTTPS://h:80/f"] {
+            let e = parse_target(url).unwrap_err();
+            assert!(e.contains("tftpx speaks TFTP: use tftp://HOST/PATH"), "{e}");
+        }
+    }
+
+    #[test]
+    fn dallies() {
+        assert_eq!(parse_dally("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_dally("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_dally("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_dally("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["-1", "x", "1 parsec"] {
+            assert!(parse_dally(bad).is_err(), "{bad}");
         }
     }
 

@@ -13,7 +13,6 @@ use tftpx_proto::wire::{ErrorCode, Mode, DATA_HEADER_LEN, MAX_BLKSIZE};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::driver::{self, Tracker};
 use crate::io::{Sink, Source};
@@ -140,7 +139,6 @@ pub struct Client {
     max_size: Option<u64>,
     config: TransferConfig,
     cancel: CancellationToken,
-    dallies: TaskTracker,
 }
 
 /// Builds a [`Client`].
@@ -211,8 +209,9 @@ impl ClientBuilder {
     }
 
     /// How long a download lingers after its final ACK to answer a repeated final DATA
-    /// (default: one timeout). It runs in the background after [`Client::get`] returns;
-    /// [`Client::finish`] waits for it.
+    /// (RFC 1350 section 6; default 0: none, as curl, busybox and tftp-hpa do). The data is
+    /// already written and flushed when the linger starts; [`Client::get`] returns when it
+    /// is over (or when the transfer is cancelled).
     pub fn dally(mut self, d: Duration) -> Self {
         self.client.config.dally = d;
         self
@@ -244,11 +243,10 @@ impl Client {
                 tsize: true,
                 max_size: None,
                 config: TransferConfig {
-                    dally: Duration::from_secs(1),
+                    dally: Duration::ZERO,
                     ..TransferConfig::default()
                 },
                 cancel: CancellationToken::new(),
-                dallies: TaskTracker::new(),
             },
         }
     }
@@ -270,19 +268,15 @@ impl Client {
         self.config.timeout * (self.config.max_retries + 2)
     }
 
-    /// Waits until every download of this client (and its clones) has finished dallying
-    /// after its final ACK. Call it before the runtime shuts down (a command-line tool:
-    /// before exiting); a long-running program need not.
-    pub async fn finish(&self) {
-        self.dallies.close();
-        self.dallies.wait().await;
-        self.dallies.reopen();
-    }
+    /// Returns at once: [`Client::get`] finishes its own dally before it returns, so there
+    /// is nothing left to wait for. Kept so that code written when the dally ran in the
+    /// background still builds; new code need not call it.
+    pub async fn finish(&self) {}
 
     /// Downloads `remote` (RRQ) into `out`, calling `progress` as data arrives. `out` is
-    /// flushed before the final ACK is sent. Returns as soon as the final ACK is sent; the
-    /// dally (RFC 1350: re-acknowledging a repeated last DATA) continues in a background
-    /// task, see [`Client::finish`].
+    /// flushed before the final ACK is sent. Returns once the final ACK is sent and the
+    /// [dally](ClientBuilder::dally) (RFC 1350: re-acknowledging a repeated last DATA;
+    /// none by default) is over, so nothing runs on after it.
     ///
     /// # Errors
     /// [`ClientError`]: the server's ERROR, a time-out, a bad OACK, or a local I/O error.
@@ -371,15 +365,19 @@ impl Client {
             total,
         });
         let outcome = tracker.outcome();
-        // The final ACK (or our ERROR) leaves now; the dally goes on in the background so
-        // the caller has its data at once. [`Client::finish`] waits for it.
+        // The final ACK (or our ERROR) leaves now, then the dally (if any) runs here: a
+        // background task would die with a runtime that shuts down when the caller returns.
         driver::flush_receiver(&sock, &mut rx).await;
         if outcome.is_ok() && local_error.is_none() && mismatch.is_none() && !rx.is_finished() {
-            let (cancel, idle) = (self.cancel.clone(), self.idle());
             let mut dally_tracker = Tracker::default();
-            self.dallies.spawn(async move {
-                driver::finish_receiver(&sock, &mut rx, &mut dally_tracker, &cancel, idle).await;
-            });
+            driver::finish_receiver(
+                &sock,
+                &mut rx,
+                &mut dally_tracker,
+                &self.cancel,
+                self.idle(),
+            )
+            .await;
         }
         if let Some(m) = mismatch {
             return Err(m);

@@ -20,6 +20,18 @@ use crate::net;
 /// client's cancellation token).
 pub(crate) const CANCELLED: &str = "Transfer cancelled";
 
+/// The smallest receive buffer, in bytes: room for an ERROR with a message of up to 1496
+/// bytes (RFC 1350 section 5; an Ethernet MTU's datagram), more than the 256 bytes a message
+/// is shown with. A receiver's buffer is otherwise sized for DATA (blksize + 4 + 1), which at
+/// blksize 8 would cut a server's ERROR message to 9 bytes.
+const MIN_RECEIVE_BUFFER: usize = 1500;
+
+/// The receive buffer for a receiver at `blksize`: DATA (with GRO, a train of them) or an
+/// ERROR, whichever needs more.
+fn receiver_buffer_len(sock: &UdpSocket, blksize: usize) -> usize {
+    net::receive_buffer_len(sock, blksize).max(MIN_RECEIVE_BUFFER)
+}
+
 /// What a transfer reported through its events.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
@@ -189,7 +201,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     let mut tracker = Tracker::default();
     // A sender only ever receives ACK, OACK and ERROR: small datagrams (a longer ERROR
     // message is cut, which is harmless).
-    let mut buf = vec![0u8; 1500];
+    let mut buf = vec![0u8; MIN_RECEIVE_BUFFER];
     let mut cancelled = false;
     let mut waiter = Waiter::new(cancel);
     // UDP GSO for windows, until the kernel says no.
@@ -256,14 +268,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     idle: Duration,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) {
-    let mut buf = vec![0u8; net::receive_buffer_len(sock, rx.blksize())];
+    let mut buf = vec![0u8; receiver_buffer_len(sock, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
-                let want = net::receive_buffer_len(sock, n.blksize as usize);
+                let want = receiver_buffer_len(sock, n.blksize as usize);
                 if buf.len() != want {
                     buf = vec![0u8; want];
                 }
@@ -324,7 +336,7 @@ pub(crate) async fn finish_receiver(
     cancel: &CancellationToken,
     idle: Duration,
 ) {
-    let mut buf = vec![0u8; net::receive_buffer_len(sock, rx.blksize())];
+    let mut buf = vec![0u8; receiver_buffer_len(sock, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     loop {
         flush_receiver(sock, rx).await;
