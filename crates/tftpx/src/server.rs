@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tftpx_proto::negotiate::{Direction, Negotiated, ServerLimits};
+use tftpx_proto::negotiate::{Direction, Negotiated, RefusedOptions, ServerLimits};
 use tftpx_proto::transfer::{Receiver, Sender, Stats, TransferConfig, TransferError};
 use tftpx_proto::wire::{ErrorCode, Mode, OptionList, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
@@ -456,6 +456,14 @@ impl<H: Handler> ServerBuilder<H> {
     /// while receiving. `None` (the default): no limit.
     pub fn max_upload_size(mut self, n: Option<u64>) -> Self {
         self.config.limits.max_upload_size = n;
+        self
+    }
+
+    /// Options ignored in every request, as if the client had not sent them, so they never
+    /// appear in an OACK (`--refuse`; RFC 2347 lets a server leave out any option). For boot
+    /// ROMs that mishandle one (e.g. an OACK with `tsize` or `blksize`). Default: none.
+    pub fn refuse_options(mut self, options: RefusedOptions) -> Self {
+        self.config.limits.refused = options;
         self
     }
 
