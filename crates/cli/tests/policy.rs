@@ -71,6 +71,12 @@ fn upload_small(s: &UdpSocket, srv: &Server, name: &str, bytes: &[u8]) {
     assert_eq!(d, [0, 4, 0, 1]);
 }
 
+/// Waits (bounded) until the server's log holds `needle`: its stderr is read by a thread of
+/// its own, so a line written before an answer may reach the log after it.
+fn logged(srv: &Server, needle: &str) -> bool {
+    common::wait_until(WAIT, || srv.log().contains(needle))
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -93,6 +99,8 @@ fn allow_and_deny_apply_in_command_line_order() {
     let (data, _) = fetch_small(&ok, &srv, "a.txt");
     assert_eq!(data, b"allowed");
     assert_eq!(recv(&denied), None, "a denied source gets no answer");
+    assert!(logged(&srv, "denied by --allow/--deny"), "{}", srv.log());
+    assert!(logged(&srv, "RRQ from 127.0.0.2"), "{}", srv.log());
     let log = srv.log();
     assert_eq!(
         count(&log, "denied by --allow/--deny"),
@@ -120,11 +128,7 @@ fn allow_and_deny_apply_in_command_line_order() {
         .send_to(&request(1, "a.txt", &[]), server_addr(&srv))
         .unwrap();
     assert_eq!(recv(&ok_before), None, "the /8 deny comes first and wins");
-    assert!(
-        srv.log().contains("dropped without an answer"),
-        "{}",
-        srv.log()
-    );
+    assert!(logged(&srv, "dropped without an answer"), "{}", srv.log());
 }
 
 /// `--allow-create --allow-write-from 127.0.0.2`: a WRQ from 127.0.0.3 gets ERROR 2 and
@@ -150,7 +154,7 @@ fn uploads_only_from_allow_write_from() {
     srv.wait_summary(Kind::Wrq, "up.bin", WAIT);
     assert_eq!(std::fs::read(l.root.join("up.bin")).unwrap(), b"from .2");
     assert!(
-        srv.log().contains("WRQ refused by --allow-write-from"),
+        logged(&srv, "WRQ refused by --allow-write-from"),
         "{}",
         srv.log()
     );
@@ -182,8 +186,10 @@ fn refused_options_never_appear_in_the_oack() {
     let srv = Server::start(&l.root, &["--refuse", "tsize", "--refuse", "BLKSIZE"]);
     assert_eq!(oack_of(&srv), b"timeout\x002\x00");
     assert!(
-        srv.log()
-            .contains("options ignored in requests (--refuse): blksize, tsize"),
+        logged(
+            &srv,
+            "options ignored in requests (--refuse): blksize, tsize"
+        ),
         "{}",
         srv.log()
     );
@@ -231,11 +237,7 @@ fn port_range_is_honoured() {
         &l.root,
         &["--port-range", "47000:47099", "--rate-limit", "0"],
     );
-    assert!(
-        srv.log().contains("transfer ports: 47000:47099"),
-        "{}",
-        srv.log()
-    );
+    assert!(logged(&srv, "transfer ports: 47000:47099"), "{}", srv.log());
     let s = socket("127.0.0.1", WAIT);
     for i in 0..20 {
         let (data, tid) = fetch_small(&s, &srv, &format!("f{i}"));
@@ -283,4 +285,47 @@ fn policy_usage_errors() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// `--port-range 47150:47150` and 3 requests whose peers never answer: one holds the
+/// one port, the others get ERROR 0 "Server busy" from the listen port, and the log says
+/// so once (not once per request).
+#[test]
+fn a_full_port_range_answers_busy_and_warns_once() {
+    let l = Layout::new();
+    std::fs::write(l.root.join("f"), b"x").unwrap();
+    let srv = Server::start(
+        &l.root,
+        &["--port-range", "47150:47150", "--timeout", "30s"],
+    );
+    let socks: Vec<UdpSocket> = (0..3).map(|_| socket("127.0.0.1", WAIT)).collect();
+    for s in &socks {
+        s.send_to(&request(1, "f", &[]), server_addr(&srv)).unwrap();
+    }
+    // The transfers race for the port: any one of them may win it.
+    let (mut data, mut busy) = (0, 0);
+    for s in &socks {
+        let (d, from) = recv(s).expect("an answer");
+        if from.port() == 47150 {
+            assert_eq!(d, b"\0\x03\0\x01x", "DATA 1 from the range");
+            data += 1;
+        } else {
+            assert_eq!(from, server_addr(&srv), "answered from the listen port");
+            assert_eq!(d, b"\0\x05\0\0Server busy, try again later\0");
+            busy += 1;
+        }
+    }
+    // 47150 may be held by another program on this machine: then all three are busy.
+    assert!(busy >= 2 && data + busy == 3, "{data} DATA, {busy} busy");
+    assert!(
+        common::wait_until(WAIT, || count(&srv.log(), "refused with ERROR 0") >= busy),
+        "{}",
+        srv.log()
+    );
+    let log = srv.log();
+    assert_eq!(
+        count(&log, "every port of --port-range 47150:47150 is in use"),
+        1,
+        "{log}"
+    );
 }

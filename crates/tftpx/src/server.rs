@@ -614,6 +614,7 @@ impl<H: Handler> ServerBuilder<H> {
                     v6: self.config.client_prefix_v6,
                 },
                 refusals: RefusalLog::default(),
+                ports_exhausted: Mutex::new(Throttle::default()),
                 config: self.config,
                 hook: self.hook,
                 remap: self.remap,
@@ -639,6 +640,9 @@ struct Shared<H> {
     client_prefix: ClientPrefix,
     /// Their log lines, once per client prefix per 10 s.
     refusals: RefusalLog,
+    /// Requests answered "Server busy" because every port of the range was taken, logged
+    /// once per 10 s.
+    ports_exhausted: Mutex<Throttle>,
 }
 
 /// [`RefusalLog`] kinds.
@@ -1008,6 +1012,20 @@ async fn transfer<H: Handler>(
             reply_error(listener, peer, ErrorCode::NotDefined, SERVER_BUSY).await;
             if no_descriptors(&e) {
                 shared.out_of_descriptors(&format_args!("transfer socket: {e}"));
+            } else if config.port_range.is_some() && e.kind() == io::ErrorKind::AddrInUse {
+                // A full range under load: one line per 10 s, not one per request.
+                let n = shared
+                    .ports_exhausted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .hit(Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
+                if let Some(n) = n {
+                    warn!(
+                        "{e}: {n} request(s) answered \"{SERVER_BUSY}\" since the last \
+                         warning (at most one per 10 s); widen --port-range or lower \
+                         --max-transfers"
+                    );
+                }
             } else {
                 warn!("{kind} from {peer}: cannot open a transfer socket on {local}: {e}");
             }
