@@ -251,7 +251,8 @@ fn read_client_options(inp: &mut Input<'_>, max_windowsize: u16) -> ClientOption
 /// - An RRQ/WRQ datagram goes through `negotiate_server`: it fails only with `TooLarge` on
 ///   a WRQ whose first `tsize` exceeds the limit; the OACK lists each option once, only
 ///   options the request carries, with values in their RFC ranges, within the limits, never
-///   above what was asked, never one of `ServerLimits::refused`, and matching the negotiated values.
+///   above what was asked, never one of `ServerLimits::refused`, and matching the
+///   negotiated values.
 /// - An OACK datagram goes through `accept_oack`: accepted values never exceed what was
 ///   asked, and a refusal is reported with ERROR 8.
 /// - The client's own request, negotiated by the server, is accepted by the client with the

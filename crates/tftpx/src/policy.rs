@@ -220,8 +220,8 @@ struct Counters {
 }
 
 impl PolicyStats {
-    /// Datagrams dropped without an answer because [`ServerBuilder::acl`](crate::ServerBuilder::acl)
-    /// denies their source.
+    /// Datagrams dropped without an answer because their source is denied by
+    /// [`ServerBuilder::acl`](crate::ServerBuilder::acl).
     pub fn denied(&self) -> u64 {
         self.inner.denied.load(Ordering::Relaxed)
     }

@@ -537,8 +537,9 @@ impl<H: Handler> ServerBuilder<H> {
     }
 
     /// Accept WRQs only from these address blocks (`--allow-write-from`, repeatable; an
-    /// empty list refuses every upload). Others are answered ERROR 2 "Access violation"
-    /// (RFC 1350 section 5) from the listen port, as tftpd-hpa answers a refused write,
+    /// empty list refuses every upload). Others are answered ERROR 2 (access violation, RFC
+    /// 1350 section 5) "Uploads are not accepted from your address" from the listen port, as
+    /// tftpd-hpa answers a refused write with ERROR 2,
     /// after the rate limiter (so the answer cannot be used to reflect more than one small
     /// packet per rate token); counted ([`PolicyStats::write_refused`]) and logged once
     /// per client prefix per 10 s.
