@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Args;
-use tftpx::{DirHandler, RemapRules, Server, ServerError};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
+use tftpx::policy::Action;
+use tftpx::proto::negotiate::RefusedOptions;
+use tftpx::{Acl, Cidr, DirHandler, PortRange, RemapRules, Server, ServerError};
 
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
@@ -121,6 +123,128 @@ pub struct ServeArgs {
     /// stops start-up with FILE:LINE and what is wrong.
     #[arg(long = "map", value_name = "FILE")]
     pub map: Option<PathBuf>,
+
+    /// `--allow CIDR` / `--deny CIDR`, in command-line order.
+    #[command(flatten)]
+    pub acl: AclArgs,
+
+    /// Accept uploads (WRQ) only from this address block (CIDR, or an address alone);
+    /// repeat for several. Others get ERROR 2. Default: from anyone allowed to talk.
+    #[arg(long = "allow-write-from", value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow_write_from: Vec<Cidr>,
+
+    /// Ignore this option in requests, as if not sent, so it never appears in an OACK (for
+    /// boot ROMs that mishandle it); repeat for several. One of blksize, tsize, timeout,
+    /// windowsize, utimeout (case-insensitive).
+    #[arg(long = "refuse", value_name = "OPTION", value_parser = parse_refused)]
+    pub refuse: Vec<RefusedOptions>,
+
+    /// File mode creation mask (octal) for uploaded files: new files get 0644 less it.
+    #[arg(long, default_value = "022", value_parser = parse_umask, value_name = "MODE")]
+    pub umask: u32,
+
+    /// Bind transfer sockets (TIDs) to ports LOW..=HIGH only (for firewalls); with every
+    /// port taken, requests get "Server busy". 1 <= LOW <= HIGH <= 65535.
+    #[arg(long, value_name = "LOW:HIGH", value_parser = parse_port_range)]
+    pub port_range: Option<PortRange>,
+}
+
+/// `--allow CIDR` and `--deny CIDR` (repeatable), kept in the order given: the first rule
+/// that matches a client decides, a client no rule matches is allowed.
+#[derive(Debug, Clone, Default)]
+pub struct AclArgs {
+    /// The rules, in command-line order.
+    pub acl: Acl,
+}
+
+const ALLOW: &str = "allow";
+const DENY: &str = "deny";
+
+impl FromArgMatches for AclArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut rules: Vec<(usize, Action, Cidr)> = Vec::new();
+        for (id, action) in [(ALLOW, Action::Allow), (DENY, Action::Deny)] {
+            if let (Some(values), Some(at)) = (m.get_many::<Cidr>(id), m.indices_of(id)) {
+                rules.extend(at.zip(values).map(|(i, c)| (i, action, *c)));
+            }
+        }
+        rules.sort_by_key(|r| r.0);
+        let acl = rules
+            .into_iter()
+            .fold(Acl::new(), |acl, (_, a, c)| acl.rule(a, c));
+        Ok(Self { acl })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for AclArgs {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.arg(
+            Arg::new(ALLOW)
+                .long(ALLOW)
+                .value_name("CIDR")
+                .action(ArgAction::Append)
+                .value_parser(parse_cidr)
+                .help(
+                    "Serve clients in this address block (CIDR, or an address alone); \
+                     repeatable. --allow and --deny rules apply in the order given, the \
+                     first that matches decides; no match: allowed",
+                ),
+        )
+        .arg(
+            Arg::new(DENY)
+                .long(DENY)
+                .value_name("CIDR")
+                .action(ArgAction::Append)
+                .value_parser(parse_cidr)
+                .help(
+                    "Drop every datagram from this address block without an answer \
+                     (counted, logged once per 10 s per client); repeatable, see --allow",
+                ),
+        )
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// Parses a `--allow`/`--deny`/`--allow-write-from` value.
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse::<Cidr>().map_err(|e| e.to_string())
+}
+
+/// Parses a `--refuse` value (an option name, case-insensitive).
+fn parse_refused(s: &str) -> Result<RefusedOptions, String> {
+    RefusedOptions::from_name(s.trim()).ok_or_else(|| {
+        let valid: Vec<&str> = RefusedOptions::ALL.iter().map(|(n, _)| *n).collect();
+        format!("unknown option {s:?}; valid: {}", valid.join(", "))
+    })
+}
+
+/// Parses a `--umask` value: octal, 0..=0777 (`022`, `0o077`, `0002`).
+fn parse_umask(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let bad = || format!("{s:?} is not an octal mode from 000 to 777 (e.g. 022 or 077)");
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(bad());
+    }
+    let m = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if m > 0o777 {
+        return Err(bad());
+    }
+    Ok(m)
+}
+
+/// Parses a `--port-range` value (`LOW:HIGH`).
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    s.parse::<PortRange>().map_err(|e| e.to_string())
 }
 
 /// Reads and parses the `--map` rules file (before privileges are dropped).
@@ -265,6 +389,8 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let passed = systemd::take_listen_sockets().map_err(CliError::Failed)?;
     // Connected while root and unconfined; used after the switch.
     let notifier = Notifier::from_env();
+    // Process-wide, before any thread or file: uploads are created 0644 less this mask.
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(args.umask));
     let nofile = privileges::raise_nofile_limit();
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
     let map = args.map.as_deref().map(load_map).transpose()?;
@@ -333,6 +459,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
         }
     }
     tracing::debug!("{} runtime threads confined themselves", confined.threads);
+    log_policy(&args, old_umask.bits());
     confined.log(&root, writable);
     nofile.log();
     if notifier.enabled() {
@@ -346,6 +473,52 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     }
     rt.block_on(run(server, notifier));
     Ok(())
+}
+
+/// Says at start what the policy flags changed.
+fn log_policy(args: &ServeArgs, old_umask: u32) {
+    if !args.acl.acl.is_empty() {
+        let rules: Vec<String> = args
+            .acl
+            .acl
+            .rules()
+            .iter()
+            .map(|(a, c)| match a {
+                Action::Allow => format!("allow {c}"),
+                Action::Deny => format!("deny {c}"),
+            })
+            .collect();
+        tracing::info!(
+            "address rules (first match wins, others allowed): {}",
+            rules.join(", ")
+        );
+    }
+    if !args.allow_write_from.is_empty() {
+        let from: Vec<String> = args
+            .allow_write_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!("uploads accepted only from {}", from.join(", "));
+    }
+    let refused = args.refuse.iter().fold(RefusedOptions::NONE, |a, &b| a | b);
+    if !refused.is_empty() {
+        let names: Vec<&str> = refused.names().collect();
+        tracing::info!(
+            "options ignored in requests (--refuse): {}",
+            names.join(", ")
+        );
+    }
+    if let Some(r) = args.port_range {
+        tracing::info!("transfer ports: {r}");
+        if *r.ports().start() < 1024 {
+            tracing::warn!(
+                "--port-range {r} includes ports below 1024, which only root (or \
+                 CAP_NET_BIND_SERVICE) may bind"
+            );
+        }
+    }
+    tracing::debug!("umask {:03o} (was {old_umask:03o})", args.umask);
 }
 
 /// Binds every listen address (the defaults, less IPv6 where the machine has none), or
@@ -385,7 +558,15 @@ fn bind(
             .max_timeout(args.max_timeout)
             .max_memory(usize::try_from(args.max_memory).unwrap_or(usize::MAX))
             .client_prefix_v4(args.client_prefix_v4)
-            .client_prefix_v6(args.client_prefix_v6);
+            .client_prefix_v6(args.client_prefix_v6)
+            .acl(args.acl.acl.clone())
+            .refuse_options(args.refuse.iter().fold(RefusedOptions::NONE, |a, &b| a | b));
+        if !args.allow_write_from.is_empty() {
+            b = b.allow_write_from(args.allow_write_from.clone());
+        }
+        if let Some(r) = args.port_range {
+            b = b.port_range(r);
+        }
         for a in &listen {
             b = b.listen(*a);
         }

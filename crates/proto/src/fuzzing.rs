@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::negotiate::{
-    negotiate_server, ClientOptions, Direction, NegotiateError, Negotiated, ServerLimits,
+    negotiate_server, ClientOptions, Direction, NegotiateError, Negotiated, RefusedOptions,
+    ServerLimits,
 };
 use crate::netascii::{encoded_len, Decoder, Encoder};
 use crate::transfer::{Event, Receiver, RequestError, Sender, TransferConfig};
@@ -216,10 +217,14 @@ fn decode_pieces(wire: &[u8], sizes: &[usize], shift: usize) -> Vec<u8> {
 // negotiate
 
 fn read_limits(inp: &mut Input<'_>, max_windowsize_cap: u16) -> ServerLimits {
+    let max_blksize = inp.u16();
     ServerLimits {
-        max_blksize: inp.u16(),
+        max_blksize,
         max_windowsize: inp.u16() % max_windowsize_cap.saturating_add(1),
         max_upload_size: inp.bool().then(|| inp.u64()),
+        // From bits already read (the top five of max_blksize), so the corpus keeps its
+        // meaning: most small blksize limits refuse nothing, large ones refuse some options.
+        refused: RefusedOptions::from_bits_truncate((max_blksize >> 11) as u8),
         ..ServerLimits::default()
     }
 }
@@ -246,7 +251,8 @@ fn read_client_options(inp: &mut Input<'_>, max_windowsize: u16) -> ClientOption
 /// - An RRQ/WRQ datagram goes through `negotiate_server`: it fails only with `TooLarge` on
 ///   a WRQ whose first `tsize` exceeds the limit; the OACK lists each option once, only
 ///   options the request carries, with values in their RFC ranges, within the limits, never
-///   above what was asked, and matching the negotiated values.
+///   above what was asked, never one of `ServerLimits::refused`, and matching the
+///   negotiated values.
 /// - An OACK datagram goes through `accept_oack`: accepted values never exceed what was
 ///   asked, and a refusal is reported with ERROR 8.
 /// - The client's own request, negotiated by the server, is accepted by the client with the
@@ -314,6 +320,10 @@ fn check_server(
         let name = std::str::from_utf8(name).expect("OACK names are ASCII");
         let v = num(value).expect("OACK values are numbers");
         let requested = asked(name).expect("OACK option not in the request");
+        assert!(
+            !limits.refused.refuses(name),
+            "refused option {name} in {oack}"
+        );
         match name {
             "blksize" => {
                 assert!((u64::from(MIN_BLKSIZE)..=u64::from(MAX_BLKSIZE)).contains(&v));

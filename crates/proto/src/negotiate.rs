@@ -67,6 +67,100 @@ pub struct ServerLimits {
     /// server's own timeout. Default 30 s. A long timeout lets a request hold a transfer (and
     /// its slot) for minutes.
     pub max_timeout: Duration,
+    /// Options ignored in requests, as if the client had not sent them, so they never appear
+    /// in an OACK (`--refuse`: the classic workaround for boot ROMs that mishandle one).
+    /// Default: none.
+    pub refused: RefusedOptions,
+}
+
+/// A set of the options a server understands ([`ServerLimits::refused`]): `blksize`
+/// (RFC 2348), `tsize`, `timeout` (RFC 2349), `windowsize` (RFC 7440) and `utimeout`
+/// (tftp-hpa). A bit set without dependencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct RefusedOptions(u8);
+
+impl RefusedOptions {
+    /// No option refused.
+    pub const NONE: Self = Self(0);
+    /// `blksize` (RFC 2348).
+    pub const BLKSIZE: Self = Self(1);
+    /// `tsize` (RFC 2349).
+    pub const TSIZE: Self = Self(1 << 1);
+    /// `timeout` (RFC 2349).
+    pub const TIMEOUT: Self = Self(1 << 2);
+    /// `windowsize` (RFC 7440).
+    pub const WINDOWSIZE: Self = Self(1 << 3);
+    /// `utimeout` (tftp-hpa: a timeout in microseconds).
+    pub const UTIMEOUT: Self = Self(1 << 4);
+    /// Every option, with its lower-case name, in this order.
+    pub const ALL: [(&'static str, Self); 5] = [
+        ("blksize", Self::BLKSIZE),
+        ("tsize", Self::TSIZE),
+        ("timeout", Self::TIMEOUT),
+        ("windowsize", Self::WINDOWSIZE),
+        ("utimeout", Self::UTIMEOUT),
+    ];
+
+    /// The option named `name` (case-insensitive, e.g. `BlkSize`); `None` for a name not
+    /// in [`RefusedOptions::ALL`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, o)| o)
+    }
+
+    /// The set holding the options in the low five bits of `bits` (others ignored).
+    pub const fn from_bits_truncate(bits: u8) -> Self {
+        Self(bits & 0x1f)
+    }
+
+    /// The set as bits (see the constants).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// True when every option of `other` is in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// True when no option is refused.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `self` with the options of `other` added.
+    #[must_use]
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Adds the options of `other`.
+    pub fn insert(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
+
+    /// True when the option called `name` (case-insensitive) is in the set; false for
+    /// names the set cannot hold.
+    pub fn refuses(self, name: &str) -> bool {
+        Self::from_name(name).is_some_and(|o| self.contains(o))
+    }
+
+    /// The lower-case names of the options in the set, in [`RefusedOptions::ALL`] order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::ALL
+            .into_iter()
+            .filter(move |&(_, o)| self.contains(o))
+            .map(|(n, _)| n)
+    }
+}
+
+impl std::ops::BitOr for RefusedOptions {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        self.with(rhs)
+    }
 }
 
 impl Default for ServerLimits {
@@ -76,6 +170,7 @@ impl Default for ServerLimits {
             max_windowsize: 64,
             max_upload_size: None,
             max_timeout: Duration::from_secs(30),
+            refused: RefusedOptions::NONE,
         }
     }
 }
@@ -137,7 +232,9 @@ fn parse_num(v: &[u8]) -> Option<u64> {
 ///
 /// `file_size` is the size in bytes of the file an RRQ reads (as it goes on the wire, i.e.
 /// after netascii translation), reported in the OACK when the client asks for `tsize`;
-/// `None` leaves `tsize` out.
+/// `None` leaves `tsize` out. Options in [`ServerLimits::refused`] are ignored as if not
+/// sent: they are left out of the OACK and take their defaults (a refused `tsize` in a WRQ
+/// is not checked against [`ServerLimits::max_upload_size`] here; the receiver still is).
 ///
 /// # Errors
 /// [`NegotiateError::TooLarge`] (ERROR 3) when a WRQ's `tsize` exceeds
@@ -154,7 +251,14 @@ pub fn negotiate_server(
         // Names and numbers never contain NUL.
         let _ = oack.push(name, &value);
     };
-    if let Some(v) = options.get("blksize").and_then(parse_num) {
+    let get = |name: &str| {
+        if limits.refused.refuses(name) {
+            None
+        } else {
+            options.get(name)
+        }
+    };
+    if let Some(v) = get("blksize").and_then(parse_num) {
         if v >= u64::from(MIN_BLKSIZE) {
             let granted = v.min(u64::from(
                 limits.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE),
@@ -163,20 +267,18 @@ pub fn negotiate_server(
             push("blksize", granted.to_string());
         }
     }
-    if let Some(v) = options.get("windowsize").and_then(parse_num) {
+    if let Some(v) = get("windowsize").and_then(parse_num) {
         if v >= 1 {
             let granted = v.min(u64::from(limits.max_windowsize.max(1)));
             n.windowsize = granted as u16;
             push("windowsize", granted.to_string());
         }
     }
-    let utimeout = options
-        .get("utimeout")
+    let utimeout = get("utimeout")
         .and_then(parse_num)
         .filter(|v| (1_000..=255_000_000).contains(v))
         .filter(|&v| Duration::from_micros(v) <= limits.max_timeout);
-    let timeout = options
-        .get("timeout")
+    let timeout = get("timeout")
         .and_then(parse_num)
         .filter(|v| (1..=255).contains(v))
         .filter(|&v| Duration::from_secs(v) <= limits.max_timeout);
@@ -188,7 +290,7 @@ pub fn negotiate_server(
         n.timeout = Some(Duration::from_micros(u));
         push("utimeout", u.to_string());
     }
-    if let Some(v) = options.get("tsize").and_then(parse_num) {
+    if let Some(v) = get("tsize").and_then(parse_num) {
         match direction {
             Direction::Read => {
                 if let Some(size) = file_size {
@@ -398,6 +500,72 @@ mod tests {
         let e = negotiate_server(Direction::Write, opts(b"tsize\x001001\x00"), &limits, None)
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::DiskFull);
+    }
+
+    #[test]
+    fn refused_options_are_ignored_as_if_not_sent() {
+        let all = b"BlkSize\x001024\x00tsize\x000\x00timeout\x003\x00windowsize\x008\x00utimeout\x00500000\x00";
+        let r = negotiate_server(
+            Direction::Read,
+            opts(all),
+            &ServerLimits::default(),
+            Some(77),
+        )
+        .unwrap();
+        assert_eq!(
+            r.oack.as_list().as_bytes(),
+            b"blksize\x001024\x00windowsize\x008\x00timeout\x003\x00utimeout\x00500000\x00tsize\x0077\x00"
+        );
+        let limits = ServerLimits {
+            refused: RefusedOptions::BLKSIZE | RefusedOptions::UTIMEOUT,
+            ..ServerLimits::default()
+        };
+        let r = negotiate_server(Direction::Read, opts(all), &limits, Some(77)).unwrap();
+        assert_eq!(
+            r.oack.as_list().as_bytes(),
+            b"windowsize\x008\x00timeout\x003\x00tsize\x0077\x00"
+        );
+        assert_eq!(r.negotiated.blksize, 512);
+        assert_eq!(r.negotiated.timeout, Some(Duration::from_secs(3)));
+        let mut every = RefusedOptions::NONE;
+        for (_, o) in RefusedOptions::ALL {
+            every.insert(o);
+        }
+        let limits = ServerLimits {
+            refused: every,
+            ..ServerLimits::default()
+        };
+        let r = negotiate_server(Direction::Read, opts(all), &limits, Some(77)).unwrap();
+        assert!(
+            r.oack.is_empty(),
+            "no OACK at all: {:?}",
+            r.oack.as_list().as_bytes()
+        );
+        assert_eq!(r.negotiated, Negotiated::default());
+        // A refused tsize in a WRQ is not even looked at: no ERROR 3 here.
+        let limits = ServerLimits {
+            refused: RefusedOptions::TSIZE,
+            max_upload_size: Some(10),
+            ..ServerLimits::default()
+        };
+        let r =
+            negotiate_server(Direction::Write, opts(b"tsize\x00999\x00"), &limits, None).unwrap();
+        assert!(r.oack.is_empty());
+        assert_eq!(r.negotiated.tsize, None);
+    }
+
+    #[test]
+    fn refused_option_names() {
+        assert_eq!(
+            RefusedOptions::from_name("WINDOWSIZE"),
+            Some(RefusedOptions::WINDOWSIZE)
+        );
+        assert_eq!(RefusedOptions::from_name("multicast"), None);
+        let s = RefusedOptions::TSIZE | RefusedOptions::BLKSIZE;
+        assert_eq!(s.names().collect::<Vec<_>>(), ["blksize", "tsize"]);
+        assert!(s.refuses("TSize") && !s.refuses("timeout") && !s.refuses("foo"));
+        assert_eq!(RefusedOptions::from_bits_truncate(0xff).bits(), 0x1f);
+        assert!(RefusedOptions::NONE.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
 //! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
 //! | [`RemapRules`] | tftp-hpa's file name remapping rules, applied before the handler |
+//! | [`Acl`], [`Cidr`], [`PortRange`] | who may be served or upload; which ports transfers use |
 //! | [`Client`], [`ClientBuilder`] | downloads into any `AsyncWrite`, uploads from any `AsyncRead` |
 //!
 //! Every transfer runs in its own task on its own socket bound to the address the request
@@ -23,6 +24,7 @@ mod driver;
 mod handler;
 mod io;
 mod net;
+pub mod policy;
 pub mod remap;
 mod server;
 
@@ -31,6 +33,7 @@ pub use handler::{
     DirFile, DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload,
     MAX_COMPONENT_LEN, MAX_NAME_LEN,
 };
+pub use policy::{Acl, Cidr, PolicyStats, PortRange};
 pub use remap::{RemapRules, Remapped};
 pub use server::{
     printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,

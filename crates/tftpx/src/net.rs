@@ -14,6 +14,8 @@ use tftpx_proto::transfer::TransmitBatch;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::policy::PortRange;
+
 /// A request as it arrived at a listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Arrival {
@@ -194,12 +196,37 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
 }
 
-/// Binds a transfer's own socket (its TID) on `local`'s IP and a port the OS picks. Size
-/// its buffers with [`fit_window`] once the window is negotiated.
-pub(crate) fn bind_transfer(local: SocketAddr) -> io::Result<UdpSocket> {
-    let s = new_socket(&local)?;
-    s.bind(&local.into())?;
-    UdpSocket::from_std(s.into())
+/// Binds a transfer's own socket (its TID) on `local`'s IP and a port the OS picks, or with
+/// `range` the first free port of the range from a random start (wrapping round). Size its
+/// buffers with [`fit_window`] once the window is negotiated.
+///
+/// # Errors
+/// The OS error; `AddrInUse` when every port of `range` is taken.
+pub(crate) fn bind_transfer(local: SocketAddr, range: Option<PortRange>) -> io::Result<UdpSocket> {
+    let Some(range) = range else {
+        let s = new_socket(&local)?;
+        s.bind(&local.into())?;
+        return UdpSocket::from_std(s.into());
+    };
+    // A random start spreads transfers over the range and makes the next TID hard to guess.
+    let start = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        std::time::Instant::now(),
+    ) as u32;
+    for i in 0..range.len() {
+        let mut at = local;
+        at.set_port(range.nth_from(start, i));
+        let s = new_socket(&at)?;
+        match s.bind(&at.into()) {
+            Ok(()) => return UdpSocket::from_std(s.into()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("every port of --port-range {range} is in use"),
+    ))
 }
 
 /// Binds a client socket for talking to `server` (on `local`, or any local address and an

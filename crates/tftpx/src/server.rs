@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tftpx_proto::negotiate::{Direction, Negotiated, ServerLimits};
+use tftpx_proto::negotiate::{Direction, Negotiated, RefusedOptions, ServerLimits};
 use tftpx_proto::transfer::{Receiver, Sender, Stats, TransferConfig, TransferError};
 use tftpx_proto::wire::{ErrorCode, Mode, OptionList, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
@@ -25,6 +25,7 @@ use crate::driver::{self, Tracker};
 use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
+use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog};
 use crate::remap::{RemapRules, Remapped};
 
 /// RRQ or WRQ.
@@ -309,6 +310,15 @@ pub struct ServerConfig {
     /// limits (0..=128; default 64, a subnet a single host may hold whole). IPv4-mapped
     /// IPv6 addresses count as IPv4.
     pub client_prefix_v6: u8,
+    /// Address rules (first match wins, default allow): datagrams from a denied source are
+    /// dropped at the listener without an answer, before the rate limiter counts them.
+    /// Default: empty (everyone allowed).
+    pub acl: Acl,
+    /// When set, WRQs only from these blocks; others get ERROR 2. Default `None`: uploads
+    /// from anyone the handler lets write.
+    pub write_from: Option<Vec<Cidr>>,
+    /// Ports for transfer sockets (TIDs); `None` (default): ports the OS picks.
+    pub port_range: Option<PortRange>,
 }
 
 impl Default for ServerConfig {
@@ -325,6 +335,9 @@ impl Default for ServerConfig {
             rate_limit: RateLimit::per_second(20),
             client_prefix_v4: ClientPrefix::default().v4,
             client_prefix_v6: ClientPrefix::default().v6,
+            acl: Acl::default(),
+            write_from: None,
+            port_range: None,
         }
     }
 }
@@ -446,6 +459,14 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Options ignored in every request, as if the client had not sent them, so they never
+    /// appear in an OACK (`--refuse`; RFC 2347 lets a server leave out any option). For boot
+    /// ROMs that mishandle one (e.g. an OACK with `tsize` or `blksize`). Default: none.
+    pub fn refuse_options(mut self, options: RefusedOptions) -> Self {
+        self.config.limits.refused = options;
+        self
+    }
+
     /// Transfers running at once (default 1024).
     pub fn max_transfers(mut self, n: usize) -> Self {
         self.config.max_transfers = n.max(1);
@@ -504,6 +525,37 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Address rules (`--allow`/`--deny`; first match wins, default allow, IPv4-mapped IPv6
+    /// clients match IPv4 rules). Every datagram from a denied source is dropped at the
+    /// listener without an answer (any answer could be reflected at a forged source), before
+    /// the rate limiter or anything else spends on it; it is counted
+    /// ([`PolicyStats::denied`]) and logged once per client prefix (see
+    /// [`ServerBuilder::client_prefix_v6`]) per 10 s with a count.
+    pub fn acl(mut self, acl: Acl) -> Self {
+        self.config.acl = acl;
+        self
+    }
+
+    /// Accept WRQs only from these address blocks (`--allow-write-from`, repeatable; an
+    /// empty list refuses every upload). Others are answered ERROR 2 (access violation, RFC
+    /// 1350 section 5) "Uploads are not accepted from your address" from the listen port, as
+    /// tftpd-hpa answers a refused write with ERROR 2,
+    /// after the rate limiter (so the answer cannot be used to reflect more than one small
+    /// packet per rate token); counted ([`PolicyStats::write_refused`]) and logged once
+    /// per client prefix per 10 s.
+    pub fn allow_write_from(mut self, blocks: Vec<Cidr>) -> Self {
+        self.config.write_from = Some(blocks);
+        self
+    }
+
+    /// Transfer sockets (TIDs) bind a port in `range` (`--port-range`, for firewalls): a
+    /// random start, then the next free port, wrapping. With every port taken the request
+    /// gets ERROR 0 "Server busy, try again later" from the listen port.
+    pub fn port_range(mut self, range: PortRange) -> Self {
+        self.config.port_range = Some(range);
+        self
+    }
+
     /// Calls `hook` with the summary of every transfer when it ends.
     pub fn on_transfer_end(
         mut self,
@@ -557,6 +609,13 @@ impl<H: Handler> ServerBuilder<H> {
                 ),
                 memory: MemoryBudget::new(self.config.max_memory),
                 out_of_descriptors: Mutex::new(Throttle::default()),
+                policy: PolicyStats::default(),
+                client_prefix: ClientPrefix {
+                    v4: self.config.client_prefix_v4,
+                    v6: self.config.client_prefix_v6,
+                },
+                refusals: RefusalLog::default(),
+                ports_exhausted: Mutex::new(Throttle::default()),
                 config: self.config,
                 hook: self.hook,
                 remap: self.remap,
@@ -576,7 +635,20 @@ struct Shared<H> {
     remap: Option<Arc<RemapRules>>,
     /// Requests answered "Server busy" for want of a file descriptor, logged once per 10 s.
     out_of_descriptors: Mutex<Throttle>,
+    /// Datagrams the address rules turned away.
+    policy: PolicyStats,
+    /// How sources are grouped in refusal log lines (as for the per-client limits).
+    client_prefix: ClientPrefix,
+    /// Their log lines, once per client prefix per 10 s.
+    refusals: RefusalLog,
+    /// Requests answered "Server busy" because every port of the range was taken, logged
+    /// once per 10 s.
+    ports_exhausted: Mutex<Throttle>,
 }
+
+/// [`RefusalLog`] kinds.
+const DENIED: u8 = 0;
+const WRITE_REFUSED: u8 = 1;
 
 /// The ERROR 0 message for a request refused for want of resources (transfer slots, file
 /// descriptors): the client may try again later. Never the OS's own text.
@@ -681,6 +753,13 @@ impl<H: Handler> Server<H> {
             .collect()
     }
 
+    /// Counters of what the address rules ([`ServerBuilder::acl`],
+    /// [`ServerBuilder::allow_write_from`]) turned away; the handle stays live while the
+    /// server runs.
+    pub fn policy_stats(&self) -> PolicyStats {
+        self.shared.policy.clone()
+    }
+
     /// A token that stops the server when cancelled: listeners stop at once, running
     /// transfers end with ERROR 0 to their peers and uploads in progress are discarded.
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -729,6 +808,19 @@ async fn listen<H: Handler>(
         };
         let datagram = &buf[..arrival.len];
         let now = Instant::now().into_std();
+        // Denied sources cost nothing more: no answer (it would reflect), no rate token.
+        if !shared.config.acl.allows(arrival.from.ip()) {
+            shared.policy.count_denied();
+            let client = shared.client_prefix.client_of(arrival.from.ip());
+            if let Some(n) = shared.refusals.hit(DENIED, client, now) {
+                warn!(
+                    peer = %arrival.from,
+                    "denied by --allow/--deny: {n} datagram(s) from {client} dropped without \
+                     an answer since the last warning (at most one per 10 s)"
+                );
+            }
+            continue;
+        }
         if let Err(Verdict::RateLimited { notify, refused }) =
             shared.admission.check_rate(arrival.from, now)
         {
@@ -750,6 +842,31 @@ async fn listen<H: Handler>(
             continue;
         }
         match Packet::decode(datagram) {
+            Ok(Packet::Wrq(_))
+                if shared
+                    .config
+                    .write_from
+                    .as_ref()
+                    .is_some_and(|w| !w.iter().any(|c| c.contains(arrival.from.ip()))) =>
+            {
+                shared.policy.count_write_refused();
+                let client = shared.client_prefix.client_of(arrival.from.ip());
+                if let Some(n) = shared.refusals.hit(WRITE_REFUSED, client, now) {
+                    warn!(
+                        peer = %arrival.from,
+                        "WRQ refused by --allow-write-from: {n} upload request(s) from {client} \
+                         answered ERROR 2 since the last warning (at most one per 10 s)"
+                    );
+                }
+                reply_error(
+                    &sock,
+                    arrival.from,
+                    ErrorCode::AccessViolation,
+                    "Uploads are not accepted from your address",
+                )
+                .await;
+                continue;
+            }
             Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {}
             Ok(Packet::Error { .. }) => continue,
             Ok(p) => {
@@ -889,13 +1006,27 @@ async fn transfer<H: Handler>(
         options_for_log(req.options)
     );
     let config = &shared.config;
-    let sock = match net::bind_transfer(local) {
+    let sock = match net::bind_transfer(local, config.port_range) {
         Ok(s) => s,
         Err(e) => {
             // Answered from the listen port, with no OS text: the client may retry.
             reply_error(listener, peer, ErrorCode::NotDefined, SERVER_BUSY).await;
             if no_descriptors(&e) {
                 shared.out_of_descriptors(&format_args!("transfer socket: {e}"));
+            } else if config.port_range.is_some() && e.kind() == io::ErrorKind::AddrInUse {
+                // A full range under load: one line per 10 s, not one per request.
+                let n = shared
+                    .ports_exhausted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .hit(Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
+                if let Some(n) = n {
+                    warn!(
+                        "{e}: {n} request(s) answered \"{SERVER_BUSY}\" since the last \
+                         warning (at most one per 10 s); widen --port-range or lower \
+                         --max-transfers"
+                    );
+                }
             } else {
                 warn!("{kind} from {peer}: cannot open a transfer socket on {local}: {e}");
             }
