@@ -5,12 +5,11 @@
 //!
 //! Tests that need a private network namespace, a lower RLIMIT_NOFILE or a process-wide log
 //! subscriber run their body in a child: the test binary re-executes itself with
-//! `--exact NAME`, [`CHILD_ENV`] set (and under `unshare -n` for a namespace).
+//! `--exact NAME`, `child::CHILD_ENV` set (and under `unshare -n` for a namespace).
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,68 +17,13 @@ use tftpx::proto::wire::{ErrorCode, Packet};
 use tftpx::{Client, DirHandler, Server, ServerBuilder, TransferSummary};
 use tokio::net::UdpSocket;
 
-/// Set in a re-executed copy of this test binary: the named test does its work there.
-const CHILD_ENV: &str = "TFTPX_ADMISSION_CHILD";
+#[path = "support/child.rs"]
+mod child;
+
+use child::{in_child, runtime, sh};
 
 /// The ERROR 0 text for "no resources now".
 const BUSY: &str = "Server busy, try again later";
-
-/// True in the child. In the parent: runs test `name` again in a child process (in a new
-/// network namespace when `netns`), shows its output and asserts that it ran and passed.
-fn in_child(name: &str, netns: bool) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = if netns {
-        let mut c = Command::new("unshare");
-        // As root (CI) a network namespace is enough; otherwise a user namespace too.
-        if !is_root() {
-            c.arg("-r");
-        }
-        c.arg("-n").arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    cmd.args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, "1");
-    let out = cmd.output().expect("start the child test process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- child {name} ---\n{stdout}{stderr}--- end of child ---");
-    assert!(out.status.success(), "child {name} failed: {}", out.status);
-    assert!(
-        stdout.contains("1 passed"),
-        "child {name} did not run the test"
-    );
-    false
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// Runs a command in the child's namespace; panics with its output if it fails.
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 struct Srv {
     addr: SocketAddr,

@@ -7,48 +7,17 @@
 //! spray reaches nothing but the server under test.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tftpx::{DirHandler, Server, TransferSummary};
 use tokio::net::UdpSocket;
 
+#[path = "support/child.rs"]
+mod child;
+
 /// IPv4 + UDP headers: what each datagram costs on the wire beyond its payload.
 const HEADERS: usize = 28;
-const CHILD: &str = "TFTPX_EGRESS_NETNS_CHILD";
-
-/// Runs test `name` again in a private network namespace; true in the parent (which then
-/// returns), false in the child (which runs the body).
-fn reexec_in_netns(name: &str) -> bool {
-    if std::env::var_os(CHILD).is_some() {
-        let o = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .output()
-            .expect("ip (iproute2) is installed");
-        assert!(o.status.success(), "ip link set lo up: {o:?}");
-        return false;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let o = Command::new("unshare")
-        .arg("-n")
-        .arg(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("unshare (util-linux) is installed");
-    eprintln!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success(),
-        "the test failed in its network namespace (it needs root)"
-    );
-    true
-}
-
 struct Srv {
     addr: SocketAddr,
     _dir: tempfile::TempDir,
@@ -132,9 +101,10 @@ async fn drain(s: &UdpSocket, quiet: Duration, limit: Duration) -> (usize, usize
 /// what a forger with raw sockets does, and it counts what arrives.
 #[test]
 fn f3_a_blind_ack0_spray_reflects_at_most_5x() {
-    if reexec_in_netns("f3_a_blind_ack0_spray_reflects_at_most_5x") {
+    if !child::in_child("f3_a_blind_ack0_spray_reflects_at_most_5x", true) {
         return;
     }
+    child::sh(&["ip", "link", "set", "lo", "up"]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,71 +4,20 @@
 //!
 //! IPv4 tests use 127.0.0.0/8, which is all local on lo. Tests that need IPv6 addresses of
 //! their own, or every port of a range free, run their body in a child under `unshare -n`
-//! (the test binary re-executes itself with `--exact NAME` and [`CHILD_ENV`] set).
+//! (the test binary re-executes itself with `--exact NAME` and `child::CHILD_ENV` set).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use tftpx::proto::wire::{ErrorCode, Packet};
 use tftpx::{Acl, Cidr, DirHandler, PolicyStats, PortRange, Server, ServerBuilder};
 use tokio::net::UdpSocket;
 
-/// Set in a re-executed copy of this test binary: the named test does its work there.
-const CHILD_ENV: &str = "TFTPX_POLICY_CHILD";
+#[path = "support/child.rs"]
+mod child;
 
-/// True in the child. In the parent: runs test `name` again in a child process in a new
-/// network namespace, shows its output and asserts that it ran and passed.
-fn in_netns_child(name: &str) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new("unshare");
-    if !is_root() {
-        cmd.arg("-r");
-    }
-    cmd.arg("-n")
-        .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, "1");
-    let out = cmd.output().expect("start the child test process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- child {name} ---\n{stdout}{stderr}--- end of child ---");
-    assert!(out.status.success(), "child {name} failed: {}", out.status);
-    assert!(
-        stdout.contains("1 passed"),
-        "child {name} did not run the test"
-    );
-    false
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// Runs a command (in the child's namespace); panics with its output if it fails.
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use child::{runtime, sh};
 
 struct Srv {
     addr: SocketAddr,
@@ -212,7 +161,7 @@ fn denied_sources_get_no_answer_cost_no_rate_token_and_are_counted() {
 /// addresses matched by IPv4 rules. In a private network namespace with 2001:db8::/64 on lo.
 #[test]
 fn ipv6_rules_and_ipv4_mapped_clients() {
-    if !in_netns_child("ipv6_rules_and_ipv4_mapped_clients") {
+    if !child::in_child("ipv6_rules_and_ipv4_mapped_clients", true) {
         return;
     }
     sh(&["ip", "link", "set", "lo", "up"]);
@@ -328,7 +277,7 @@ fn uploads_only_from_allowed_blocks() {
 /// range. In a private network namespace, so no other program holds those ports.
 #[test]
 fn transfers_use_ports_of_the_range() {
-    if !in_netns_child("transfers_use_ports_of_the_range") {
+    if !child::in_child("transfers_use_ports_of_the_range", true) {
         return;
     }
     sh(&["ip", "link", "set", "lo", "up"]);
@@ -359,7 +308,7 @@ fn transfers_use_ports_of_the_range() {
 /// "Server busy, try again later" from the listen port.
 #[test]
 fn a_full_port_range_answers_server_busy() {
-    if !in_netns_child("a_full_port_range_answers_server_busy") {
+    if !child::in_child("a_full_port_range_answers_server_busy", true) {
         return;
     }
     sh(&["ip", "link", "set", "lo", "up"]);
