@@ -6,10 +6,9 @@
 //! The lying server is a plain UDP socket on 127.0.0.1 (OS-picked ports), bounded in blocks
 //! and time.
 
-use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -116,43 +115,9 @@ fn liar(tsize: Option<u64>) -> (SocketAddr, JoinHandle<LiarReport>) {
 
 /// Runs `tftpx ARGS` in `cwd` to the end (at most 60 s).
 fn run(args: &[&str], cwd: &Path) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tftpx");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tftpx {args:?} did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(cwd);
+    common::run_bounded(cmd, Duration::from_secs(60))
 }
 
 fn entries(dir: &Path) -> Vec<String> {

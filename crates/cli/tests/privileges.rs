@@ -7,13 +7,15 @@
 //! These tests need root (CI runs as root): they check what a root-started server gives up.
 //! Every server runs on 127.0.0.1 with an OS-picked port and is killed by PID on drop.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::unistd::{Uid, User};
 
@@ -131,44 +133,12 @@ fn serve_cmd(cmd: &mut Command) -> Running {
 /// Runs `bin ARGS` to the end (at most [`LIMIT`]).
 fn run(bin: &Path, args: &[&str], as_user: Option<&User>) -> Output {
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     if let Some(u) = as_user {
         // std drops the supplementary groups when root sets a uid.
         cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     }
-    let mut child = cmd.spawn().expect("run tftpx");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tftpx {args:?} did not finish in {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
+    common::run_bounded(cmd, LIMIT)
 }
 
 /// `tftpx get ADDR NAME -o -`: its exit code, stdout and stderr.

@@ -716,3 +716,50 @@ pub fn assert_client_saw_error(peer: Peer, out: &PeerOutput, codes: &[u16]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Bounded commands
+// ---------------------------------------------------------------------------------------
+
+/// Runs `cmd` to the end with stdin closed, collecting its stdout and stderr (read on threads
+/// of their own, so a full pipe never blocks it); kills it by its PID and panics if it runs
+/// longer than `limit`.
+#[track_caller]
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let t_out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish in {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: t_out.join().expect("stdout reader"),
+        stderr: t_err.join().expect("stderr reader"),
+    }
+}
