@@ -62,11 +62,13 @@ impl HandlerError {
     }
 
     /// Maps a local I/O error (opening, reading or writing a file) to what the peer is
-    /// told: NotFound -> 1, PermissionDenied -> 2, disk full / quota / file too large -> 3,
-    /// anything else -> 0 with the error's text.
+    /// told: NotFound and NotADirectory -> 1, PermissionDenied -> 2, disk full / quota /
+    /// file too large -> 3, out of descriptors -> 0 "Server busy", anything else -> 0 with
+    /// the error's text.
     pub fn from_io(e: &io::Error) -> Self {
         match e.kind() {
-            io::ErrorKind::NotFound => Self::not_found(),
+            // `f.txt/x`: a name that goes through a file names nothing.
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => Self::not_found(),
             io::ErrorKind::PermissionDenied => Self::access("Permission denied"),
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 Self::new(ErrorCode::DiskFull, "Disk full or allocation exceeded")

@@ -443,3 +443,24 @@ async fn a_trailing_separator_names_no_file() {
     fx.put("f.bin", b"replaced").await.unwrap();
     assert_eq!(fx.get("f.bin").await.unwrap(), b"replaced");
 }
+
+/// A name that goes through a file (`f.bin/x`) names nothing: ERROR 1, not ERROR 0 with the
+/// OS text "Not a directory".
+#[tokio::test]
+async fn a_name_through_a_file_is_not_found() {
+    let fx = fixture(|h| h.allow_create(true)).await;
+    std::fs::write(fx.root().join("f.bin"), INSIDE).unwrap();
+    for name in ["f.bin/x", "f.bin/x/y", "/f.bin/x"] {
+        assert_eq!(
+            refusal(fx.get(name).await),
+            (ErrorCode::FileNotFound, "File not found".to_string()),
+            "RRQ {name}"
+        );
+        assert_eq!(
+            refusal(fx.put(name, b"x").await).0,
+            ErrorCode::FileNotFound,
+            "WRQ {name}"
+        );
+    }
+    assert_eq!(std::fs::read(fx.root().join("f.bin")).unwrap(), INSIDE);
+}
