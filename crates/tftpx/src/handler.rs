@@ -216,7 +216,10 @@ impl DirHandler {
     /// crash can leave a `.NAME.XXXXXXXX.tftpx-part` file that no request can name).
     ///
     /// # Errors
-    /// If `root` does not exist, is not a directory or cannot be opened.
+    /// If `root` does not exist, is not a directory or cannot be opened; with
+    /// [`io::ErrorKind::Unsupported`] when the kernel has no `openat2(2)` (Linux 5.6+), which
+    /// every name is resolved with: refusing to start says so once, where serving on would
+    /// fail every request.
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let with_path =
             |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", root.as_ref().display()));
@@ -233,6 +236,20 @@ impl DirHandler {
             nix::sys::stat::Mode::empty(),
         )
         .map_err(|e| with_path(e.into()))?;
+        let probe = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(beneath());
+        match openat2(&fd, ".", probe) {
+            Ok(_) => {}
+            Err(Errno::ENOSYS) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel has no openat2 system call (Linux 5.6 or later is needed): \
+                     tftpx resolves every name with it to keep requests inside the root",
+                ))
+            }
+            Err(e) => return Err(with_path(e.into())),
+        }
         Ok(Self {
             root: canonical,
             root_fd: Arc::new(fd),
