@@ -1146,6 +1146,60 @@ mod tests {
     }
 
     #[test]
+    fn candidates_keep_order_drop_repeats_and_filter_family() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let resolved = [
+            a("[::1]:69"),
+            a("127.0.0.1:69"),
+            a("[::1]:69"),
+            a("10.0.0.1:69"),
+        ];
+        let all = candidates("h", resolved, Family::Any).unwrap();
+        assert_eq!(all, [a("[::1]:69"), a("127.0.0.1:69"), a("10.0.0.1:69")]);
+        let v4 = candidates("h", resolved, Family::V4).unwrap();
+        assert_eq!(v4, [a("127.0.0.1:69"), a("10.0.0.1:69")]);
+        let v6 = candidates("h", resolved, Family::V6).unwrap();
+        assert_eq!(v6, [a("[::1]:69")]);
+        assert!(matches!(
+            candidates("127.0.0.1", [a("127.0.0.1:69")], Family::V6),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(
+            candidates("h", [a("127.0.0.1:69")], Family::V6),
+            Err(CliError::Failed(m)) if m == "h has no IPv6 address (-6)"
+        ));
+        assert!(matches!(
+            candidates("h", [], Family::Any),
+            Err(CliError::Failed(m)) if m == "h has no address"
+        ));
+    }
+
+    #[test]
+    fn only_an_unanswered_request_moves_on() {
+        assert!(unanswered(&ClientError::TimedOut { retries: 5 }));
+        let os = |n| ClientError::Io(std::io::Error::from_raw_os_error(n));
+        assert!(unanswered(&os(libc::ECONNREFUSED)));
+        assert!(unanswered(&os(libc::ENETUNREACH)));
+        assert!(unanswered(&os(libc::EAFNOSUPPORT)));
+        assert!(!unanswered(&os(libc::ENOSPC)));
+        assert!(!unanswered(&ClientError::Cancelled));
+        assert!(!unanswered(&ClientError::Server {
+            code: tftpx::proto::wire::ErrorCode::FileNotFound,
+            message: "no".into()
+        }));
+    }
+
+    #[test]
+    fn iec_units() {
+        assert_eq!(iec(0.0), "0 B");
+        assert_eq!(iec(1023.0), "1023 B");
+        assert_eq!(iec(1024.0), "1.0 KiB");
+        assert_eq!(iec(1124.0), "1.1 KiB");
+        assert_eq!(iec(100.0 * 1024.0 * 1024.0), "100.0 MiB");
+        assert_eq!(iec(3.0 * 1024f64.powi(4)), "3.0 TiB");
+    }
+
+    #[test]
     fn dallies() {
         assert_eq!(parse_dally("0"), Ok(Duration::ZERO));
         assert_eq!(parse_dally("0s"), Ok(Duration::ZERO));
