@@ -175,7 +175,7 @@ fn verbose_shows_address_options_counters_and_a_packet_trace() {
         last = t;
     }
     // The RRQ: opcode, "f.bin", "octet", blksize 1024, tsize 0, all NUL-terminated.
-    let rrq_len = 2 + 6 + 6 + "blksize\01024\0".len() + "tsize\00\0".len();
+    let rrq_len = 2 + 6 + 6 + "blksize\x001024\0".len() + "tsize\x000\0".len();
     assert!(
         trace[0].starts_with(&format!("tftpx: sent RRQ, {rrq_len} bytes, ")),
         "{}",
