@@ -143,7 +143,7 @@ mod tests {
         assert_eq!((err.opcode, err.error_code), ("ERROR", Some(1)));
         assert!(err
             .to_string()
-            .starts_with("received ERROR code 1, 11 bytes"));
+            .starts_with("received ERROR code 1, 9 bytes"));
         let junk = PacketTrace::new(Direction::Received, peer, &[9], start);
         assert_eq!(junk.opcode, "?");
     }
