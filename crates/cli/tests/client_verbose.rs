@@ -331,6 +331,58 @@ fn a_silent_first_address_moves_on_to_the_next() {
         err.contains(&format!("tftpx: {target} -> {second} (address 2 of 2)\n")),
         "{err}"
     );
+
+    // An upload from stdin: nothing is read before the server answers, so the second
+    // address gets the whole input.
+    let listen = UdpSocket::bind((ips[1], 0)).unwrap();
+    let port = listen.local_addr().unwrap().port();
+    let upload = std::thread::spawn(move || {
+        let (wrq, client) = recv(&listen);
+        assert_eq!(&wrq[..2], &[0, 2], "a WRQ");
+        let s = UdpSocket::bind((listen.local_addr().unwrap().ip(), 0)).unwrap();
+        s.send_to(&[0, 4, 0, 0], client).unwrap();
+        let mut got = Vec::new();
+        for block in 1..=3u16 {
+            let (d, _) = recv(&s);
+            assert_eq!(&d[..4], &data(block, b"")[..], "DATA {block}");
+            got.extend_from_slice(&d[4..]);
+            s.send_to(&[0, 4, 0, block as u8], client).unwrap();
+            if d.len() < 4 + 512 {
+                break;
+            }
+        }
+        got
+    });
+    let payload = common::pseudo_random(1000);
+    let input = dir.path().join("in.bin");
+    common::write_file(&input, &payload);
+    let target = format!("multi.test:{port}");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "put",
+        "-v",
+        "--timeout",
+        "200ms",
+        "--retries",
+        "1",
+        &target,
+        "-",
+        "r.bin",
+    ])
+    .current_dir(dir.path());
+    // run_bounded gives the child a null stdin; a shell redirect gives it the file.
+    let mut sh = Command::new("sh");
+    sh.args(["-c", r#"exec "$@" < "$IN""#, "sh"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("IN", &input)
+        .current_dir(dir.path());
+    let o = common::run_bounded(sh, LIMIT);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(upload.join().expect("fake server"), payload, "{err}");
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let second = SocketAddr::new(ips[1], port);
+    assert!(err.contains(&format!("trying {second}\n")), "{err}");
 }
 
 #[test]
