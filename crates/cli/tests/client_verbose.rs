@@ -357,24 +357,18 @@ fn a_silent_first_address_moves_on_to_the_next() {
     let input = dir.path().join("in.bin");
     common::write_file(&input, &payload);
     let target = format!("multi.test:{port}");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "put",
-        "-v",
-        "--timeout",
-        "200ms",
-        "--retries",
-        "1",
-        &target,
-        "-",
-        "r.bin",
-    ])
-    .current_dir(dir.path());
-    // run_bounded gives the child a null stdin; a shell redirect gives it the file.
+    // run_bounded gives its child a null stdin: a shell redirect gives tftpx the file.
     let mut sh = Command::new("sh");
-    sh.args(["-c", r#"exec "$@" < "$IN""#, "sh"])
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
+    sh.args(["-c", r#"exec "$@" < "$IN""#, "sh", BIN, "put", "-v"])
+        .args([
+            "--timeout",
+            "200ms",
+            "--retries",
+            "1",
+            &target,
+            "-",
+            "r.bin",
+        ])
         .env("IN", &input)
         .current_dir(dir.path());
     let o = common::run_bounded(sh, LIMIT);
