@@ -22,7 +22,9 @@ mod transfer;
 #[derive(Debug, Parser)]
 #[command(name = "tftpx", version, about, propagate_version = true)]
 struct Cli {
-    /// More log output (-v debug, -vv trace).
+    /// More output: for serve, -v debug and -vv trace logs; for get/put, -v also prints
+    /// the address used, the options asked and in force and the transfer's counters, -vv a
+    /// packet trace (direction, opcode, block, size, time since start).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
     /// Less log output (-q warnings only, -qq errors only).
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
                 let r = rt.block_on(async {
                     let ctx = transfer::Ctx {
                         quiet,
+                        verbose: cli.verbose,
                         cancel: tftpx::CancellationToken::new(),
                     };
                     stop_on_signals(ctx.cancel.clone(), caught.clone())?;

@@ -2,14 +2,17 @@
 //! failures to exit codes.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tftpx::proto::Mode;
-use tftpx::{CancellationToken, Client, ClientError, Progress, Report};
-use tokio::io::AsyncWriteExt;
+use tftpx::{CancellationToken, Client, ClientError, PacketTrace, Progress, Report};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::serve::parse_size;
 use crate::{parse_duration, CliError};
@@ -52,6 +55,16 @@ pub struct TransferOpts {
     /// place, as curl and tftp-hpa do]
     #[arg(long, value_parser = parse_dally, value_name = "DURATION")]
     pub dally: Option<Duration>,
+
+    /// Use IPv4 addresses only: a host name's IPv6 addresses are skipped, an IPv6 literal
+    /// is refused.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Use IPv6 addresses only: a host name's IPv4 addresses are skipped, an IPv4 literal
+    /// is refused.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
 }
 
 /// Parses a dally: `0`, `0s`, `500ms`, `1s`, or a number of seconds (zero allowed).
@@ -233,22 +246,236 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
 }
 
-async fn resolve(t: &Target) -> Result<std::net::SocketAddr, CliError> {
-    let mut addrs = tokio::net::lookup_host((t.host.as_str(), t.port))
+/// An address family `-4` / `-6` restricts the client to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(opts: &TransferOpts) -> Self {
+        match (opts.ipv4, opts.ipv6) {
+            (true, _) => Self::V4,
+            (_, true) => Self::V6,
+            _ => Self::Any,
+        }
+    }
+}
+
+/// The addresses to try, in the resolver's order (RFC 6724 preference, as getaddrinfo
+/// sorts them), without repeats, restricted to `family`. An address literal of the other
+/// family is a usage error; a name with no address of the family is a failure.
+fn candidates(
+    host: &str,
+    resolved: impl IntoIterator<Item = SocketAddr>,
+    family: Family,
+) -> Result<Vec<SocketAddr>, CliError> {
+    let mut all: Vec<SocketAddr> = Vec::new();
+    for a in resolved {
+        if !all.contains(&a) {
+            all.push(a);
+        }
+    }
+    let wanted = |a: &SocketAddr| match family {
+        Family::Any => true,
+        Family::V4 => a.is_ipv4(),
+        Family::V6 => a.is_ipv6(),
+    };
+    let kept: Vec<SocketAddr> = all.iter().copied().filter(wanted).collect();
+    if !kept.is_empty() {
+        return Ok(kept);
+    }
+    let flag = if family == Family::V4 { "-4" } else { "-6" };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(CliError::Usage(format!(
+            "{flag} forbids the address {host}"
+        )));
+    }
+    if all.is_empty() {
+        return Err(CliError::Failed(format!("{host} has no address")));
+    }
+    Err(CliError::Failed(format!(
+        "{host} has no {} address ({flag})",
+        if family == Family::V4 { "IPv4" } else { "IPv6" }
+    )))
+}
+
+async fn resolve(t: &Target, family: Family) -> Result<Vec<SocketAddr>, CliError> {
+    let addrs = tokio::net::lookup_host((t.host.as_str(), t.port))
         .await
         .map_err(|e| CliError::Failed(format!("cannot resolve {}: {e}", t.host)))?;
-    addrs
-        .next()
-        .ok_or_else(|| CliError::Failed(format!("{} has no address", t.host)))
+    candidates(&t.host, addrs, family)
+}
+
+/// Whether a failed transfer means the address never answered (nothing listens there, it
+/// is unreachable, or it stayed silent), so the next address may be tried.
+fn unanswered(e: &ClientError) -> bool {
+    match e {
+        ClientError::TimedOut { .. } => true,
+        ClientError::Io(io) => matches!(
+            io.raw_os_error(),
+            Some(
+                libc::ECONNREFUSED
+                    | libc::ENETUNREACH
+                    | libc::EHOSTUNREACH
+                    | libc::EADDRNOTAVAIL
+                    | libc::EAFNOSUPPORT
+            )
+        ),
+        _ => false,
+    }
+}
+
+/// The server's addresses and the one in use: until one of them has answered, a transfer
+/// that got no answer at all moves on to the next address (and is run again from the
+/// start: nothing was read from the input or written to the output yet).
+struct Servers<'a> {
+    /// `HOST[:PORT]` as the user gave it, for messages.
+    name: String,
+    addrs: Vec<SocketAddr>,
+    current: std::cell::Cell<usize>,
+    /// An address answered: it is used for every later transfer.
+    settled: std::cell::Cell<bool>,
+    opts: &'a TransferOpts,
+    mode: Mode,
+    max_size: Option<u64>,
+    cancel: &'a CancellationToken,
+    verbose: u8,
+}
+
+impl<'a> Servers<'a> {
+    fn new(
+        target: &Target,
+        addrs: Vec<SocketAddr>,
+        opts: &'a TransferOpts,
+        mode: Mode,
+        max_size: Option<u64>,
+        ctx: &'a Ctx,
+    ) -> Self {
+        let name = if target.host.contains(':') {
+            format!("[{}]:{}", target.host, target.port)
+        } else {
+            format!("{}:{}", target.host, target.port)
+        };
+        Self {
+            name,
+            addrs,
+            current: std::cell::Cell::new(0),
+            settled: std::cell::Cell::new(false),
+            opts,
+            mode,
+            max_size,
+            cancel: &ctx.cancel,
+            verbose: ctx.verbose,
+        }
+    }
+
+    /// The client for the current address, and a flag raised when that address answers.
+    /// The packet trace runs for `-vv`, or while more than one address is in play (to see
+    /// whether the server answered); otherwise there is none.
+    fn client(&self) -> (Client, Arc<AtomicBool>) {
+        let i = self.current.get();
+        let addr = self.addrs[i];
+        if self.verbose > 0 && !self.settled.get() {
+            eprintln!(
+                "tftpx: {} -> {addr} (address {} of {})",
+                self.name,
+                i + 1,
+                self.addrs.len()
+            );
+        }
+        let heard = Arc::new(AtomicBool::new(false));
+        let mut b = build_client(addr, self.opts, self.mode, self.max_size, self.cancel);
+        let print = self.verbose >= 2;
+        if print || (self.addrs.len() > 1 && !self.settled.get()) {
+            let flag = heard.clone();
+            b = b.trace(move |t: &PacketTrace| {
+                if t.direction == tftpx::Direction::Received && t.peer.ip() == addr.ip() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                if print {
+                    eprintln!("tftpx: {t}");
+                }
+            });
+        }
+        (b.build(), heard)
+    }
+
+    /// After a transfer: true when it should run again at the next address.
+    fn move_on<T>(&self, r: &Result<T, ClientError>, heard: &AtomicBool) -> bool {
+        if self.settled.get() {
+            return false;
+        }
+        let i = self.current.get();
+        match r {
+            Err(e) if !heard.load(Ordering::Relaxed) && unanswered(e) => {
+                if i + 1 >= self.addrs.len() {
+                    return false;
+                }
+                if self.verbose > 0 {
+                    eprintln!(
+                        "tftpx: {} did not answer ({}); trying {}",
+                        self.addrs[i],
+                        tftpx::printable(&e.to_string()),
+                        self.addrs[i + 1]
+                    );
+                }
+                self.current.set(i + 1);
+                true
+            }
+            _ => {
+                if r.is_ok() || heard.load(Ordering::Relaxed) {
+                    self.settled.set(true);
+                }
+                false
+            }
+        }
+    }
+
+    /// Downloads `remote` into `out`, from the first address that answers.
+    async fn get<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        out: &mut W,
+        pb: &ProgressBar,
+    ) -> Result<Report, ClientError> {
+        loop {
+            let (client, heard) = self.client();
+            let r = client.get(remote, &mut *out, on_progress(pb)).await;
+            if !self.move_on(&r, &heard) {
+                return r;
+            }
+        }
+    }
+
+    /// Uploads `input` as `remote`, to the first address that answers (a sender reads
+    /// nothing before the server's first reply, so `input` is still whole for the next).
+    async fn put<R: AsyncRead + Unpin>(
+        &self,
+        remote: &str,
+        input: &mut R,
+        size: Option<u64>,
+        pb: &ProgressBar,
+    ) -> Result<Report, ClientError> {
+        loop {
+            let (client, heard) = self.client();
+            let r = client.put(remote, &mut *input, size, on_progress(pb)).await;
+            if !self.move_on(&r, &heard) {
+                return r;
+            }
+        }
+    }
 }
 
 fn build_client(
-    server: std::net::SocketAddr,
+    server: SocketAddr,
     opts: &TransferOpts,
     mode: Mode,
     max_size: Option<u64>,
     cancel: &CancellationToken,
-) -> Client {
+) -> tftpx::ClientBuilder {
     let mut b = Client::builder(server)
         .mode(mode)
         .retries(opts.retries)
@@ -267,7 +494,7 @@ fn build_client(
     if let Some(t) = opts.timeout {
         b = b.timeout(t);
     }
-    b.build()
+    b
 }
 
 fn progress_bar(quiet: bool) -> ProgressBar {
@@ -276,8 +503,9 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     }
     let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     pb.set_style(
+        // IEC units (KiB, MiB), as in the closing summary.
         ProgressStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -295,16 +523,36 @@ fn on_progress(pb: &ProgressBar) -> impl FnMut(Progress) + Send + '_ {
     }
 }
 
+/// `n` bytes in IEC units, as the progress bar shows them: `512 B`, `2.9 KiB`, `100.0 MiB`.
+fn iec(n: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
 fn summary(verb: &str, r: &Report) -> String {
     let secs = r.duration.as_secs_f64();
     let rate = if secs > 0.0 {
-        r.bytes as f64 / secs / 1e6
+        r.bytes as f64 / secs
     } else {
         0.0
     };
     let mut s = format!(
-        "{verb} {} bytes in {secs:.3} s ({rate:.1} MB/s), blksize {} windowsize {}",
-        r.bytes, r.negotiated.blksize, r.negotiated.windowsize
+        "{verb} {} bytes ({}) in {secs:.3} s ({}/s), blksize {} windowsize {}",
+        r.bytes,
+        iec(r.bytes as f64),
+        iec(rate),
+        r.negotiated.blksize,
+        r.negotiated.windowsize
     );
     if r.stats.retransmits > 0 {
         s.push_str(&format!(", {} retransmits", r.stats.retransmits));
@@ -329,10 +577,67 @@ fn base_name(remote: &str) -> Option<&str> {
         .filter(|b| !b.is_empty() && *b != "." && *b != "..")
 }
 
+/// The `-v` lines after a transfer: the options asked and those in force, and the
+/// transfer's counters (proto `Stats`).
+fn details(opts: &TransferOpts, mode: Mode, tsize: Option<u64>, r: &Report) -> String {
+    let mut asked = vec![format!("mode {}", mode_name(mode))];
+    if let Some(n) = opts.blksize {
+        asked.push(format!("blksize {n}"));
+    }
+    if let Some(n) = opts.windowsize {
+        asked.push(format!("windowsize {n}"));
+    }
+    // As the client sends it: only a whole number of seconds in 1..=255.
+    if let Some(t) = opts
+        .timeout
+        .filter(|t| t.subsec_nanos() == 0 && (1..=255).contains(&t.as_secs()))
+    {
+        asked.push(format!("timeout {}", t.as_secs()));
+    }
+    if let Some(t) = tsize.filter(|_| !opts.no_tsize && mode == Mode::Octet) {
+        asked.push(format!("tsize {t}"));
+    }
+    let n = &r.negotiated;
+    let mut granted = vec![
+        format!("blksize {}", n.blksize),
+        format!("windowsize {}", n.windowsize),
+    ];
+    if let Some(t) = n.timeout {
+        granted.push(format!("timeout {}", humantime::format_duration(t)));
+    }
+    if let Some(t) = n.tsize {
+        granted.push(format!("tsize {t}"));
+    }
+    let st = &r.stats;
+    format!(
+        "tftpx: options asked: {}\n\
+         tftpx: options in force: {}\n\
+         tftpx: counters: {} blocks, {} retransmissions, {} timeouts, {} duplicates, \
+         {} strangers, {} ignored",
+        asked.join(", "),
+        granted.join(", "),
+        st.blocks,
+        st.retransmits,
+        st.timeouts,
+        st.duplicates,
+        st.strangers,
+        st.ignored
+    )
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Netascii => "netascii",
+        _ => "octet",
+    }
+}
+
 /// What the command shares between its transfers.
 pub struct Ctx {
     /// `-q`: no summary, no progress bar.
     pub quiet: bool,
+    /// `-v`: the address used, the options and the counters; `-vv`: also a packet trace.
+    pub verbose: u8,
     /// Cancelled by SIGINT / SIGTERM: the running transfer sends ERROR 0 and stops.
     pub cancel: CancellationToken,
 }
@@ -557,8 +862,8 @@ pub async fn get(args: GetArgs, ctx: &Ctx) -> Result<(), CliError> {
         jobs.push((remote, local));
     }
     let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
-    let server = resolve(&target).await?;
-    let client = build_client(server, &args.opts, mode, args.max_size, &ctx.cancel);
+    let addrs = resolve(&target, Family::of(&args.opts)).await?;
+    let servers = Servers::new(&target, addrs, &args.opts, mode, args.max_size, ctx);
     let several = jobs.len() > 1;
     // Only `-o -` means stdout: a remote whose base name is `-` is a file named `-`.
     let stdout_allowed = args.output.as_deref() == Some(Path::new("-"));
@@ -566,13 +871,13 @@ pub async fn get(args: GetArgs, ctx: &Ctx) -> Result<(), CliError> {
         jobs,
         |(r, _)| r.clone(),
         ctx,
-        |(remote, local)| get_one(&client, remote, local, several, stdout_allowed, ctx),
+        |(remote, local)| get_one(&servers, remote, local, several, stdout_allowed, ctx),
     )
     .await
 }
 
 async fn get_one(
-    client: &Client,
+    servers: &Servers<'_>,
     remote: String,
     local: PathBuf,
     several: bool,
@@ -580,14 +885,15 @@ async fn get_one(
     ctx: &Ctx,
 ) -> Result<(), CliError> {
     let dest = destination(&local, local.as_os_str() == "-" && stdout_allowed)?;
-    let pb = progress_bar(ctx.quiet);
+    // A packet trace (-vv) is line by line: no bar drawn over it.
+    let pb = progress_bar(ctx.quiet || ctx.verbose >= 2);
     let report = match dest {
         Dest::Stdout => {
             // Buffered: tokio's stdout hands every write to a thread, one DATA block at a
             // time.
             let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
-            let r = client
-                .get(&remote, &mut out, on_progress(&pb))
+            let r = servers
+                .get(&remote, &mut out, &pb)
                 .await
                 .map_err(transfer_failed);
             out.flush().await.ok();
@@ -604,8 +910,8 @@ async fn get_one(
                 _ = ctx.cancel.cancelled() => return Err(CliError::Failed("cancelled".into())),
             };
             let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-            client
-                .get(&remote, &mut w, on_progress(&pb))
+            servers
+                .get(&remote, &mut w, &pb)
                 .await
                 .map_err(transfer_failed)?
         }
@@ -621,8 +927,8 @@ async fn get_one(
             let mut file = tokio::fs::File::from_std(file);
             let report = {
                 let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut file);
-                client
-                    .get(&remote, &mut w, on_progress(&pb))
+                servers
+                    .get(&remote, &mut w, &pb)
                     .await
                     .map_err(transfer_failed)?
             };
@@ -654,6 +960,9 @@ async fn get_one(
         }
     };
     pb.finish_and_clear();
+    if !ctx.quiet && ctx.verbose > 0 {
+        eprintln!("{}", details(servers.opts, servers.mode, Some(0), &report));
+    }
     if !ctx.quiet {
         let s = summary("received", &report);
         if several {
@@ -715,14 +1024,14 @@ pub async fn put(args: PutArgs, ctx: &Ctx) -> Result<(), CliError> {
         vec![(local, remote)]
     };
     let mode = args.opts.mode.or(target.mode).unwrap_or(Mode::Octet);
-    let server = resolve(&target).await?;
-    let client = build_client(server, &args.opts, mode, None, &ctx.cancel);
+    let addrs = resolve(&target, Family::of(&args.opts)).await?;
+    let servers = Servers::new(&target, addrs, &args.opts, mode, None, ctx);
     let many = jobs.len() > 1;
     each(
         jobs,
         |(l, _)| l.display().to_string(),
         ctx,
-        |(local, remote)| put_one(&client, local, remote, many, ctx),
+        |(local, remote)| put_one(&servers, local, remote, many, ctx),
     )
     .await
 }
@@ -740,16 +1049,17 @@ fn remote_name(local: &Path) -> Result<String, CliError> {
 }
 
 async fn put_one(
-    client: &Client,
+    servers: &Servers<'_>,
     local: PathBuf,
     remote: String,
     several: bool,
     ctx: &Ctx,
 ) -> Result<(), CliError> {
-    let pb = progress_bar(ctx.quiet);
+    let pb = progress_bar(ctx.quiet || ctx.verbose >= 2);
+    let mut size = None;
     let report = if local.as_os_str() == "-" {
-        let input = tokio::io::BufReader::with_capacity(256 * 1024, tokio::io::stdin());
-        client.put(&remote, input, None, on_progress(&pb)).await
+        let mut input = tokio::io::BufReader::with_capacity(256 * 1024, tokio::io::stdin());
+        servers.put(&remote, &mut input, None, &pb).await
     } else {
         let file = tokio::fs::File::open(&local)
             .await
@@ -764,13 +1074,15 @@ async fn put_one(
                 local.display()
             )));
         }
-        let input = tokio::io::BufReader::with_capacity(256 * 1024, file);
-        client
-            .put(&remote, input, Some(meta.len()), on_progress(&pb))
-            .await
+        let mut input = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        size = Some(meta.len());
+        servers.put(&remote, &mut input, size, &pb).await
     }
     .map_err(transfer_failed)?;
     pb.finish_and_clear();
+    if !ctx.quiet && ctx.verbose > 0 {
+        eprintln!("{}", details(servers.opts, servers.mode, size, &report));
+    }
     if !ctx.quiet {
         let s = summary("sent", &report);
         if several {
@@ -831,6 +1143,60 @@ mod tests {
             let e = parse_target(url).unwrap_err();
             assert!(e.contains("tftpx speaks TFTP: use tftp://HOST/PATH"), "{e}");
         }
+    }
+
+    #[test]
+    fn candidates_keep_order_drop_repeats_and_filter_family() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let resolved = [
+            a("[::1]:69"),
+            a("127.0.0.1:69"),
+            a("[::1]:69"),
+            a("10.0.0.1:69"),
+        ];
+        let all = candidates("h", resolved, Family::Any).unwrap();
+        assert_eq!(all, [a("[::1]:69"), a("127.0.0.1:69"), a("10.0.0.1:69")]);
+        let v4 = candidates("h", resolved, Family::V4).unwrap();
+        assert_eq!(v4, [a("127.0.0.1:69"), a("10.0.0.1:69")]);
+        let v6 = candidates("h", resolved, Family::V6).unwrap();
+        assert_eq!(v6, [a("[::1]:69")]);
+        assert!(matches!(
+            candidates("127.0.0.1", [a("127.0.0.1:69")], Family::V6),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(
+            candidates("h", [a("127.0.0.1:69")], Family::V6),
+            Err(CliError::Failed(m)) if m == "h has no IPv6 address (-6)"
+        ));
+        assert!(matches!(
+            candidates("h", [], Family::Any),
+            Err(CliError::Failed(m)) if m == "h has no address"
+        ));
+    }
+
+    #[test]
+    fn only_an_unanswered_request_moves_on() {
+        assert!(unanswered(&ClientError::TimedOut { retries: 5 }));
+        let os = |n| ClientError::Io(std::io::Error::from_raw_os_error(n));
+        assert!(unanswered(&os(libc::ECONNREFUSED)));
+        assert!(unanswered(&os(libc::ENETUNREACH)));
+        assert!(unanswered(&os(libc::EAFNOSUPPORT)));
+        assert!(!unanswered(&os(libc::ENOSPC)));
+        assert!(!unanswered(&ClientError::Cancelled));
+        assert!(!unanswered(&ClientError::Server {
+            code: tftpx::proto::wire::ErrorCode::FileNotFound,
+            message: "no".into()
+        }));
+    }
+
+    #[test]
+    fn iec_units() {
+        assert_eq!(iec(0.0), "0 B");
+        assert_eq!(iec(1023.0), "1023 B");
+        assert_eq!(iec(1024.0), "1.0 KiB");
+        assert_eq!(iec(1124.0), "1.1 KiB");
+        assert_eq!(iec(100.0 * 1024.0 * 1024.0), "100.0 MiB");
+        assert_eq!(iec(3.0 * 1024f64.powi(4)), "3.0 TiB");
     }
 
     #[test]

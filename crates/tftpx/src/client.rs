@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::driver::{self, Tracker};
 use crate::io::{Sink, Source};
 use crate::net;
+use crate::trace::{PacketTrace, Tracer};
 
 /// How far a transfer has come, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,7 @@ pub struct Client {
     max_size: Option<u64>,
     config: TransferConfig,
     cancel: CancellationToken,
+    trace: Option<Tracer>,
 }
 
 /// Builds a [`Client`].
@@ -223,6 +225,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Calls `f` for every datagram each transfer sends or receives (its request, DATA,
+    /// ACK, OACK, ERROR, and a stranger's datagrams), as tftp-hpa's `trace` prints them;
+    /// [`PacketTrace`]'s `Display` is one such line. `f` runs on the transfer's task, once
+    /// per datagram, so it should be quick. Default: none, and then nothing is decoded or
+    /// timed for it (one `Option` check per datagram).
+    pub fn trace(mut self, f: impl Fn(&PacketTrace) + Send + Sync + 'static) -> Self {
+        self.client.trace = Some(Tracer::new(std::sync::Arc::new(f)));
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Client {
         self.client
@@ -247,6 +259,7 @@ impl Client {
                     ..TransferConfig::default()
                 },
                 cancel: CancellationToken::new(),
+                trace: None,
             },
         }
     }
@@ -287,6 +300,7 @@ impl Client {
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Report, ClientError> {
         let start = Instant::now();
+        let trace = self.trace.as_ref().map(Tracer::started);
         let sock = net::bind_client(
             self.server,
             self.local,
@@ -319,7 +333,7 @@ impl Client {
         );
         let mut tracker = Tracker::default();
         let mut local_error = None;
-        driver::run_receiver(
+        driver::run_receiver_traced(
             &sock,
             &mut rx,
             &mut sink,
@@ -337,6 +351,7 @@ impl Client {
                     total,
                 })
             },
+            trace.as_ref(),
         )
         .await;
         let total = tracker.negotiated.and_then(|n| n.tsize);
@@ -367,15 +382,16 @@ impl Client {
         let outcome = tracker.outcome();
         // The final ACK (or our ERROR) leaves now, then the dally (if any) runs here: a
         // background task would die with a runtime that shuts down when the caller returns.
-        driver::flush_receiver(&sock, &mut rx).await;
+        driver::flush_receiver(&sock, &mut rx, trace.as_ref()).await;
         if outcome.is_ok() && local_error.is_none() && mismatch.is_none() && !rx.is_finished() {
             let mut dally_tracker = Tracker::default();
-            driver::finish_receiver(
+            driver::finish_receiver_traced(
                 &sock,
                 &mut rx,
                 &mut dally_tracker,
                 &self.cancel,
                 self.idle(),
+                trace.as_ref(),
             )
             .await;
         }
@@ -422,6 +438,7 @@ impl Client {
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Report, ClientError> {
         let start = Instant::now();
+        let trace = self.trace.as_ref().map(Tracer::started);
         let sock = net::bind_client(
             self.server,
             self.local,
@@ -436,7 +453,7 @@ impl Client {
             self.config,
         )?;
         let mut src = Source::new(input, self.mode);
-        let tracker = driver::run_sender(
+        let tracker = driver::run_sender_traced(
             &sock,
             &mut tx,
             &mut src,
@@ -448,6 +465,7 @@ impl Client {
                     total: size,
                 })
             },
+            trace.as_ref(),
         )
         .await;
         let stats = tx.stats();

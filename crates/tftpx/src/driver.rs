@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::io::{Sink, Source};
 use crate::net;
+use crate::trace::{Direction, Tracer};
 
 /// The ERROR message a transfer ends with when it is cancelled (server shutdown, or the
 /// client's cancellation token).
@@ -198,6 +199,20 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     idle: Duration,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) -> Tracker {
+    run_sender_traced(sock, tx, src, cancel, idle, progress, None).await
+}
+
+/// [`run_sender`], reporting every datagram sent and received to `trace` when there is
+/// one (checked once per datagram; nothing is decoded without it).
+pub(crate) async fn run_sender_traced<R: AsyncRead + Unpin>(
+    sock: &UdpSocket,
+    tx: &mut Sender,
+    src: &mut Source<R>,
+    cancel: &CancellationToken,
+    idle: Duration,
+    progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
+    trace: Option<&Tracer>,
+) -> Tracker {
     let mut tracker = Tracker::default();
     // A sender only ever receives ACK, OACK and ERROR: small datagrams (a longer ERROR
     // message is cut, which is harmless).
@@ -226,6 +241,11 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         }
         let t = now();
         while let Some(b) = tx.poll_transmit_batch(t, net::GSO_MAX_SEGMENTS, net::GSO_MAX_BYTES) {
+            if let Some(tr) = trace {
+                for d in b.datagrams() {
+                    tr.packet(Direction::Sent, b.destination, d);
+                }
+            }
             if let Err(e) = net::send_batch(sock, &b, &mut gso).await {
                 tracing::debug!(to = %b.destination, "send failed: {e}");
             }
@@ -244,6 +264,9 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             Wake::Datagram { len, from, segment } => {
                 let t = now();
                 for d in buf[..len].chunks(segment) {
+                    if let Some(tr) = trace {
+                        tr.packet(Direction::Received, from, d);
+                    }
                     tx.handle_datagram(t, from, d);
                 }
             }
@@ -268,6 +291,22 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     idle: Duration,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
 ) {
+    run_receiver_traced(sock, rx, sink, tracker, cancel, idle, progress, None).await
+}
+
+/// [`run_receiver`], reporting every datagram sent and received to `trace` when there is
+/// one (checked once per datagram; nothing is decoded without it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_receiver_traced<W: AsyncWrite + Unpin>(
+    sock: &UdpSocket,
+    rx: &mut Receiver,
+    sink: &mut Sink<W>,
+    tracker: &mut Tracker,
+    cancel: &CancellationToken,
+    idle: Duration,
+    progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
+    trace: Option<&Tracer>,
+) {
     let mut buf = vec![0u8; receiver_buffer_len(sock, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
@@ -286,6 +325,9 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             break;
         }
         while let Some(out) = rx.poll_transmit(t) {
+            if let Some(tr) = trace {
+                tr.packet(Direction::Sent, out.destination, out.payload);
+            }
             send(sock, out.payload, out.destination).await;
         }
         progress(&rx.stats(), tracker.negotiated.as_ref());
@@ -299,6 +341,9 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
         match wake {
             Wake::Datagram { len, from, segment } => {
                 for d in buf[..len].chunks(segment) {
+                    if let Some(tr) = trace {
+                        tr.packet(Direction::Received, from, d);
+                    }
                     if let Some(payload) = rx.handle_datagram(t, from, d) {
                         if let Err(e) = sink.write(payload).await {
                             let (code, msg) = io_error_code(&e);
@@ -320,9 +365,13 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
 }
 
 /// Sends what a receiver has queued (its final ACK or an ERROR), without waiting.
-pub(crate) async fn flush_receiver(sock: &UdpSocket, rx: &mut Receiver) {
+/// Each datagram is reported to `trace` when there is one.
+pub(crate) async fn flush_receiver(sock: &UdpSocket, rx: &mut Receiver, trace: Option<&Tracer>) {
     let t = now();
     while let Some(out) = rx.poll_transmit(t) {
+        if let Some(tr) = trace {
+            tr.packet(Direction::Sent, out.destination, out.payload);
+        }
         send(sock, out.payload, out.destination).await;
     }
 }
@@ -336,10 +385,23 @@ pub(crate) async fn finish_receiver(
     cancel: &CancellationToken,
     idle: Duration,
 ) {
+    finish_receiver_traced(sock, rx, tracker, cancel, idle, None).await
+}
+
+/// [`finish_receiver`], reporting every datagram sent and received (the dally's) to
+/// `trace` when there is one.
+pub(crate) async fn finish_receiver_traced(
+    sock: &UdpSocket,
+    rx: &mut Receiver,
+    tracker: &mut Tracker,
+    cancel: &CancellationToken,
+    idle: Duration,
+    trace: Option<&Tracer>,
+) {
     let mut buf = vec![0u8; receiver_buffer_len(sock, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     loop {
-        flush_receiver(sock, rx).await;
+        flush_receiver(sock, rx, trace).await;
         while let Some(ev) = rx.poll_event() {
             tracker.record(ev);
         }
@@ -354,6 +416,9 @@ pub(crate) async fn finish_receiver(
             Wake::Datagram { len, from, segment } => {
                 // Only a repeated final DATA can matter now; nothing is delivered.
                 for d in buf[..len].chunks(segment) {
+                    if let Some(tr) = trace {
+                        tr.packet(Direction::Received, from, d);
+                    }
                     let _ = rx.handle_datagram(t, from, d);
                 }
             }

@@ -27,6 +27,7 @@ mod net;
 pub mod policy;
 pub mod remap;
 mod server;
+mod trace;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
 pub use handler::{
@@ -41,3 +42,4 @@ pub use server::{
 };
 pub use tftpx_proto as proto;
 pub use tokio_util::sync::CancellationToken;
+pub use trace::{Direction, PacketTrace};
