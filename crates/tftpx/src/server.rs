@@ -154,13 +154,7 @@ impl fmt::Display for TransferSummary {
             }
         }
         if let Some(n) = &self.negotiated {
-            write!(f, ", blksize={} windowsize={}", n.blksize, n.windowsize)?;
-            if let Some(t) = n.tsize {
-                write!(f, " tsize={t}")?;
-            }
-            if let Some(t) = n.timeout {
-                write!(f, " timeout={}ms", t.as_millis())?;
-            }
+            write!(f, ", {}", negotiated_for_log(n))?;
         }
         if self.stats.retransmits > 0 || self.stats.timeouts > 0 {
             write!(
@@ -174,6 +168,45 @@ impl fmt::Display for TransferSummary {
 }
 
 impl TransferSummary {
+    /// How it ended, in one word: the `outcome` field of the log line. `ok`; `refused` (an
+    /// ERROR answered the request); `size-probe` (the client ended it after the OACK, see
+    /// [`Outcome::Failed`]); `duplicate` (ERROR 5 from a client that repeated its request
+    /// and continues with another transfer); `evicted` (its peer never answered and a newer
+    /// request of the same client took the slot); `cancelled` (the server stopped);
+    /// `failed` (anything else).
+    pub fn outcome_name(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Failed(_) if self.proof.as_ref().is_some_and(Proof::evicted) => "evicted",
+            Outcome::Ok => "ok",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Failed(_) if self.is_size_probe() => "size-probe",
+            Outcome::Failed(_) if self.is_duplicate() => "duplicate",
+            Outcome::Failed(TransferError::Aborted { message, .. })
+                if message == driver::CANCELLED =>
+            {
+                "cancelled"
+            }
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    /// The TFTP error code (RFC 1350 section 5, 0..=8) of the ERROR that ended the transfer,
+    /// sent or received; `None` when it succeeded or timed out (no ERROR was exchanged).
+    pub fn error_code(&self) -> Option<u16> {
+        match &self.outcome {
+            Outcome::Ok | Outcome::Failed(TransferError::TimedOut { .. }) => None,
+            Outcome::Refused { code, .. } => Some(code.to_u16()),
+            Outcome::Failed(e) => Some(e.code().to_u16()),
+        }
+    }
+
+    /// ERROR 5 from a client before any data: it repeated its request and talks to the
+    /// first transfer.
+    fn is_duplicate(&self) -> bool {
+        matches!(&self.outcome, Outcome::Failed(TransferError::Peer { code, .. })
+            if *code == ErrorCode::UnknownTid && self.stats.blocks == 0)
+    }
+
     /// A client that ended the transfer with ERROR 8 (or 0) right after the OACK, before any
     /// data: PXE ROMs and UEFI read tsize that way, then request the file again.
     fn is_size_probe(&self) -> bool {
@@ -999,11 +1032,22 @@ async fn transfer<H: Handler>(
         _ => None,
     };
     // Peer-supplied fields are escaped and cut: a 65,000-byte request logs under 1 KiB.
-    info!(
-        "{kind} from {peer} {}{remap_note} {} [{}]",
-        quoted(&summary.filename),
+    // The same text as fields (for --log-format json), escaped and cut alike; the request
+    // line has no `outcome` field, the summary line has one.
+    let (file, mode, options) = (
+        printable(&summary.filename),
         escaped(req.mode),
-        options_for_log(req.options)
+        options_for_log(req.options),
+    );
+    info!(
+        peer = %peer,
+        kind = %kind,
+        file = file.as_str(),
+        remapped = summary.remapped.as_deref().map(printable).as_deref(),
+        mode = mode.as_str(),
+        options = options.as_str(),
+        "{kind} from {peer} {}{remap_note} {mode} [{options}]",
+        quoted(&summary.filename),
     );
     let config = &shared.config;
     let sock = match net::bind_transfer(local, config.port_range) {
@@ -1312,33 +1356,78 @@ fn finish_summary(summary: &mut TransferSummary, tracker: &Tracker, stats: Stats
     };
 }
 
+/// Logs `s` at its level, with the facts as structured fields beside the human text: `peer`,
+/// `kind`, `file` (and `remapped`), `mode`, `options` (those in force), `bytes`,
+/// `duration_ms`, `outcome` ([`TransferSummary::outcome_name`]) and `error_code` when an
+/// ERROR ended it. Text fields are escaped and cut like the message (see [`printable`]).
 fn log_summary(s: &TransferSummary) {
+    let file = printable(&s.filename);
+    let remapped = s.remapped.as_deref().map(printable);
+    let options = s
+        .negotiated
+        .as_ref()
+        .map(negotiated_for_log)
+        .unwrap_or_default();
+    let duration_ms = u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX);
+    let outcome = s.outcome_name();
+    let error_code = s.error_code();
+    macro_rules! emit {
+        ($level:ident, $($message:tt)+) => {
+            $level!(
+                peer = %s.peer,
+                kind = %s.kind,
+                file = file.as_str(),
+                remapped = remapped.as_deref(),
+                mode = s.mode.map(tracing::field::display),
+                options = options.as_str(),
+                bytes = s.stats.bytes,
+                duration_ms,
+                outcome,
+                error_code,
+                $($message)+
+            )
+        };
+    }
     match &s.outcome {
-        Outcome::Ok => info!("{s}"),
+        Outcome::Ok => emit!(info, "{s}"),
         // Missing files are routine (PXELINUX probes for a dozen config names).
-        Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => info!("{s}"),
+        Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => emit!(info, "{s}"),
         // Out of descriptors: one warning per 10 s with a count (Shared::out_of_descriptors).
         Outcome::Refused { code, message }
             if *code == ErrorCode::NotDefined && message == SERVER_BUSY =>
         {
-            info!("{s}")
+            emit!(info, "{s}")
         }
-        Outcome::Refused { .. } => warn!("{s}"),
+        Outcome::Refused { .. } => emit!(warn, "{s}"),
         // A client that ends the transfer after reading the OACK (PXE size probe).
-        Outcome::Failed(_) if s.is_size_probe() => info!("{s}"),
+        Outcome::Failed(_) if s.is_size_probe() => emit!(info, "{s}"),
         // A client that repeated its request talks to the first transfer and tells this
         // one ERROR 5: routine on a slow first reply, not a failure worth a warning.
-        Outcome::Failed(TransferError::Peer { code, .. })
-            if *code == ErrorCode::UnknownTid && s.stats.blocks == 0 =>
-        {
-            info!("{s} (duplicate request: the client continues with another transfer)")
+        Outcome::Failed(_) if s.is_duplicate() => {
+            emit!(
+                info,
+                "{s} (duplicate request: the client continues with another transfer)"
+            )
         }
         // Shutdown ends every running transfer: one warning each would flood the log.
         Outcome::Failed(TransferError::Aborted { message, .. }) if message == driver::CANCELLED => {
-            info!("{s}")
+            emit!(info, "{s}")
         }
-        Outcome::Failed(_) => warn!("{s}"),
+        Outcome::Failed(_) => emit!(warn, "{s}"),
     }
+}
+
+/// The options in force as the summary line shows them: `blksize=N windowsize=N`, then
+/// `tsize=N` and `timeout=Nms` when negotiated.
+fn negotiated_for_log(n: &Negotiated) -> String {
+    let mut out = format!("blksize={} windowsize={}", n.blksize, n.windowsize);
+    if let Some(t) = n.tsize {
+        let _ = write!(out, " tsize={t}");
+    }
+    if let Some(t) = n.timeout {
+        let _ = write!(out, " timeout={}ms", t.as_millis());
+    }
+    out
 }
 
 #[cfg(test)]
