@@ -103,9 +103,16 @@ fn json_lines_carry_the_transfer_fields() {
     let (client2, got) = rrq(server.port, "missing.bin", "octet");
     assert_eq!(got, Got::Error(1), "a missing file gets ERROR 1");
 
+    // A 1,000-byte name: its field is cut like the text, and the line stays short.
+    let long = "n".repeat(1000);
+    assert!(matches!(rrq(server.port, &long, "octet").1, Got::Error(_)));
+
+    let cut = format!("{}…", "n".repeat(256));
     let done = || {
         let lines = json_lines(&server.log());
-        summaries(&lines, "hello.bin").len() == 1 && summaries(&lines, "missing.bin").len() == 1
+        summaries(&lines, "hello.bin").len() == 1
+            && summaries(&lines, "missing.bin").len() == 1
+            && summaries(&lines, &cut).len() == 1
     };
     assert!(
         wait_until(LOG_WAIT, done),
@@ -158,6 +165,12 @@ fn json_lines_carry_the_transfer_fields() {
         .as_str()
         .unwrap()
         .contains(": refused with ERROR"));
+
+    let long = summaries(&lines, &cut)[0];
+    assert_eq!(long["outcome"], "refused");
+    assert!(long["error_code"].is_u64(), "{long}");
+    let longest = server.log().lines().map(str::len).max().unwrap();
+    assert!(longest <= 1024, "a log line of {longest} bytes");
 }
 
 /// An environment variable for the server: name and value.
