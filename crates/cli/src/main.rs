@@ -4,15 +4,14 @@
 //! 2 usage error, 128 + the signal's number when `get`/`put` is stopped by SIGINT (130) or
 //! SIGTERM (143).
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
-use tracing_subscriber::filter::LevelFilter;
 
+mod logging;
 mod privileges;
 mod serve;
 mod systemd;
@@ -72,22 +71,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn init_logging(verbose: u8, quiet: u8) {
-    let level = match i16::from(verbose) - i16::from(quiet) {
-        i16::MIN..=-2 => LevelFilter::ERROR,
-        -1 => LevelFilter::WARN,
-        0 => LevelFilter::INFO,
-        1 => LevelFilter::DEBUG,
-        _ => LevelFilter::TRACE,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 /// Makes glibc's allocator return every buffer of 128 KiB or more to the system when it is
 /// freed (a window ring, a read buffer), instead of keeping it in a heap after a burst of big
 /// transfers: an explicit M_MMAP_THRESHOLD turns off glibc's dynamic threshold, which would
@@ -107,7 +90,11 @@ fn give_freed_buffers_back() {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    let serve_logs = match &cli.command {
+        Command::Serve(args) => Some(&args.log),
+        _ => None,
+    };
+    logging::init(cli.verbose, cli.quiet, serve_logs);
     let quiet = cli.quiet > 0;
     let result = match cli.command {
         // The server builds its own runtime (spread over every core), around binding as

@@ -147,6 +147,10 @@ pub struct ServeArgs {
     /// port taken, requests get "Server busy". 1 <= LOW <= HIGH <= 65535.
     #[arg(long, value_name = "LOW:HIGH", value_parser = parse_port_range)]
     pub port_range: Option<PortRange>,
+
+    /// `--log-format` and `--log-filter`.
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 /// `--allow CIDR` and `--deny CIDR` (repeatable), kept in the order given: the first rule

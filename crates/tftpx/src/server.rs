@@ -154,13 +154,7 @@ impl fmt::Display for TransferSummary {
             }
         }
         if let Some(n) = &self.negotiated {
-            write!(f, ", blksize={} windowsize={}", n.blksize, n.windowsize)?;
-            if let Some(t) = n.tsize {
-                write!(f, " tsize={t}")?;
-            }
-            if let Some(t) = n.timeout {
-                write!(f, " timeout={}ms", t.as_millis())?;
-            }
+            write!(f, ", {}", negotiated_for_log(n))?;
         }
         if self.stats.retransmits > 0 || self.stats.timeouts > 0 {
             write!(
@@ -174,6 +168,45 @@ impl fmt::Display for TransferSummary {
 }
 
 impl TransferSummary {
+    /// How it ended, in one word: the `outcome` field of the log line. `ok`; `refused` (an
+    /// ERROR answered the request); `size-probe` (the client ended it after the OACK, see
+    /// [`Outcome::Failed`]); `duplicate` (ERROR 5 from a client that repeated its request
+    /// and continues with another transfer); `evicted` (its peer never answered and a newer
+    /// request of the same client took the slot); `cancelled` (the server stopped);
+    /// `failed` (anything else).
+    pub fn outcome_name(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Failed(_) if self.proof.as_ref().is_some_and(Proof::evicted) => "evicted",
+            Outcome::Ok => "ok",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Failed(_) if self.is_size_probe() => "size-probe",
+            Outcome::Failed(_) if self.is_duplicate() => "duplicate",
+            Outcome::Failed(TransferError::Aborted { message, .. })
+                if message == driver::CANCELLED =>
+            {
+                "cancelled"
+            }
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    /// The TFTP error code (RFC 1350 section 5, 0..=8) of the ERROR that ended the transfer,
+    /// sent or received; `None` when it succeeded or timed out (no ERROR was exchanged).
+    pub fn error_code(&self) -> Option<u16> {
+        match &self.outcome {
+            Outcome::Ok | Outcome::Failed(TransferError::TimedOut { .. }) => None,
+            Outcome::Refused { code, .. } => Some(code.to_u16()),
+            Outcome::Failed(e) => Some(e.code().to_u16()),
+        }
+    }
+
+    /// ERROR 5 from a client before any data: it repeated its request and talks to the
+    /// first transfer.
+    fn is_duplicate(&self) -> bool {
+        matches!(&self.outcome, Outcome::Failed(TransferError::Peer { code, .. })
+            if *code == ErrorCode::UnknownTid && self.stats.blocks == 0)
+    }
+
     /// A client that ended the transfer with ERROR 8 (or 0) right after the OACK, before any
     /// data: PXE ROMs and UEFI read tsize that way, then request the file again.
     fn is_size_probe(&self) -> bool {
@@ -999,11 +1032,34 @@ async fn transfer<H: Handler>(
         _ => None,
     };
     // Peer-supplied fields are escaped and cut: a 65,000-byte request logs under 1 KiB.
-    info!(
-        "{kind} from {peer} {}{remap_note} {} [{}]",
-        quoted(&summary.filename),
+    // The same text as fields (for --log-format json), escaped and cut alike; the request
+    // line has no `outcome` field, the summary line has one.
+    let (mut file, mut mode, mut options) = (
+        printable(&summary.filename),
         escaped(req.mode),
-        options_for_log(req.options)
+        options_for_log(req.options),
+    );
+    let message = format!(
+        "{kind} from {peer} {}{remap_note} {mode} [{options}]",
+        quoted(&summary.filename)
+    );
+    let mut remapped_to = summary
+        .remapped
+        .as_deref()
+        .map(printable)
+        .unwrap_or_default();
+    fit_fields(
+        message.len(),
+        &mut [&mut file, &mut remapped_to, &mut mode, &mut options],
+    );
+    info!(
+        peer = %peer,
+        kind = %kind,
+        file = file.as_str(),
+        remapped = summary.remapped.as_ref().map(|_| remapped_to.as_str()),
+        mode = mode.as_str(),
+        options = options.as_str(),
+        "{message}"
     );
     let config = &shared.config;
     let sock = match net::bind_transfer(local, config.port_range) {
@@ -1312,38 +1368,165 @@ fn finish_summary(summary: &mut TransferSummary, tracker: &Tracker, stats: Stats
     };
 }
 
+/// Logs `s` at its level, with the facts as structured fields beside the human text: `peer`,
+/// `kind`, `file` (and `remapped`), `mode`, `options` (those in force), `bytes`,
+/// `duration_ms`, `outcome` ([`TransferSummary::outcome_name`]) and `error_code` when an
+/// ERROR ended it. Text fields are escaped and cut like the message (see [`printable`]), and
+/// further by [`fit_fields`].
 fn log_summary(s: &TransferSummary) {
-    match &s.outcome {
-        Outcome::Ok => info!("{s}"),
+    // (warning?, what the text adds to the summary)
+    let (warning, note) = match &s.outcome {
+        Outcome::Ok => (false, ""),
         // Missing files are routine (PXELINUX probes for a dozen config names).
-        Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => info!("{s}"),
+        Outcome::Refused { code, .. } if *code == ErrorCode::FileNotFound => (false, ""),
         // Out of descriptors: one warning per 10 s with a count (Shared::out_of_descriptors).
         Outcome::Refused { code, message }
             if *code == ErrorCode::NotDefined && message == SERVER_BUSY =>
         {
-            info!("{s}")
+            (false, "")
         }
-        Outcome::Refused { .. } => warn!("{s}"),
+        Outcome::Refused { .. } => (true, ""),
         // A client that ends the transfer after reading the OACK (PXE size probe).
-        Outcome::Failed(_) if s.is_size_probe() => info!("{s}"),
+        Outcome::Failed(_) if s.is_size_probe() => (false, ""),
         // A client that repeated its request talks to the first transfer and tells this
         // one ERROR 5: routine on a slow first reply, not a failure worth a warning.
-        Outcome::Failed(TransferError::Peer { code, .. })
-            if *code == ErrorCode::UnknownTid && s.stats.blocks == 0 =>
-        {
-            info!("{s} (duplicate request: the client continues with another transfer)")
-        }
+        Outcome::Failed(_) if s.is_duplicate() => (
+            false,
+            " (duplicate request: the client continues with another transfer)",
+        ),
         // Shutdown ends every running transfer: one warning each would flood the log.
         Outcome::Failed(TransferError::Aborted { message, .. }) if message == driver::CANCELLED => {
-            info!("{s}")
+            (false, "")
         }
-        Outcome::Failed(_) => warn!("{s}"),
+        Outcome::Failed(_) => (true, ""),
+    };
+    let message = format!("{s}{note}");
+    let mut file = printable(&s.filename);
+    let mut remapped = s.remapped.as_deref().map(printable).unwrap_or_default();
+    let mut options = s
+        .negotiated
+        .as_ref()
+        .map(negotiated_for_log)
+        .unwrap_or_default();
+    fit_fields(message.len(), &mut [&mut file, &mut remapped, &mut options]);
+    let remapped = s.remapped.as_ref().map(|_| remapped.as_str());
+    let duration_ms = u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX);
+    let outcome = s.outcome_name();
+    let error_code = s.error_code();
+    macro_rules! emit {
+        ($level:ident) => {
+            $level!(
+                peer = %s.peer,
+                kind = %s.kind,
+                file = file.as_str(),
+                remapped,
+                mode = s.mode.map(tracing::field::display),
+                options = options.as_str(),
+                bytes = s.stats.bytes,
+                duration_ms,
+                outcome,
+                error_code,
+                "{message}"
+            )
+        };
     }
+    if warning {
+        emit!(warn);
+    } else {
+        emit!(info);
+    }
+}
+
+/// Longest log line, in bytes, that one transfer event may cost with a plain text formatter
+/// (message and fields together): a hostile request must not double it by repeating its long
+/// name, mode and options in the fields.
+const LOG_LINE_MAX: usize = 1024;
+/// Room in [`LOG_LINE_MAX`] kept for what a formatter adds (timestamp, level, target, spans)
+/// and for the short fields (peer, kind, bytes, duration_ms, outcome, error_code).
+const LOG_LINE_OVERHEAD: usize = 320;
+
+/// Cuts the peer-supplied text fields of a log event whose message is `message_len` bytes
+/// long, longest first, by halves ending in `…`, until all of them, as a formatter prints
+/// them (Debug-quoted, `name="..." `), fit in what [`LOG_LINE_MAX`] leaves. Fields of an
+/// ordinary request (short message) are left whole: the cut only bites on hostile lengths.
+fn fit_fields(message_len: usize, fields: &mut [&mut String]) {
+    let budget = LOG_LINE_MAX.saturating_sub(LOG_LINE_OVERHEAD + message_len);
+    // name, `=`, quotes and a separator.
+    let cost = |f: &[&mut String]| -> usize {
+        f.iter()
+            .map(|s| s.escape_debug().to_string().len() + 16)
+            .sum()
+    };
+    // Each halving shortens one field; 64 rounds cut 4 fields of 256 bytes to `…`.
+    for _ in 0..64 {
+        if cost(fields) <= budget {
+            return;
+        }
+        let Some(longest) = fields.iter_mut().max_by_key(|s| s.len()) else {
+            return;
+        };
+        let text = longest.strip_suffix('…').unwrap_or(longest);
+        if text.is_empty() {
+            return;
+        }
+        let mut at = text.len() / 2;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        longest.truncate(at);
+        longest.push('…');
+    }
+}
+
+/// The options in force as the summary line shows them: `blksize=N windowsize=N`, then
+/// `tsize=N` and `timeout=Nms` when negotiated.
+fn negotiated_for_log(n: &Negotiated) -> String {
+    let mut out = format!("blksize={} windowsize={}", n.blksize, n.windowsize);
+    if let Some(t) = n.tsize {
+        let _ = write!(out, " tsize={t}");
+    }
+    if let Some(t) = n.timeout {
+        let _ = write!(out, " timeout={}ms", t.as_millis());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fit_fields_leaves_ordinary_fields_whole_and_cuts_hostile_ones() {
+        // An ordinary request: nothing changes.
+        let (mut file, mut mode) = ("pxelinux.cfg/default".to_owned(), "octet".to_owned());
+        fit_fields(80, &mut [&mut file, &mut mode]);
+        assert_eq!(
+            (file.as_str(), mode.as_str()),
+            ("pxelinux.cfg/default", "octet")
+        );
+        // A 256-byte name and mode beside a 600-byte message: cut to fit 1024 bytes.
+        let mut file = printable(&"\\n".repeat(200));
+        let mut mode = printable(&"m".repeat(300));
+        assert!(file.len() > 250 && mode.len() > 250);
+        fit_fields(600, &mut [&mut file, &mut mode]);
+        let printed: usize = [&file, &mode]
+            .iter()
+            .map(|s| s.escape_debug().to_string().len() + 16)
+            .sum();
+        assert!(
+            600 + LOG_LINE_OVERHEAD + printed <= LOG_LINE_MAX,
+            "{printed}"
+        );
+        assert!(file.ends_with('…') && mode.ends_with('…'), "{file} {mode}");
+        assert!(
+            file.starts_with(r"\n\n") && mode.starts_with("mmm"),
+            "{file:?} {mode:?}"
+        );
+        // A message that leaves no room: every field ends as `…` alone.
+        let mut file = "x".repeat(256);
+        fit_fields(2000, &mut [&mut file]);
+        assert_eq!(file, "…");
+    }
 
     #[test]
     fn printable_escapes_and_cuts() {
