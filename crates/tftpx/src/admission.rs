@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,22 +69,7 @@ impl ClientPrefix {
     /// The client `ip` belongs to: `ip` with the bits past the prefix cleared (an IPv4-mapped
     /// IPv6 address as IPv4).
     pub fn client_of(&self, ip: IpAddr) -> IpAddr {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match ip {
-            IpAddr::V4(a) => {
-                let bits = u32::from(self.v4.min(32));
-                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => {
-                let bits = u32::from(self.v6.min(128));
-                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-        }
+        crate::policy::masked(ip, self.v4, self.v6)
     }
 }
 

@@ -333,7 +333,7 @@ impl Client {
         );
         let mut tracker = Tracker::default();
         let mut local_error = None;
-        driver::run_receiver_traced(
+        driver::run_receiver(
             &sock,
             &mut rx,
             &mut sink,
@@ -385,7 +385,7 @@ impl Client {
         driver::flush_receiver(&sock, &mut rx, trace.as_ref()).await;
         if outcome.is_ok() && local_error.is_none() && mismatch.is_none() && !rx.is_finished() {
             let mut dally_tracker = Tracker::default();
-            driver::finish_receiver_traced(
+            driver::finish_receiver(
                 &sock,
                 &mut rx,
                 &mut dally_tracker,
@@ -453,7 +453,7 @@ impl Client {
             self.config,
         )?;
         let mut src = Source::new(input, self.mode);
-        let tracker = driver::run_sender_traced(
+        let tracker = driver::run_sender(
             &sock,
             &mut tx,
             &mut src,

@@ -190,21 +190,9 @@ impl Waiter {
 }
 
 /// Runs a sender to the end: fills blocks from `src`, sends, waits for ACKs and timers.
-/// `progress` sees the counters after every step.
+/// `progress` sees the counters after every step; `trace`, when given, every datagram sent
+/// and received (one Option check per datagram without it).
 pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
-    sock: &UdpSocket,
-    tx: &mut Sender,
-    src: &mut Source<R>,
-    cancel: &CancellationToken,
-    idle: Duration,
-    progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
-) -> Tracker {
-    run_sender_traced(sock, tx, src, cancel, idle, progress, None).await
-}
-
-/// [`run_sender`], reporting every datagram sent and received to `trace` when there is
-/// one (checked once per datagram; nothing is decoded without it).
-pub(crate) async fn run_sender_traced<R: AsyncRead + Unpin>(
     sock: &UdpSocket,
     tx: &mut Sender,
     src: &mut Source<R>,
@@ -282,22 +270,9 @@ pub(crate) async fn run_sender_traced<R: AsyncRead + Unpin>(
 
 /// Runs a receiver until the last block is in (its final ACK still unsent, so the caller
 /// can commit the data first) or the transfer fails. Payloads go to `sink`.
-pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
-    sock: &UdpSocket,
-    rx: &mut Receiver,
-    sink: &mut Sink<W>,
-    tracker: &mut Tracker,
-    cancel: &CancellationToken,
-    idle: Duration,
-    progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
-) {
-    run_receiver_traced(sock, rx, sink, tracker, cancel, idle, progress, None).await
-}
-
-/// [`run_receiver`], reporting every datagram sent and received to `trace` when there is
-/// one (checked once per datagram; nothing is decoded without it).
+/// `trace`, when given, sees every datagram sent and received.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_receiver_traced<W: AsyncWrite + Unpin>(
+pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     sock: &UdpSocket,
     rx: &mut Receiver,
     sink: &mut Sink<W>,
@@ -379,18 +354,6 @@ pub(crate) async fn flush_receiver(sock: &UdpSocket, rx: &mut Receiver, trace: O
 /// Sends what a receiver still has to send (its final ACK or an ERROR) and dallies until it
 /// is finished, or until cancelled.
 pub(crate) async fn finish_receiver(
-    sock: &UdpSocket,
-    rx: &mut Receiver,
-    tracker: &mut Tracker,
-    cancel: &CancellationToken,
-    idle: Duration,
-) {
-    finish_receiver_traced(sock, rx, tracker, cancel, idle, None).await
-}
-
-/// [`finish_receiver`], reporting every datagram sent and received (the dally's) to
-/// `trace` when there is one.
-pub(crate) async fn finish_receiver_traced(
     sock: &UdpSocket,
     rx: &mut Receiver,
     tracker: &mut Tracker,

@@ -31,11 +31,25 @@ pub struct CidrError {
     reason: &'static str,
 }
 
-/// `ip` as IPv4 when it is an IPv4-mapped IPv6 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
+/// `ip` (as IPv4 when it is an IPv4-mapped IPv6 address) with the bits past its prefix
+/// cleared: `v4_bits` of an IPv4 address (at most 32), `v6_bits` of an IPv6 one (at most
+/// 128). The block an address belongs to, for ACL rules and for per-client limits.
+pub(crate) fn masked(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> IpAddr {
+    let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            let bits = u32::from(v4_bits.min(32));
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let bits = u32::from(v6_bits.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
     }
 }
 
@@ -53,17 +67,10 @@ impl Cidr {
             },
             _ => (addr, prefix),
         };
-        let addr = match addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-        };
-        Some(Self { addr, prefix })
+        Some(Self {
+            addr: masked(addr, prefix, prefix),
+            prefix,
+        })
     }
 
     /// The first address of the block.
@@ -79,21 +86,8 @@ impl Cidr {
     /// True when `ip` lies in the block (an IPv4-mapped IPv6 `ip` as IPv4; IPv4 blocks never
     /// hold native IPv6 addresses, nor the reverse).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(a) & mask == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(a) & mask == u128::from(net)
-            }
-            _ => false,
-        }
+        // Masking keeps the family: an address of the other family never equals the block.
+        masked(ip, self.prefix, self.prefix) == self.addr
     }
 }
 
@@ -247,6 +241,35 @@ pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// new sources share one entry (so a flood from many addresses logs once per 10 s too).
 const MAX_SOURCES: usize = 4096;
 
+/// Counts occurrences of a condition so it is logged once per period with a count.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    /// Counts one occurrence; `Some(n)` when it is time to log, with `n` occurrences since
+    /// the last time (this one included).
+    pub(crate) fn hit(&mut self, now: Instant, every: Duration) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) < every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+
+    /// True when nothing was counted for `every` (the entry can be forgotten).
+    fn idle(&self, now: Instant, every: Duration) -> bool {
+        self.last
+            .is_none_or(|l| now.saturating_duration_since(l) >= every)
+    }
+}
+
 /// Rate-limited logging of refusals: one line per source prefix per [`LOG_EVERY`], with
 /// the count since the last one.
 #[derive(Debug, Default)]
@@ -256,7 +279,7 @@ pub(crate) struct RefusalLog {
 
 #[derive(Debug, Default)]
 struct LogTable {
-    sources: HashMap<(u8, IpAddr), (Instant, u64)>,
+    sources: HashMap<(u8, IpAddr), Throttle>,
     /// When the table was last pruned: at most once per second, so a flood from many
     /// sources costs one scan per second, not one per datagram.
     pruned: Option<Instant>,
@@ -273,27 +296,14 @@ impl RefusalLog {
             && pruned.is_none_or(|p| now.saturating_duration_since(p) >= Duration::from_secs(1))
         {
             *pruned = Some(now);
-            t.retain(|_, (last, _)| now.saturating_duration_since(*last) < LOG_EVERY);
+            t.retain(|_, th| !th.idle(now, LOG_EVERY));
         }
         let key = if t.len() >= MAX_SOURCES && !t.contains_key(&(kind, client)) {
             (kind, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
         } else {
             (kind, client)
         };
-        match t.get_mut(&key) {
-            Some((last, since)) => {
-                *since += 1;
-                if now.saturating_duration_since(*last) < LOG_EVERY {
-                    return None;
-                }
-                *last = now;
-                Some(std::mem::take(since))
-            }
-            None => {
-                t.insert(key, (now, 0));
-                Some(1)
-            }
-        }
+        t.entry(key).or_default().hit(now, LOG_EVERY)
     }
 }
 
@@ -492,6 +502,19 @@ mod tests {
         }
         assert_eq!(PortRange::new(0, 1), None);
         assert_eq!(PortRange::new(5, 4), None);
+    }
+
+    #[test]
+    fn throttle_reports_once_per_period_with_a_count() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        assert_eq!(t.hit(t0, every), Some(1));
+        for i in 1..50 {
+            assert_eq!(t.hit(t0 + Duration::from_millis(i * 100), every), None);
+        }
+        assert_eq!(t.hit(t0 + every, every), Some(50));
+        assert_eq!(t.hit(t0 + every, every), None);
     }
 
     #[test]

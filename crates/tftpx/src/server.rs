@@ -25,7 +25,7 @@ use crate::driver::{self, Tracker};
 use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
-use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog};
+use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog, Throttle};
 use crate::remap::{RemapRules, Remapped};
 
 /// RRQ or WRQ.
@@ -690,29 +690,6 @@ pub(crate) const SERVER_BUSY: &str = "Server busy, try again later";
 /// How often a warning about running out of descriptors is logged.
 const OUT_OF_DESCRIPTORS_EVERY: Duration = Duration::from_secs(10);
 
-/// Counts occurrences of a condition so it is logged once per period with a count.
-#[derive(Debug, Default)]
-struct Throttle {
-    last: Option<Instant>,
-    since: u64,
-}
-
-impl Throttle {
-    /// Counts one occurrence; `Some(n)` when it is time to log, with `n` occurrences since
-    /// the last time (this one included).
-    fn hit(&mut self, now: Instant, every: Duration) -> Option<u64> {
-        self.since += 1;
-        if self
-            .last
-            .is_some_and(|l| now.saturating_duration_since(l) < every)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.since))
-    }
-}
-
 impl<H> Shared<H> {
     /// Counts a request refused for want of a file descriptor; warns once per 10 s.
     fn out_of_descriptors(&self, what: &dyn fmt::Display) {
@@ -720,7 +697,7 @@ impl<H> Shared<H> {
             .out_of_descriptors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .hit(Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
+            .hit(std::time::Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
         if let Some(n) = n {
             warn!(
                 "out of file descriptors ({what}): {n} request(s) answered \"{SERVER_BUSY}\" \
@@ -1075,7 +1052,7 @@ async fn transfer<H: Handler>(
                     .ports_exhausted
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .hit(Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
+                    .hit(std::time::Instant::now(), OUT_OF_DESCRIPTORS_EVERY);
                 if let Some(n) = n {
                     warn!(
                         "{e}: {n} request(s) answered \"{SERVER_BUSY}\" since the last \
@@ -1199,12 +1176,13 @@ impl<H: Handler> Ctx<'_, H> {
         // the sender's ring.
         let reader = LazyBufReader::new(file.reader, read_buffer(n.blksize, n.windowsize));
         let mut src = Source::new(reader, info.mode).with_len(file.size);
-        let tracker = driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut |stats, _| {
+        let mut heard = |stats: &Stats, _: Option<&Negotiated>| {
             if stats.blocks > 0 {
                 ticket.heard();
             }
-        })
-        .await;
+        };
+        let tracker =
+            driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut heard, None).await;
         finish_summary(summary, &tracker, tx.stats());
     }
 
@@ -1264,6 +1242,7 @@ impl<H: Handler> Ctx<'_, H> {
                     ticket.heard();
                 }
             },
+            None,
         )
         .await;
         if rx.is_complete() {
@@ -1290,7 +1269,7 @@ impl<H: Handler> Ctx<'_, H> {
         // against --max-transfers.
         ticket.release();
         slot.release();
-        driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle).await;
+        driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle, None).await;
     }
 }
 
@@ -1582,18 +1561,5 @@ mod tests {
         assert!(s.starts_with("x=999"), "{s}");
         assert!(s.ends_with("… (0 of 1 options shown in full)"), "{s}");
         assert!(s.len() < 320, "{}", s.len());
-    }
-
-    #[test]
-    fn throttle_reports_once_per_period_with_a_count() {
-        let mut t = Throttle::default();
-        let t0 = Instant::now();
-        let every = Duration::from_secs(10);
-        assert_eq!(t.hit(t0, every), Some(1));
-        for i in 1..50 {
-            assert_eq!(t.hit(t0 + Duration::from_millis(i * 100), every), None);
-        }
-        assert_eq!(t.hit(t0 + every, every), Some(50));
-        assert_eq!(t.hit(t0 + every, every), None);
     }
 }
