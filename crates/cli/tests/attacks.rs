@@ -10,30 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "../../tftpx/tests/support/wire.rs"]
+mod wire;
 
 use common::Server;
-
-fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
-    request(1, name, options)
-}
-
-fn request(op: u8, name: &str, options: &[(&str, &str)]) -> Vec<u8> {
-    let mut v = vec![0, op];
-    v.extend_from_slice(name.as_bytes());
-    v.extend_from_slice(b"\0octet\0");
-    for (k, val) in options {
-        v.extend_from_slice(k.as_bytes());
-        v.push(0);
-        v.extend_from_slice(val.as_bytes());
-        v.push(0);
-    }
-    v
-}
-
-fn ack(block: u16) -> [u8; 4] {
-    let b = block.to_be_bytes();
-    [0, 4, b[0], b[1]]
-}
+use wire::{ack, rrq, wrq};
 
 fn bind(ip: &str) -> UdpSocket {
     let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
@@ -236,11 +217,7 @@ fn f6_dallying_uploads_hold_no_slot() {
     let srv = Server::start(root.path(), &["--allow-create", "--max-transfers", "8"]);
     let s = bind("127.0.0.5");
     for i in 0..20 {
-        let w = request(
-            2,
-            &format!("up{i}.bin"),
-            &[("timeout", "255"), ("tsize", "5")],
-        );
+        let w = wrq(&format!("up{i}.bin"), &[("timeout", "255"), ("tsize", "5")]);
         s.send_to(&w, ("127.0.0.1", srv.port)).unwrap();
         let (d, tid) = recv(&s).expect("OACK");
         assert_eq!(d[..2], [0, 6], "upload {i} accepted");

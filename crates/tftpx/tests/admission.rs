@@ -17,6 +17,10 @@ use tftpx::proto::wire::{ErrorCode, Packet};
 use tftpx::{Client, DirHandler, Server, ServerBuilder, TransferSummary};
 use tokio::net::UdpSocket;
 
+#[path = "support/wire.rs"]
+mod wire;
+use wire::{request, rrq};
+
 #[path = "support/child.rs"]
 mod child;
 
@@ -80,25 +84,6 @@ async fn start(
         token,
         summaries,
     }
-}
-
-fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
-    request(1, name.as_bytes(), b"octet", options)
-}
-
-fn request(opcode: u8, name: &[u8], mode: &[u8], options: &[(&str, &str)]) -> Vec<u8> {
-    let mut v = vec![0, opcode];
-    v.extend_from_slice(name);
-    v.push(0);
-    v.extend_from_slice(mode);
-    v.push(0);
-    for (k, val) in options {
-        v.extend_from_slice(k.as_bytes());
-        v.push(0);
-        v.extend_from_slice(val.as_bytes());
-        v.push(0);
-    }
-    v
 }
 
 /// Everything `s` receives until it has been quiet for `quiet` (at most 10,000 datagrams).

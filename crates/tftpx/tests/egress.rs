@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use tftpx::{DirHandler, Server, TransferSummary};
 use tokio::net::UdpSocket;
 
+#[path = "support/wire.rs"]
+mod wire;
+use wire::{ack, rrq};
+
 #[path = "support/child.rs"]
 mod child;
 
@@ -53,24 +57,6 @@ async fn start(files: &[(String, Vec<u8>)]) -> Srv {
         token,
         summaries,
     }
-}
-
-fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
-    let mut v = vec![0, 1];
-    v.extend_from_slice(name.as_bytes());
-    v.extend_from_slice(b"\0octet\0");
-    for (k, val) in options {
-        v.extend_from_slice(k.as_bytes());
-        v.push(0);
-        v.extend_from_slice(val.as_bytes());
-        v.push(0);
-    }
-    v
-}
-
-fn ack(block: u16) -> [u8; 4] {
-    let b = block.to_be_bytes();
-    [0, 4, b[0], b[1]]
 }
 
 /// Receives everything until `quiet` passes without a datagram (at most `limit` in all):

@@ -14,6 +14,9 @@ use tftpx::proto::wire::{ErrorCode, Packet};
 use tftpx::{Acl, Cidr, DirHandler, PolicyStats, PortRange, Server, ServerBuilder};
 use tokio::net::UdpSocket;
 
+#[path = "support/wire.rs"]
+mod wire;
+
 #[path = "support/child.rs"]
 mod child;
 
@@ -64,13 +67,6 @@ async fn start(
     }
 }
 
-fn request(opcode: u8, name: &str) -> Vec<u8> {
-    let mut v = vec![0, opcode];
-    v.extend_from_slice(name.as_bytes());
-    v.extend_from_slice(b"\0octet\0");
-    v
-}
-
 /// One datagram, or `None` after `wait`.
 async fn recv_one(s: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = vec![0u8; 70_000];
@@ -83,7 +79,7 @@ async fn recv_one(s: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)
 /// Fetches `name` (one block, under 512 bytes) from `from`, acknowledging it; returns the
 /// DATA and the port it came from.
 async fn fetch_one(from: &UdpSocket, server: SocketAddr, name: &str) -> (Vec<u8>, SocketAddr) {
-    from.send_to(&request(1, name), server).await.unwrap();
+    from.send_to(&wire::rrq(name, &[]), server).await.unwrap();
     let (d, tid) = recv_one(from, Duration::from_secs(10))
         .await
         .unwrap_or_else(|| panic!("no answer to RRQ {name}"));
@@ -131,8 +127,8 @@ fn denied_sources_get_no_answer_cost_no_rate_token_and_are_counted() {
         let denied = UdpSocket::bind("127.0.0.3:0").await.unwrap();
         for i in 0..200u32 {
             let d = match i % 4 {
-                0 => request(1, "f1"),
-                1 => request(2, "new"),
+                0 => wire::rrq("f1", &[]),
+                1 => wire::wrq("new", &[]),
                 2 => vec![0, 4, 0, 1],
                 _ => b"junk".to_vec(),
             };
@@ -206,15 +202,15 @@ fn ipv6_rules_and_ipv4_mapped_clients() {
         let no6 = UdpSocket::bind("[2001:db8::2]:0").await.unwrap();
         let no_loop = UdpSocket::bind("[::1]:0").await.unwrap();
         let no4 = UdpSocket::bind("127.0.0.3:0").await.unwrap();
-        no6.send_to(&request(1, "f1"), v6_server).await.unwrap();
+        no6.send_to(&wire::rrq("f1", &[]), v6_server).await.unwrap();
         no_loop
             .send_to(
-                &request(1, "f1"),
+                &wire::rrq("f1", &[]),
                 format!("[::1]:{port}").parse::<SocketAddr>().unwrap(),
             )
             .await
             .unwrap();
-        no4.send_to(&request(1, "f1"), v4_server).await.unwrap();
+        no4.send_to(&wire::rrq("f1", &[]), v4_server).await.unwrap();
         // Answered after the three denied ones: they have been handled.
         let (data, _) = fetch_one(&ok6, v6_server, "f5").await;
         assert_eq!(data, [5u8; 100]);
@@ -236,7 +232,7 @@ fn uploads_only_from_allowed_blocks() {
         .await;
         let other = UdpSocket::bind("127.0.0.3:0").await.unwrap();
         other
-            .send_to(&request(2, "up.bin"), srv.addr)
+            .send_to(&wire::wrq("up.bin", &[]), srv.addr)
             .await
             .unwrap();
         let (d, from) = recv_one(&other, Duration::from_secs(10))
@@ -252,7 +248,9 @@ fn uploads_only_from_allowed_blocks() {
         assert_eq!(data, [2u8; 100]);
 
         let up = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-        up.send_to(&request(2, "up.bin"), srv.addr).await.unwrap();
+        up.send_to(&wire::wrq("up.bin", &[]), srv.addr)
+            .await
+            .unwrap();
         let (d, tid) = recv_one(&up, Duration::from_secs(10)).await.expect("ACK 0");
         assert_eq!(d, [0, 4, 0, 0]);
         let mut data = vec![0, 3, 0, 1];
@@ -321,7 +319,7 @@ fn a_full_port_range_answers_server_busy() {
         let mut socks = Vec::new();
         for i in 0..2u8 {
             let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            s.send_to(&request(1, &format!("f{i}")), srv.addr)
+            s.send_to(&wire::rrq(&format!("f{i}"), &[]), srv.addr)
                 .await
                 .unwrap();
             let (d, from) = recv_one(&s, Duration::from_secs(10)).await.expect("DATA");
@@ -334,7 +332,10 @@ fn a_full_port_range_answers_server_busy() {
         }
         assert_ne!(socks[0].1, socks[1].1, "each transfer has its own port");
         let third = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        third.send_to(&request(1, "f2"), srv.addr).await.unwrap();
+        third
+            .send_to(&wire::rrq("f2", &[]), srv.addr)
+            .await
+            .unwrap();
         let (d, from) = recv_one(&third, Duration::from_secs(10))
             .await
             .expect("the third request is answered");
