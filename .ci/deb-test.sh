@@ -9,7 +9,7 @@
 # A script run by .ci/run after `cargo test`, not a cargo test: it changes the machine (a
 # package, an account, /srv/tftp), which `cargo test` on a developer's machine must not,
 # and it needs a release build. Root, Debian 12; cargo-deb, curl, lintian, man-db from
-# .ci/install-peers.sh. Leaves the package purged (the `tftp` account and /srv/tftp stay,
+# .ci/install-peers.sh. Replaces a `tftpx` package installed before. Leaves the package purged (the `tftp` account and /srv/tftp stay,
 # as Debian leaves them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +22,11 @@ done
 
 work=$(mktemp -d)
 server_pid=
+installed=0
 cleanup() {
     if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+    # A failed run leaves no package behind either.
+    if [ "$installed" = 1 ]; then dpkg --purge tftpx >/dev/null 2>&1 || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,6 +59,7 @@ lintian --fail-on error --tag-display-limit 0 --info "$deb" | tee "$work/lintian
 echo "lintian: $(grep -c '^E:' "$work/lintian" || true) errors, $(grep -c '^W:' "$work/lintian" || true) warnings"
 
 step "dpkg -i"
+installed=1
 dpkg -i "$deb"
 dpkg -L tftpx >"$work/listed"
 for f in /usr/bin/tftpx /etc/tftpx/tftpx.toml "$units_dir/tftpx.service" "$units_dir/tftpx.socket" \
@@ -142,6 +146,7 @@ dpkg -r tftpx
 [ ! -e "$units_dir/tftpx.service" ] || fail "tftpx.service left after dpkg -r"
 [ -f /etc/tftpx/tftpx.toml ] || fail "dpkg -r removed the conffile (only purge should)"
 dpkg --purge tftpx
+installed=0
 [ ! -e /etc/tftpx/tftpx.toml ] || fail "conffile left after purge"
 ! dpkg-query -W tftpx >/dev/null 2>&1 || [ "$(dpkg-query -W -f='${Status}' tftpx)" = "unknown ok not-installed" ] \
     || fail "package still known: $(dpkg-query -W -f='${Status}' tftpx)"
