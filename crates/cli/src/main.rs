@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand};
 
 mod logging;
+mod metrics;
 mod privileges;
 mod serve;
 mod systemd;
