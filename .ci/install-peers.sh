@@ -3,8 +3,9 @@
 # tftp-hpa, atftp, curl, busybox. Servers for crates/cli/tests/interop_client.rs: tftpd-hpa, atftpd (unpacked under /opt/tftpx-peers/atftpd: it conflicts with tftpd-hpa
 # in apt), dnsmasq (dnsmasq-base: no service) and rs-tftpd (crates.io `tftpd`, pinned), plus
 # iproute2 and util-linux for the private network namespace that dnsmasq's fixed port 69 needs,
-# systemd (systemd-socket-activate, systemd-analyze) for crates/cli/tests/systemd.rs, and
-# python3-seccomp for crates/cli/tests/kernel.rs (a kernel without openat2, simulated).
+# systemd (systemd-socket-activate, systemd-analyze) for crates/cli/tests/systemd.rs,
+# python3-seccomp for crates/cli/tests/kernel.rs (a kernel without openat2, simulated), and
+# python3-prometheus-client for crates/cli/tests/metrics.rs (parses the --metrics scrape).
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -30,7 +31,7 @@ pkg_missing() {
 # every address): a policy-rc.d that refuses every start, only for this install, only if the
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
-apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp)
+apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp python3-prometheus-client)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
