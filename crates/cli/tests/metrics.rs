@@ -453,3 +453,123 @@ fn an_unbindable_metrics_address_fails_start_up() {
         "{err}"
     );
 }
+
+/// Sends an RRQ for `name` from `s` and returns the first datagram answering it and where
+/// it came from.
+fn ask(s: &UdpSocket, port: u16, name: &str) -> (Vec<u8>, SocketAddr) {
+    s.send_to(&request(1, name), ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 600];
+    let (n, from) = s
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer to RRQ {name}: {e}"));
+    (buf[..n].to_vec(), from)
+}
+
+/// `per_client_limit` and `max_transfers` refusals (each answered ERROR 0), and the active
+/// gauge and `/transfers` with two downloads running.
+#[test]
+fn transfer_limits_are_counted_as_refusals() {
+    let l = Layout::new();
+    common::write_file(&l.root.join("slow.bin"), &common::pseudo_random(512 * 4));
+    let srv = Server::start(
+        &l.root,
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-transfers",
+            "2",
+            "--max-transfers-per-client",
+            "1",
+            "--timeout",
+            "5s",
+        ],
+    );
+    let port = metrics_port(&srv);
+    // Two running downloads whose peers answered (ACK 1), from two clients.
+    let mut running = Vec::new();
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let s = udp(ip);
+        let (d, tid) = ask(&s, srv.port, "slow.bin");
+        assert_eq!(&d[..4], [0, 3, 0, 1], "{d:?}");
+        s.send_to(&[0, 4, 0, 1], tid).unwrap();
+        let mut buf = [0u8; 600];
+        s.recv_from(&mut buf).expect("DATA 2");
+        running.push((s, tid));
+    }
+    // Same client again: its running transfer answered, so it is refused.
+    let (d, _) = ask(&udp("127.0.0.1"), srv.port, "slow.bin");
+    assert_eq!(&d[..4], [0, 5, 0, 0], "{d:?}");
+    // Another client: both slots are taken.
+    let (d, _) = ask(&udp("127.0.0.4"), srv.port, "slow.bin");
+    assert_eq!(&d[..4], [0, 5, 0, 0], "{d:?}");
+    let m = scrape(port);
+    assert_eq!(
+        value(&m, r#"tftpx_refused_total{reason="per_client_limit"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&m, r#"tftpx_refused_total{reason="max_transfers"}"#),
+        1.0
+    );
+    assert_eq!(value(&m, r#"tftpx_errors_sent_total{code="0"}"#), 2.0);
+    assert_eq!(value(&m, "tftpx_active_transfers"), 2.0);
+    let list: serde_json::Value = serde_json::from_str(&http_get(port, "/transfers").2).unwrap();
+    let mut peers: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["peer"].as_str().unwrap().to_owned())
+        .collect();
+    peers.sort();
+    let mut want: Vec<String> = running
+        .iter()
+        .map(|(s, _)| s.local_addr().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(peers, want);
+    // The clients give up (ERROR 0 to the transfer): counted as errors the server did not
+    // send.
+    for (s, tid) in &running {
+        s.send_to(b"\x00\x05\x00\x00stop\x00", tid).unwrap();
+    }
+    let mut m = BTreeMap::new();
+    let ended = common::wait_until(WAIT, || {
+        m = scrape(port);
+        value(&m, r#"tftpx_transfers_total{kind="rrq",outcome="error"}"#) == 2.0
+    });
+    assert!(ended, "{m:#?}\n{}", srv.log());
+    assert_eq!(value(&m, "tftpx_active_transfers"), 0.0);
+    assert_eq!(value(&m, r#"tftpx_errors_sent_total{code="0"}"#), 2.0);
+    assert_eq!(value(&m, "tftpx_bytes_sent_total"), 1024.0);
+}
+
+/// `rate_limit` refusals: with `--rate-limit 1` (burst 2) a burst of 6 unanswered requests
+/// from 6 ports of one address gets the first ones served and the rest refused, the first
+/// refusal with ERROR 0.
+#[test]
+fn rate_limited_requests_are_counted() {
+    let l = Layout::new();
+    let srv = Server::start(&l.root, &["--metrics", "127.0.0.1:0", "--rate-limit", "1"]);
+    let port = metrics_port(&srv);
+    // One socket (port) each: a repeat from the same port would be a duplicate request.
+    let sockets: Vec<UdpSocket> = (0..6).map(|_| udp("127.0.0.5")).collect();
+    for s in &sockets {
+        s.send_to(&request(1, "missing.bin"), ("127.0.0.1", srv.port))
+            .unwrap();
+    }
+    // Every request is either a transfer (ERROR 1) or a refusal; wait until all 6 counted.
+    let mut m = BTreeMap::new();
+    let settled = common::wait_until(WAIT, || {
+        m = scrape(port);
+        value(&m, r#"tftpx_transfers_total{kind="rrq",outcome="error"}"#)
+            + value(&m, r#"tftpx_refused_total{reason="rate_limit"}"#)
+            == 6.0
+    });
+    assert!(settled, "{m:#?}\n{}", srv.log());
+    let served = value(&m, r#"tftpx_transfers_total{kind="rrq",outcome="error"}"#);
+    // A burst of 2; a third only if the machine stalled a second between two requests.
+    assert!((2.0..=3.0).contains(&served), "{served}");
+    assert_eq!(value(&m, r#"tftpx_errors_sent_total{code="1"}"#), served);
+    // One ERROR 0 per 10 s for the refusals.
+    assert_eq!(value(&m, r#"tftpx_errors_sent_total{code="0"}"#), 1.0);
+}
