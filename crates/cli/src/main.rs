@@ -13,6 +13,7 @@ use clap::{ArgAction, Parser, Subcommand};
 
 mod assets;
 mod logging;
+mod metrics;
 mod privileges;
 mod serve;
 mod systemd;
@@ -37,7 +38,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
-    Serve(serve::ServeArgs),
+    // Boxed: its many flags make it much larger than the other variants.
+    Serve(Box<serve::ServeArgs>),
     /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
     #[command(visible_alias = "pull")]
     Get(transfer::GetArgs),
@@ -109,7 +111,7 @@ fn main() -> ExitCode {
         // root and giving root up.
         Command::Serve(args) => {
             give_freed_buffers_back();
-            serve::main(args)
+            serve::main(*args)
         }
         // A client runs one lock-step transfer, where waking a task on another thread costs
         // more than it gains.

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,6 +13,7 @@ use tftpx::policy::Action;
 use tftpx::proto::negotiate::RefusedOptions;
 use tftpx::{Acl, Cidr, DirHandler, PortRange, RemapRules, Server, ServerError};
 
+use crate::metrics::{self, Metrics};
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
 use crate::{parse_duration, CliError};
@@ -147,6 +149,12 @@ pub struct ServeArgs {
     /// port taken, requests get "Server busy". 1 <= LOW <= HIGH <= 65535.
     #[arg(long, value_name = "LOW:HIGH", value_parser = parse_port_range)]
     pub port_range: Option<PortRange>,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics and the
+    /// running transfers as JSON at /transfers (port 0: one the OS picks, logged at start).
+    /// Bound before privileges are dropped; keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 
     /// `--log-format` and `--log-filter`.
     #[command(flatten)]
@@ -399,6 +407,16 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
     let map = args.map.as_deref().map(load_map).transpose()?;
     let failed = |e: String| CliError::Failed(e);
+    // TCP, bound while root and unconfined: Landlock denies binding TCP afterwards.
+    let metrics_listener = args
+        .metrics
+        .map(metrics::bind)
+        .transpose()
+        .map_err(failed)?;
+    // Set once the server exists (its stats feed the metrics); transfers end only later.
+    let metrics_sink = metrics_listener
+        .as_ref()
+        .map(|_| Arc::new(OnceLock::<Arc<Metrics>>::new()));
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
         .allow_write(args.allow_write)
@@ -420,7 +438,19 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let gate = GateGuard::new();
     let server = {
         let _enter = rt.enter();
-        bind(&args, handler, map, passed).map_err(|e| failed(format!("{e:#}")))?
+        bind(&args, handler, map, passed, metrics_sink.clone())
+            .map_err(|e| failed(format!("{e:#}")))?
+    };
+    let metrics_server = match (metrics_listener, &metrics_sink) {
+        (Some(l), Some(sink)) => {
+            let m = Arc::new(Metrics::new(server.stats()));
+            let _ = sink.set(m.clone());
+            let _enter = rt.enter();
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|e| failed(format!("--metrics: {e}")))?;
+            Some((l, m))
+        }
+        _ => None,
     };
     let confined = privileges::confine(
         &who,
@@ -466,6 +496,12 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     log_policy(&args, old_umask.bits());
     confined.log(&root, writable);
     nofile.log();
+    if let Some((l, m)) = metrics_server {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("metrics at {}", metrics::describe(a));
+        }
+        rt.spawn(metrics::serve(l, m));
+    }
     if notifier.enabled() {
         let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         notifier.ready(&format!(
@@ -532,6 +568,7 @@ fn bind(
     handler: DirHandler,
     map: Option<RemapRules>,
     passed: Vec<Passed>,
+    metrics: Option<Arc<OnceLock<Arc<Metrics>>>>,
 ) -> Result<Server<DirHandler>> {
     let activated = !passed.is_empty();
     let (mut listen, optional) = if activated {
@@ -576,6 +613,14 @@ fn bind(
         }
         if let Some(m) = &map {
             b = b.remap(m.clone());
+        }
+        if let Some(sink) = &metrics {
+            let sink = sink.clone();
+            b = b.on_transfer_end(move |s| {
+                if let Some(m) = sink.get() {
+                    m.record(s);
+                }
+            });
         }
         // Taken once: only a failure to bind an address of our own goes round again, and
         // with sockets passed there is none.

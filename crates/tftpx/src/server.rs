@@ -27,6 +27,7 @@ use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
 use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog, Throttle};
 use crate::remap::{RemapRules, Remapped};
+use crate::stats::{Live, Refusal, ServerStats};
 
 /// RRQ or WRQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -627,6 +628,7 @@ impl<H: Handler> ServerBuilder<H> {
                 .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(s);
         }
+        let policy = PolicyStats::default();
         Ok(Server {
             listeners,
             shared: Arc::new(Shared {
@@ -642,7 +644,8 @@ impl<H: Handler> ServerBuilder<H> {
                 ),
                 memory: MemoryBudget::new(self.config.max_memory),
                 out_of_descriptors: Mutex::new(Throttle::default()),
-                policy: PolicyStats::default(),
+                stats: ServerStats::new(policy.clone()),
+                policy,
                 client_prefix: ClientPrefix {
                     v4: self.config.client_prefix_v4,
                     v6: self.config.client_prefix_v6,
@@ -670,6 +673,8 @@ struct Shared<H> {
     out_of_descriptors: Mutex<Throttle>,
     /// Datagrams the address rules turned away.
     policy: PolicyStats,
+    /// Refusals, ERRORs sent and running transfers, for metrics.
+    stats: ServerStats,
     /// How sources are grouped in refusal log lines (as for the per-client limits).
     client_prefix: ClientPrefix,
     /// Their log lines, once per client prefix per 10 s.
@@ -693,6 +698,7 @@ const OUT_OF_DESCRIPTORS_EVERY: Duration = Duration::from_secs(10);
 impl<H> Shared<H> {
     /// Counts a request refused for want of a file descriptor; warns once per 10 s.
     fn out_of_descriptors(&self, what: &dyn fmt::Display) {
+        self.stats.refuse(Refusal::OutOfDescriptors, None);
         let n = self
             .out_of_descriptors
             .lock()
@@ -770,6 +776,13 @@ impl<H: Handler> Server<H> {
         self.shared.policy.clone()
     }
 
+    /// Live counters: refusals by reason, ERRORs sent by code, and the transfers running
+    /// now with their byte counts (for a metrics endpoint); the handle stays live while the
+    /// server runs. Finished transfers are reported to [`ServerBuilder::on_transfer_end`].
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats.clone()
+    }
+
     /// A token that stops the server when cancelled: listeners stop at once, running
     /// transfers end with ERROR 0 to their peers and uploads in progress are discarded.
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -834,6 +847,8 @@ async fn listen<H: Handler>(
         if let Err(Verdict::RateLimited { notify, refused }) =
             shared.admission.check_rate(arrival.from, now)
         {
+            let answer = notify.then_some(ErrorCode::NotDefined);
+            shared.stats.refuse(Refusal::RateLimited, answer);
             if notify {
                 warn!(
                     peer = %arrival.from,
@@ -860,6 +875,9 @@ async fn listen<H: Handler>(
                     .is_some_and(|w| !w.iter().any(|c| c.contains(arrival.from.ip()))) =>
             {
                 shared.policy.count_write_refused();
+                shared
+                    .stats
+                    .refuse(Refusal::WriteNotAllowed, Some(ErrorCode::AccessViolation));
                 let client = shared.client_prefix.client_of(arrival.from.ip());
                 if let Some(n) = shared.refusals.hit(WRITE_REFUSED, client, now) {
                     warn!(
@@ -881,6 +899,7 @@ async fn listen<H: Handler>(
             Ok(Packet::Error { .. }) => continue,
             Ok(p) => {
                 debug!(peer = %arrival.from, "{:?} sent to the listen port; answering ERROR 4", p.opcode());
+                shared.stats.error_sent(ErrorCode::IllegalOperation, 1);
                 reply_error(
                     &sock,
                     arrival.from,
@@ -903,6 +922,9 @@ async fn listen<H: Handler>(
             }
             Verdict::ClientBusy { running } => {
                 warn!(peer = %arrival.from, "{running} transfers already running for this client (--max-transfers-per-client); request refused");
+                shared
+                    .stats
+                    .refuse(Refusal::ClientBusy, Some(ErrorCode::NotDefined));
                 reply_error(
                     &sock,
                     arrival.from,
@@ -916,6 +938,9 @@ async fn listen<H: Handler>(
         };
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             warn!(peer = %arrival.from, "too many transfers ({}); request refused", shared.config.max_transfers);
+            shared
+                .stats
+                .refuse(Refusal::ServerBusy, Some(ErrorCode::NotDefined));
             reply_error(&sock, arrival.from, ErrorCode::NotDefined, SERVER_BUSY).await;
             continue;
         };
@@ -1038,6 +1063,10 @@ async fn transfer<H: Handler>(
         options = options.as_str(),
         "{message}"
     );
+    // Listed as running (for metrics) until its outcome is known, or this task ends.
+    let live = shared
+        .stats
+        .start(peer, kind, &summary.filename, summary.remapped.as_deref());
     let config = &shared.config;
     let sock = match net::bind_transfer(local, config.port_range) {
         Ok(s) => s,
@@ -1047,6 +1076,7 @@ async fn transfer<H: Handler>(
             if no_descriptors(&e) {
                 shared.out_of_descriptors(&format_args!("transfer socket: {e}"));
             } else if config.port_range.is_some() && e.kind() == io::ErrorKind::AddrInUse {
+                shared.stats.refuse(Refusal::PortsExhausted, None);
                 // A full range under load: one line per 10 s, not one per request.
                 let n = shared
                     .ports_exhausted
@@ -1086,6 +1116,7 @@ async fn transfer<H: Handler>(
             refuse(&sock, peer, &mut summary, ErrorCode::IllegalOperation, msg).await;
         }
         Some(_) if refused.is_some() => {
+            shared.stats.refuse(Refusal::Remap, None);
             let msg = refused.unwrap_or_default();
             refuse(&sock, peer, &mut summary, ErrorCode::AccessViolation, msg).await;
         }
@@ -1107,6 +1138,7 @@ async fn transfer<H: Handler>(
                 cancel: &cancel,
                 ticket,
                 slot,
+                live: &live,
             };
             match kind {
                 Kind::Rrq => ctx.serve_read(&info, req.options, &mut summary).await,
@@ -1138,6 +1170,7 @@ impl<H: Handler> Ctx<'_, H> {
             idle,
             cancel,
             ticket,
+            live,
             ..
         } = *self;
         let file = match shared.handler.open_read(info).await {
@@ -1177,6 +1210,7 @@ impl<H: Handler> Ctx<'_, H> {
         let reader = LazyBufReader::new(file.reader, read_buffer(n.blksize, n.windowsize));
         let mut src = Source::new(reader, info.mode).with_len(file.size);
         let mut heard = |stats: &Stats, _: Option<&Negotiated>| {
+            live.bytes(stats.bytes);
             if stats.blocks > 0 {
                 ticket.heard();
             }
@@ -1200,6 +1234,7 @@ impl<H: Handler> Ctx<'_, H> {
             cancel,
             ticket,
             slot,
+            live,
         } = *self;
         let limits = &shared.config.limits;
         let negotiated =
@@ -1238,6 +1273,7 @@ impl<H: Handler> Ctx<'_, H> {
             cancel,
             idle,
             &mut |stats, _| {
+                live.bytes(stats.bytes);
                 if stats.blocks > 0 {
                     ticket.heard();
                 }
@@ -1265,6 +1301,7 @@ impl<H: Handler> Ctx<'_, H> {
         summary.duration = summary.started.elapsed();
         finish_summary(summary, &tracker, rx.stats());
         report(shared, summary);
+        live.end();
         // Dallying (re-ACKing a repeated final DATA) counts neither against the client nor
         // against --max-transfers.
         ticket.release();
@@ -1302,6 +1339,7 @@ fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
         summary.duration = summary.started.elapsed();
     }
     log_summary(summary);
+    shared.stats.transfer_ended(summary);
     if let Some(h) = &shared.hook {
         h(summary);
     }
@@ -1317,6 +1355,8 @@ struct Ctx<'a, H> {
     /// Told once the client answers, so a repeat of its request counts as a restart.
     ticket: &'a Ticket,
     slot: &'a Slot,
+    /// Its entry among the running transfers: bytes so far.
+    live: &'a Live,
 }
 
 impl<H> Clone for Ctx<'_, H> {
