@@ -21,6 +21,7 @@ mod admission;
 mod budget;
 mod client;
 mod driver;
+mod endpoint;
 mod handler;
 mod io;
 mod net;
