@@ -279,10 +279,4 @@ impl Routes {
             gso: true,
         })
     }
-
-    /// Running routes (closed ones not yet swept may count).
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
 }
