@@ -66,6 +66,7 @@ complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l allow-write -d 'Le
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l allow-create -d 'Let clients create new files (implies --allow-write)'
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l allow-hard-links -d 'Serve files that have more than one hard link (refused by default: another name of the same file may lie outside DIR)'
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l no-landlock -d 'Do not confine the server with Landlock (where the kernel has it, the server may then only read, and with uploads write, files beneath DIR)'
+complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l single-port -d 'Single-port mode: every transfer answers from the listen address and port (no port per transfer), so transfers cross NATs without a TFTP helper and ECMP (anycast) routers that hash on ports. dnsmasq\'s --tftp-single-port'
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -s v -l verbose -d 'More output: for serve, -v debug and -vv trace logs; for get/put, -v also prints the address used, the options asked and in force and the transfer\'s counters, -vv a packet trace (direction, opcode, block, size, time since start)'
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -s q -l quiet -d 'Less log output (-q warnings only, -qq errors only)'
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'

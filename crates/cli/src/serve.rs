@@ -156,6 +156,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
+    /// Single-port mode: every transfer answers from the listen address and port (no port
+    /// per transfer), so transfers cross NATs without a TFTP helper and ECMP (anycast)
+    /// routers that hash on ports. dnsmasq's --tftp-single-port.
+    #[arg(long, conflicts_with = "port_range")]
+    pub single_port: bool,
+
     /// `--log-format` and `--log-filter`.
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
@@ -549,6 +555,9 @@ fn log_policy(args: &ServeArgs, old_umask: u32) {
             names.join(", ")
         );
     }
+    if args.single_port {
+        tracing::info!("single-port mode: transfers answer from the listen address and port");
+    }
     if let Some(r) = args.port_range {
         tracing::info!("transfer ports: {r}");
         if *r.ports().start() < 1024 {
@@ -608,6 +617,7 @@ fn bind(
         if let Some(r) = args.port_range {
             b = b.port_range(r);
         }
+        b = b.single_port(args.single_port);
         for a in &listen {
             b = b.listen(*a);
         }

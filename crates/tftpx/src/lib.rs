@@ -22,6 +22,7 @@ mod admission;
 mod budget;
 mod client;
 mod driver;
+mod endpoint;
 mod handler;
 mod io;
 mod net;

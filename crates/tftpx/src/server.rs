@@ -22,9 +22,10 @@ pub use crate::admission::RateLimit;
 use crate::admission::{Admission, ClientPrefix, Proof, Ticket, Verdict};
 use crate::budget::MemoryBudget;
 use crate::driver::{self, Tracker};
+use crate::endpoint::{Link, Routed, Routes};
 use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
-use crate::net;
+use crate::net::{self, SourceAddr};
 use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog, Throttle};
 use crate::remap::{RemapRules, Remapped};
 use crate::stats::{Live, Refusal, ServerStats};
@@ -351,8 +352,15 @@ pub struct ServerConfig {
     /// When set, WRQs only from these blocks; others get ERROR 2. Default `None`: uploads
     /// from anyone the handler lets write.
     pub write_from: Option<Vec<Cidr>>,
-    /// Ports for transfer sockets (TIDs); `None` (default): ports the OS picks.
+    /// Ports for transfer sockets (TIDs); `None` (default): ports the OS picks. Unused in
+    /// single-port mode.
     pub port_range: Option<PortRange>,
+    /// Single-port mode: every transfer of a listen address shares its socket, datagrams are
+    /// routed to transfers by the peer's address and port, and replies leave from the listen
+    /// address and port (crosses NATs without a TFTP helper and ECMP routers that hash on
+    /// ports). Default false: a socket and port (TID) per transfer, as RFC 1350 section 4
+    /// describes.
+    pub single_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -372,6 +380,7 @@ impl Default for ServerConfig {
             acl: Acl::default(),
             write_from: None,
             port_range: None,
+            single_port: false,
         }
     }
 }
@@ -587,6 +596,20 @@ impl<H: Handler> ServerBuilder<H> {
     /// gets ERROR 0 "Server busy, try again later" from the listen port.
     pub fn port_range(mut self, range: PortRange) -> Self {
         self.config.port_range = Some(range);
+        self
+    }
+
+    /// Single-port mode (default off): every transfer answers from the listen socket's own
+    /// address and port instead of a new port (TID) of its own; the listener routes each
+    /// datagram to the transfer of its peer (address and port). Every rule holds as in the
+    /// socket-per-transfer mode: a repeated request is folded into its transfer, a datagram
+    /// from a peer with no transfer that is not a request is answered with ERROR 5 (within
+    /// the rate limit), the budgets are the same. A new, different request from the address
+    /// and port of a running transfer takes the peer over; the old transfer ends without
+    /// sending anything more. Up to 256 datagrams or 1 MiB wait for one transfer; past that
+    /// they are dropped, as a full socket buffer drops them.
+    pub fn single_port(mut self, on: bool) -> Self {
+        self.config.single_port = on;
         self
     }
 
@@ -813,8 +836,17 @@ async fn listen<H: Handler>(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    // Shared with the transfers, which answer from it when they cannot open their own.
+    if shared.config.single_port {
+        // Every transfer's datagrams queue here: room for windows of many transfers.
+        net::fit_window(&sock, 4 << 20);
+    }
+    // Shared with the transfers, which answer from it when they cannot open their own (or
+    // always, in single-port mode).
     let sock = Arc::new(sock);
+    let bound = sock
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut routes = shared.config.single_port.then(|| Routes::new(sock.clone()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut cmsg = vec![0u8; 256];
     loop {
@@ -830,6 +862,20 @@ async fn listen<H: Handler>(
             }
         };
         let datagram = &buf[..arrival.len];
+        // Single-port mode: a running transfer's datagrams go to it (requests go on to
+        // admission, which folds a repeated one and lets a new one take the peer over).
+        let is_request = matches!(datagram.get(..2), Some([0, 1] | [0, 2]));
+        if let Some(routes) = routes.as_mut() {
+            if !is_request && routes.route(arrival.from, datagram) == Routed::Delivered {
+                continue;
+            }
+        }
+        let reply = Reply {
+            sock: &sock,
+            to: arrival.from,
+            wire_to: net::wire_address(bound, arrival.from),
+            source: SourceAddr::for_reply(bound, arrival.local),
+        };
         let now = Instant::now().into_std();
         // Denied sources cost nothing more: no answer (it would reflect), no rate token.
         if !shared.config.acl.allows(arrival.from.ip()) {
@@ -856,13 +902,12 @@ async fn listen<H: Handler>(
                      further ones are dropped for 10 s without an answer",
                     shared.config.rate_limit.map_or(0, |r| r.per_second)
                 );
-                reply_error(
-                    &sock,
-                    arrival.from,
-                    ErrorCode::NotDefined,
-                    "Too many requests from your address, slow down",
-                )
-                .await;
+                reply
+                    .error(
+                        ErrorCode::NotDefined,
+                        "Too many requests from your address, slow down",
+                    )
+                    .await;
             }
             continue;
         }
@@ -886,27 +931,30 @@ async fn listen<H: Handler>(
                          answered ERROR 2 since the last warning (at most one per 10 s)"
                     );
                 }
-                reply_error(
-                    &sock,
-                    arrival.from,
-                    ErrorCode::AccessViolation,
-                    "Uploads are not accepted from your address",
-                )
-                .await;
+                reply
+                    .error(
+                        ErrorCode::AccessViolation,
+                        "Uploads are not accepted from your address",
+                    )
+                    .await;
                 continue;
             }
             Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {}
             Ok(Packet::Error { .. }) => continue,
+            Ok(p) if routes.is_some() => {
+                debug!(peer = %arrival.from, "{:?} from a peer with no transfer; answering ERROR 5", p.opcode());
+                shared.stats.error_sent(ErrorCode::UnknownTid, 1);
+                reply
+                    .error(ErrorCode::UnknownTid, "Unknown transfer ID")
+                    .await;
+                continue;
+            }
             Ok(p) => {
                 debug!(peer = %arrival.from, "{:?} sent to the listen port; answering ERROR 4", p.opcode());
                 shared.stats.error_sent(ErrorCode::IllegalOperation, 1);
-                reply_error(
-                    &sock,
-                    arrival.from,
-                    ErrorCode::IllegalOperation,
-                    "Expected RRQ or WRQ",
-                )
-                .await;
+                reply
+                    .error(ErrorCode::IllegalOperation, "Expected RRQ or WRQ")
+                    .await;
                 continue;
             }
             Err(e) => {
@@ -925,13 +973,12 @@ async fn listen<H: Handler>(
                 shared
                     .stats
                     .refuse(Refusal::ClientBusy, Some(ErrorCode::NotDefined));
-                reply_error(
-                    &sock,
-                    arrival.from,
-                    ErrorCode::NotDefined,
-                    "Too many transfers from your address, try again later",
-                )
-                .await;
+                reply
+                    .error(
+                        ErrorCode::NotDefined,
+                        "Too many transfers from your address, try again later",
+                    )
+                    .await;
                 continue;
             }
             Verdict::RateLimited { .. } => continue,
@@ -941,19 +988,23 @@ async fn listen<H: Handler>(
             shared
                 .stats
                 .refuse(Refusal::ServerBusy, Some(ErrorCode::NotDefined));
-            reply_error(&sock, arrival.from, ErrorCode::NotDefined, SERVER_BUSY).await;
+            reply.error(ErrorCode::NotDefined, SERVER_BUSY).await;
             continue;
         };
         let request = datagram.to_vec();
         let shared = shared.clone();
         let listener = sock.clone();
+        let link = match routes.as_mut() {
+            Some(r) => LinkSpec::Ready(r.open(arrival.from, arrival.local)),
+            None => LinkSpec::Bind(arrival.local),
+        };
         tracker.spawn(async move {
             let slot = Slot(std::sync::Mutex::new(Some(permit)));
             transfer(
                 shared,
                 request,
                 arrival.from,
-                arrival.local,
+                link,
                 &listener,
                 &ticket,
                 &slot,
@@ -965,8 +1016,38 @@ async fn listen<H: Handler>(
     }
 }
 
-async fn reply_error(sock: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str) {
-    driver::send_error(sock, to, code, message).await;
+/// Where the listener's answers to one datagram go, and from which address.
+struct Reply<'a> {
+    sock: &'a UdpSocket,
+    /// The peer as the transfer knows it.
+    to: SocketAddr,
+    /// The peer as the listen socket names it.
+    wire_to: SocketAddr,
+    source: SourceAddr,
+}
+
+impl Reply<'_> {
+    /// Sends ERROR `code` with `message` (at most 200 bytes of it) to the peer, from the
+    /// address its datagram was sent to.
+    async fn error(&self, code: ErrorCode, message: &str) {
+        let mut buf = [0u8; 260];
+        let msg = &message.as_bytes()[..message.len().min(200)];
+        let p = Packet::Error { code, message: msg };
+        if let Ok(n) = p.encode(&mut buf) {
+            if let Err(e) = net::send_from(self.sock, &buf[..n], self.wire_to, self.source).await {
+                debug!(to = %self.to, "send failed: {e}");
+            }
+        }
+    }
+}
+
+/// How a transfer reaches its peer: a socket of its own to bind, or a share of the listen
+/// socket already routed to it.
+enum LinkSpec {
+    /// Bind a socket of its own on this address (the one the request was sent to).
+    Bind(SocketAddr),
+    /// Single-port mode.
+    Ready(Link),
 }
 
 /// A transfer's place among `--max-transfers`, given back early by a dallying upload.
@@ -978,13 +1059,14 @@ impl Slot {
     }
 }
 
-/// Serves one admitted request on a socket of its own, bound to `local` (the address the
-/// request was sent to); `listener` answers when that socket cannot be opened.
+/// Serves one admitted request on a socket of its own, bound to the address the request
+/// was sent to (`listener` answers when that socket cannot be opened), or on the listen
+/// socket in single-port mode.
 async fn transfer<H: Handler>(
     shared: Arc<Shared<H>>,
     request: Vec<u8>,
     peer: SocketAddr,
-    local: SocketAddr,
+    link: LinkSpec,
     listener: &UdpSocket,
     ticket: &Ticket,
     slot: &Slot,
@@ -1068,11 +1150,27 @@ async fn transfer<H: Handler>(
         .stats
         .start(peer, kind, &summary.filename, summary.remapped.as_deref());
     let config = &shared.config;
-    let sock = match net::bind_transfer(local, config.port_range) {
-        Ok(s) => s,
+    let local = match &link {
+        LinkSpec::Bind(local) => *local,
+        LinkSpec::Ready(_) => listener.local_addr().unwrap_or(peer),
+    };
+    let bound = match link {
+        LinkSpec::Ready(l) => Ok(l),
+        LinkSpec::Bind(local) => net::bind_transfer(local, config.port_range).map(Link::from),
+    };
+    let mut link = match bound {
+        Ok(l) => l,
         Err(e) => {
             // Answered from the listen port, with no OS text: the client may retry.
-            reply_error(listener, peer, ErrorCode::NotDefined, SERVER_BUSY).await;
+            let listen = listener.local_addr().unwrap_or(local);
+            Reply {
+                sock: listener,
+                to: peer,
+                wire_to: net::wire_address(listen, peer),
+                source: SourceAddr::for_reply(listen, local),
+            }
+            .error(ErrorCode::NotDefined, SERVER_BUSY)
+            .await;
             if no_descriptors(&e) {
                 shared.out_of_descriptors(&format_args!("transfer socket: {e}"));
             } else if config.port_range.is_some() && e.kind() == io::ErrorKind::AddrInUse {
@@ -1113,12 +1211,12 @@ async fn transfer<H: Handler>(
     match summary.mode {
         None => {
             let msg = format!("Unsupported mode \"{}\"", escaped(req.mode));
-            refuse(&sock, peer, &mut summary, ErrorCode::IllegalOperation, msg).await;
+            refuse(&link, peer, &mut summary, ErrorCode::IllegalOperation, msg).await;
         }
         Some(_) if refused.is_some() => {
             shared.stats.refuse(Refusal::Remap, None);
             let msg = refused.unwrap_or_default();
-            refuse(&sock, peer, &mut summary, ErrorCode::AccessViolation, msg).await;
+            refuse(&link, peer, &mut summary, ErrorCode::AccessViolation, msg).await;
         }
         Some(mode) => {
             let filename = match &remapped {
@@ -1132,7 +1230,6 @@ async fn transfer<H: Handler>(
             };
             let ctx = Ctx {
                 shared: &shared,
-                sock: &sock,
                 timing,
                 idle,
                 cancel: &cancel,
@@ -1141,8 +1238,14 @@ async fn transfer<H: Handler>(
                 live: &live,
             };
             match kind {
-                Kind::Rrq => ctx.serve_read(&info, req.options, &mut summary).await,
-                Kind::Wrq => ctx.serve_write(&info, req.options, &mut summary).await,
+                Kind::Rrq => {
+                    ctx.serve_read(&mut link, &info, req.options, &mut summary)
+                        .await
+                }
+                Kind::Wrq => {
+                    ctx.serve_write(&mut link, &info, req.options, &mut summary)
+                        .await
+                }
             }
         }
     }
@@ -1159,13 +1262,13 @@ async fn transfer<H: Handler>(
 impl<H: Handler> Ctx<'_, H> {
     async fn serve_read(
         &self,
+        link: &mut Link,
         info: &RequestInfo<'_>,
         options: tftpx_proto::wire::OptionList<'_>,
         summary: &mut TransferSummary,
     ) {
         let Ctx {
             shared,
-            sock,
             timing,
             idle,
             cancel,
@@ -1176,7 +1279,7 @@ impl<H: Handler> Ctx<'_, H> {
         let file = match shared.handler.open_read(info).await {
             Ok(f) => f,
             Err(e) => {
-                refuse(sock, info.peer, summary, e.code, e.message).await;
+                refuse(link, info.peer, summary, e.code, e.message).await;
                 return;
             }
         };
@@ -1196,12 +1299,12 @@ impl<H: Handler> Ctx<'_, H> {
         let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {
-                refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
+                refuse(link, info.peer, summary, e.code(), e.to_string()).await;
                 return;
             }
         };
         let n = neg.negotiated;
-        net::fit_window(sock, n.window_bytes());
+        link.fit_window(n.window_bytes());
         let mut tx = Sender::server(info.peer, n, neg.oack.as_list(), timing);
         // Small blocks are read through a buffer of about two windows, so lock-step 512
         // does not pay a file read per block; it is allocated at the first read (never for a
@@ -1216,19 +1319,19 @@ impl<H: Handler> Ctx<'_, H> {
             }
         };
         let tracker =
-            driver::run_sender(sock, &mut tx, &mut src, cancel, idle, &mut heard, None).await;
+            driver::run_sender(link, &mut tx, &mut src, cancel, idle, &mut heard, None).await;
         finish_summary(summary, &tracker, tx.stats());
     }
 
     async fn serve_write(
         &self,
+        link: &mut Link,
         info: &RequestInfo<'_>,
         options: tftpx_proto::wire::OptionList<'_>,
         summary: &mut TransferSummary,
     ) {
         let Ctx {
             shared,
-            sock,
             timing,
             idle,
             cancel,
@@ -1246,27 +1349,27 @@ impl<H: Handler> Ctx<'_, H> {
         let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {
-                refuse(sock, info.peer, summary, e.code(), e.to_string()).await;
+                refuse(link, info.peer, summary, e.code(), e.to_string()).await;
                 return;
             }
         };
         let upload = match shared.handler.open_write(info, neg.negotiated.tsize).await {
             Ok(u) => u,
             Err(e) => {
-                refuse(sock, info.peer, summary, e.code, e.message).await;
+                refuse(link, info.peer, summary, e.code, e.message).await;
                 return;
             }
         };
-        net::fit_window(sock, neg.negotiated.window_bytes());
+        link.fit_window(neg.negotiated.window_bytes());
         if neg.negotiated.windowsize > 1 {
             // A window may arrive as one GSO train: take it in one receive.
-            net::enable_gro(sock);
+            link.enable_gro();
         }
         let mut rx = Receiver::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
         let mut sink = Sink::new(upload, info.mode).with_limit(limits.max_upload_size);
         let mut tracker = Tracker::default();
         driver::run_receiver(
-            sock,
+            link,
             &mut rx,
             &mut sink,
             &mut tracker,
@@ -1306,7 +1409,7 @@ impl<H: Handler> Ctx<'_, H> {
         // against --max-transfers.
         ticket.release();
         slot.release();
-        driver::finish_receiver(sock, &mut rx, &mut tracker, cancel, idle, None).await;
+        driver::finish_receiver(link, &mut rx, &mut tracker, cancel, idle, None).await;
     }
 }
 
@@ -1348,7 +1451,6 @@ fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
 /// What every transfer of one request shares.
 struct Ctx<'a, H> {
     shared: &'a Shared<H>,
-    sock: &'a UdpSocket,
     timing: TransferConfig,
     idle: Duration,
     cancel: &'a CancellationToken,
@@ -1368,13 +1470,13 @@ impl<H> Copy for Ctx<'_, H> {}
 
 /// Refuses a request: ERROR to the client, and the outcome for the summary.
 async fn refuse(
-    sock: &UdpSocket,
+    link: &Link,
     peer: SocketAddr,
     summary: &mut TransferSummary,
     code: ErrorCode,
     message: String,
 ) {
-    driver::send_error(sock, peer, code, &message).await;
+    driver::send_error(link, peer, code, &message).await;
     summary.outcome = Outcome::Refused { code, message };
 }
 
