@@ -52,6 +52,22 @@ fn level(verbose: u8, quiet: u8) -> LevelFilter {
     }
 }
 
+/// The server's filter for a `-v`/`-q` level: `-v` (debug) and `-vv` (trace: the per-packet
+/// trace, target `tftpx::packet`) apply to tftpx's own crates only, so the libraries under
+/// it (the metrics endpoint's HTTP server, tokio) stay at info.
+fn verbosity_filter(level: LevelFilter) -> EnvFilter {
+    if level <= LevelFilter::INFO {
+        return EnvFilter::default().add_directive(level.into());
+    }
+    let mut f = EnvFilter::default().add_directive(LevelFilter::INFO.into());
+    for krate in ["tftpx", "tftpx_cli", "tftpx_proto"] {
+        if let Ok(d) = format!("{krate}={level}").parse() {
+            f = f.add_directive(d);
+        }
+    }
+    f
+}
+
 /// Sets up logging to stderr. `serve` is `Some` for `tftpx serve`: its flags apply, then
 /// `RUST_LOG` when `--log-filter` is absent, then `-v`/`-q`; under systemd (`JOURNAL_STREAM`
 /// set) lines carry no timestamp of ours, the journal adds its own. The client commands
@@ -76,10 +92,10 @@ pub fn init(verbose: u8, quiet: u8, serve: Option<&LogArgs>) {
                 Ok(filter) => filter,
                 Err(e) => {
                     bad_rust_log = Some(format!("RUST_LOG={f:?} ignored: {e}"));
-                    EnvFilter::default().add_directive(level.into())
+                    verbosity_filter(level)
                 }
             },
-            _ => EnvFilter::default().add_directive(level.into()),
+            _ => verbosity_filter(level),
         },
     };
     let journal = std::env::var_os("JOURNAL_STREAM").is_some_and(|v| !v.is_empty());

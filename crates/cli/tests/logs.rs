@@ -341,3 +341,51 @@ fn journal_stream_drops_our_timestamp() {
     let v: Value = serde_json::from_str(&json).expect("JSON");
     assert!(v["timestamp"].is_string(), "{json}");
 }
+
+/// `-v` logs each request's negotiation (asked, OACK, in force) and refusals; `-vv` adds a
+/// per-packet trace (one line per datagram, `sent DATA block N` / `received ACK block N`);
+/// without either, none of those lines appear.
+#[test]
+fn verbose_logs_negotiation_and_very_verbose_every_packet() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = pseudo_random(FILE_LEN);
+    write_file(&dir.path().join("hello.bin"), &content);
+    for (args, negotiation, packets) in [
+        (&[][..], false, false),
+        (&["-v"][..], true, false),
+        (&["-vv"][..], true, true),
+    ] {
+        let server = Serve::start(dir.path(), args, &[]);
+        let port = server.port();
+        let (client, got) = rrq(port, "hello.bin", "octet");
+        assert_eq!(got, Got::Data(content.clone()));
+        assert_eq!(rrq(port, "missing.bin", "octet").1, Got::Error(1));
+        let ended = || server.log().matches(" outcome=").count() >= 2;
+        assert!(wait_until(LOG_WAIT, ended), "{args:?}:\n{}", server.log());
+        let log = server.log();
+        let negotiated = format!(
+            "negotiated with {client}: asked [], OACK [], in force blksize=512 windowsize=1"
+        );
+        assert_eq!(log.contains(&negotiated), negotiation, "{args:?}:\n{log}");
+        assert_eq!(
+            log.contains("RRQ \"missing.bin\" refused: ERROR 1 File not found"),
+            negotiation,
+            "{args:?}:\n{log}"
+        );
+        // Two blocks (512 + 188 bytes): DATA 1, ACK 1, DATA 2, ACK 2, each traced (more
+        // than once only if the machine was so slow that the server retransmitted).
+        for line in [
+            "sent DATA block 1, 516 bytes",
+            "received ACK block 1, 4 bytes",
+            "sent DATA block 2, 192 bytes",
+            "received ACK block 2, 4 bytes",
+        ] {
+            let n = log.matches(line).count();
+            assert_eq!(n > 0, packets, "{line:?} {n} times {args:?}:\n{log}");
+        }
+        // The trace names the peer: this client's port.
+        if packets {
+            assert!(log.contains(&format!("(to {client})")), "{log}");
+        }
+    }
+}

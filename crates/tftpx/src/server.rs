@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tftpx_proto::negotiate::{Direction, Negotiated, RefusedOptions, ServerLimits};
+use tftpx_proto::negotiate::{
+    Direction, Negotiated, RefusedOptions, ServerLimits, ServerNegotiation,
+};
 use tftpx_proto::transfer::{Receiver, Sender, Stats, TransferConfig, TransferError};
 use tftpx_proto::wire::{ErrorCode, Mode, OptionList, Packet, MAX_BLKSIZE, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
@@ -29,6 +31,7 @@ use crate::net::{self, SourceAddr};
 use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog, Throttle};
 use crate::remap::{RemapRules, Remapped};
 use crate::stats::{Live, Refusal, ServerStats};
+use crate::trace::{PacketTrace, Tracer};
 
 /// RRQ or WRQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -879,6 +882,7 @@ async fn listen<H: Handler>(
         let now = Instant::now().into_std();
         // Denied sources cost nothing more: no answer (it would reflect), no rate token.
         if !shared.config.acl.allows(arrival.from.ip()) {
+            debug!(peer = %arrival.from, "denied by --allow/--deny: dropped without an answer");
             shared.policy.count_denied();
             let client = shared.client_prefix.client_of(arrival.from.ip());
             if let Some(n) = shared.refusals.hit(DENIED, client, now) {
@@ -893,6 +897,7 @@ async fn listen<H: Handler>(
         if let Err(Verdict::RateLimited { notify, refused }) =
             shared.admission.check_rate(arrival.from, now)
         {
+            debug!(peer = %arrival.from, "over the request rate limit: dropped");
             let answer = notify.then_some(ErrorCode::NotDefined);
             shared.stats.refuse(Refusal::RateLimited, answer);
             if notify {
@@ -1304,8 +1309,10 @@ impl<H: Handler> Ctx<'_, H> {
             }
         };
         let n = neg.negotiated;
+        log_negotiation(info.peer, options, &neg);
         link.fit_window(n.window_bytes());
         let mut tx = Sender::server(info.peer, n, neg.oack.as_list(), timing);
+        let trace = packet_tracer();
         // Small blocks are read through a buffer of about two windows, so lock-step 512
         // does not pay a file read per block; it is allocated at the first read (never for a
         // client that does not acknowledge the OACK). Large blocks are read straight into
@@ -1318,8 +1325,16 @@ impl<H: Handler> Ctx<'_, H> {
                 ticket.heard();
             }
         };
-        let tracker =
-            driver::run_sender(link, &mut tx, &mut src, cancel, idle, &mut heard, None).await;
+        let tracker = driver::run_sender(
+            link,
+            &mut tx,
+            &mut src,
+            cancel,
+            idle,
+            &mut heard,
+            trace.as_ref(),
+        )
+        .await;
         finish_summary(summary, &tracker, tx.stats());
     }
 
@@ -1353,6 +1368,7 @@ impl<H: Handler> Ctx<'_, H> {
                 return;
             }
         };
+        log_negotiation(info.peer, options, &neg);
         let upload = match shared.handler.open_write(info, neg.negotiated.tsize).await {
             Ok(u) => u,
             Err(e) => {
@@ -1366,6 +1382,7 @@ impl<H: Handler> Ctx<'_, H> {
             link.enable_gro();
         }
         let mut rx = Receiver::server(info.peer, neg.negotiated, neg.oack.as_list(), timing);
+        let trace = packet_tracer();
         let mut sink = Sink::new(upload, info.mode).with_limit(limits.max_upload_size);
         let mut tracker = Tracker::default();
         driver::run_receiver(
@@ -1381,7 +1398,7 @@ impl<H: Handler> Ctx<'_, H> {
                     ticket.heard();
                 }
             },
-            None,
+            trace.as_ref(),
         )
         .await;
         if rx.is_complete() {
@@ -1409,7 +1426,7 @@ impl<H: Handler> Ctx<'_, H> {
         // against --max-transfers.
         ticket.release();
         slot.release();
-        driver::finish_receiver(link, &mut rx, &mut tracker, cancel, idle, None).await;
+        driver::finish_receiver(link, &mut rx, &mut tracker, cancel, idle, trace.as_ref()).await;
     }
 }
 
@@ -1476,6 +1493,7 @@ async fn refuse(
     code: ErrorCode,
     message: String,
 ) {
+    debug!(peer = %peer, "{} {} refused: ERROR {} {}", summary.kind, quoted(&summary.filename), code.to_u16(), printable(&message));
     driver::send_error(link, peer, code, &message).await;
     summary.outcome = Outcome::Refused { code, message };
 }
@@ -1601,6 +1619,35 @@ fn fit_fields(message_len: usize, fields: &mut [&mut String]) {
 
 /// The options in force as the summary line shows them: `blksize=N windowsize=N`, then
 /// `tsize=N` and `timeout=Nms` when negotiated.
+/// The target of the server's per-packet trace (`-vv`, or `--log-filter tftpx::packet=trace`).
+pub(crate) const PACKET_TARGET: &str = "tftpx::packet";
+
+/// A per-packet trace for one transfer, when trace events of [`PACKET_TARGET`] are on
+/// (checked once per transfer; nothing is done per packet otherwise).
+fn packet_tracer() -> Option<Tracer> {
+    if !tracing::enabled!(target: PACKET_TARGET, tracing::Level::TRACE) {
+        return None;
+    }
+    Some(Tracer::new(Arc::new(|p: &PacketTrace| {
+        tracing::trace!(target: PACKET_TARGET, peer = %p.peer, "{p}");
+    })))
+}
+
+/// `-v`: what the client asked for and what it was granted (the OACK), or that it asked for
+/// nothing and the transfer is plain RFC 1350.
+fn log_negotiation(peer: SocketAddr, asked: OptionList<'_>, neg: &ServerNegotiation) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let granted = options_for_log(neg.oack.as_list());
+    debug!(
+        peer = %peer,
+        "negotiated with {peer}: asked [{}], OACK [{granted}], in force {}",
+        options_for_log(asked),
+        negotiated_for_log(&neg.negotiated)
+    );
+}
+
 fn negotiated_for_log(n: &Negotiated) -> String {
     let mut out = format!("blksize={} windowsize={}", n.blksize, n.windowsize);
     if let Some(t) = n.tsize {

@@ -1,5 +1,7 @@
-//! A packet trace for the client, as tftp-hpa's `trace` command prints one: every datagram
-//! sent and received, with its opcode, block, size and time since the transfer started.
+//! A packet trace, as tftp-hpa's `trace` command prints one: every datagram sent and
+//! received, with its opcode, block, size and time since the transfer started. The client
+//! hands it to [`ClientBuilder::trace`](crate::ClientBuilder::trace); the server logs it at
+//! trace level under the target `tftpx::packet` (`tftpx serve -vv`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,9 +13,9 @@ use tftpx_proto::wire::Packet;
 /// Which way a traced datagram went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
-    /// Sent by the client.
+    /// Sent by this end (the client, or the server).
     Sent,
-    /// Received by the client (from the server, or from a stranger).
+    /// Received by this end (from the peer, or from a stranger).
     Received,
 }
 
