@@ -75,6 +75,15 @@ pub enum ClientError {
     /// The transfer was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// This end ended the transfer and told the server so with ERROR `code` (for example a
+    /// local reader that failed mid-upload: the message is the one sent).
+    #[error("aborted with ERROR {code}: {message}")]
+    Aborted {
+        /// The code sent to the server (RFC 1350 section 5).
+        code: ErrorCode,
+        /// The message sent to the server.
+        message: String,
+    },
     /// The download ended with a size other than the `tsize` the server announced (the file
     /// changed while it was served): ERROR 0 was sent instead of the final ACK.
     #[error("the server announced {announced} bytes (tsize) but sent {received}")]
@@ -109,6 +118,10 @@ impl ClientError {
             TransferError::Peer { code, message } => Self::Server { code, message },
             TransferError::Protocol(p) => Self::Protocol(p),
             TransferError::Negotiation(n) => Self::Negotiation(n),
+            TransferError::Aborted { message, .. } if message == driver::CANCELLED => {
+                Self::Cancelled
+            }
+            TransferError::Aborted { code, message } => Self::Aborted { code, message },
             other => Self::Io(io::Error::other(other.to_string())),
         }
     }
@@ -286,6 +299,32 @@ impl Client {
     /// is nothing left to wait for. Kept so that code written when the dally ran in the
     /// background still builds; new code need not call it.
     pub async fn finish(&self) {}
+
+    /// Downloads `remote` (RRQ) into `out`: [`Client::get`] without a progress callback.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn download<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        out: W,
+    ) -> Result<Report, ClientError> {
+        self.get(remote, out, |_| {}).await
+    }
+
+    /// Uploads `input` as `remote` (WRQ), announcing `size` bytes when given:
+    /// [`Client::put`] without a progress callback.
+    ///
+    /// # Errors
+    /// As [`Client::put`].
+    pub async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        remote: &str,
+        input: R,
+        size: Option<u64>,
+    ) -> Result<Report, ClientError> {
+        self.put(remote, input, size, |_| {}).await
+    }
 
     /// Downloads `remote` (RRQ) into `out`, calling `progress` as data arrives. `out` is
     /// flushed before the final ACK is sent. Returns once the final ACK is sent and the

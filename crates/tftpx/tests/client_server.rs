@@ -529,3 +529,55 @@ async fn a_download_shorter_than_its_tsize_is_an_error_not_a_file() {
         "ERROR 0 instead of the final ACK"
     );
 }
+
+/// A reader that yields `good` bytes, then fails with a permission error.
+struct FailAfter {
+    good: usize,
+}
+
+impl tokio::io::AsyncRead for FailAfter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.good == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::from(
+                std::io::ErrorKind::PermissionDenied,
+            )));
+        }
+        let n = self.good.min(buf.remaining());
+        buf.put_slice(&vec![7u8; n]);
+        self.good -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `download` and `upload` are one call each (no progress callback); an upload whose
+/// reader fails returns the reader's own error (its kind intact, not a string), and the
+/// server keeps the old file.
+#[tokio::test]
+async fn one_call_transfers_and_a_typed_local_abort() {
+    let srv = start(|h| h.allow_write(true).allow_create(true), |b| b).await;
+    let c = Client::builder(srv.addr).build();
+    let data = content(5_000, 11);
+    let r = c.upload("one.bin", &data[..], Some(5_000)).await.unwrap();
+    assert_eq!(r.bytes, 5_000);
+    let mut back = Vec::new();
+    let r = c.download("one.bin", &mut back).await.unwrap();
+    assert_eq!((r.bytes, back), (5_000, data.clone()));
+
+    let r = c.upload("one.bin", FailAfter { good: 2_000 }, None).await;
+    match r {
+        Err(ClientError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied),
+        other => panic!("expected the reader's own error, got {other:?}"),
+    }
+    let s = srv.summaries(3).await;
+    assert!(
+        matches!(s[2].outcome, Outcome::Failed(_)),
+        "{:?}",
+        s[2].outcome
+    );
+    assert_eq!(std::fs::read(srv.path("one.bin")).unwrap(), data);
+    srv.stop().await;
+}
