@@ -83,14 +83,41 @@ fn served(port: u16, ip: &str) -> bool {
 /// retransmission (1 + 2 s), and `timeout=255` is above --max-timeout (30 s) anyway.
 #[test]
 fn f1_forged_long_timeout_requests_give_their_slots_back_within_10_s() {
+    f1(&[]);
+}
+
+/// F1 in single-port mode: the same bound. A peer (address and port) has one transfer at a
+/// time there (a new request from it supersedes the old), so the forger needs a port per
+/// request: 1,024 sockets.
+#[test]
+fn f1_single_port() {
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4096 {
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(4096),
+            hard,
+        )
+        .unwrap();
+    }
+    f1(&["--single-port"]);
+}
+
+fn f1(args: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     files(root.path(), 32, 100_000);
-    let srv = Server::start(root.path(), &[]);
+    let srv = Server::start(root.path(), args);
+    let single_port = args.contains(&"--single-port");
     let mut socks = Vec::new();
     let start = Instant::now();
     for src in 1..=32 {
-        let s = bind(&format!("127.0.1.{src}"));
+        let mut s = bind(&format!("127.0.1.{src}"));
         for i in 0..32 {
+            if single_port && i > 0 {
+                socks.push(s);
+                s = bind(&format!("127.0.1.{src}"));
+            }
             let r = rrq(&format!("f{i}.bin"), &[("timeout", "255"), ("tsize", "0")]);
             s.send_to(&r, ("127.0.0.1", srv.port)).unwrap();
         }
@@ -117,7 +144,7 @@ fn f1_forged_long_timeout_requests_give_their_slots_back_within_10_s() {
     }
     let after = ok_after.expect("a real client is served again within 30 s");
     eprintln!(
-        "F1: 1,024 unanswered timeout=255 RRQs held the server for {:.1} s (main: 765 s)",
+        "F1 {args:?}: 1,024 unanswered timeout=255 RRQs held the server for {:.1} s (main: 765 s)",
         after.as_secs_f64()
     );
     assert!(after <= Duration::from_secs(15), "{after:?}");
@@ -131,9 +158,20 @@ fn f1_forged_long_timeout_requests_give_their_slots_back_within_10_s() {
 /// after the rounds.
 #[test]
 fn f2_big_windows_cost_memory_only_once_answered_and_it_is_given_back() {
+    f2(&[]);
+}
+
+/// F2 in single-port mode: the same bounds (the routing table and the transfers' queues
+/// add nothing that counts).
+#[test]
+fn f2_single_port() {
+    f2(&["--single-port"]);
+}
+
+fn f2(args: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     files(root.path(), 32, 65464 * 80);
-    let srv = Server::start(root.path(), &[]);
+    let srv = Server::start(root.path(), args);
     let pid = srv.pid();
     let big = [("blksize", "65464"), ("windowsize", "64"), ("tsize", "0")];
     let idle_kib = status_kib(pid, "VmRSS");
@@ -196,7 +234,7 @@ fn f2_big_windows_cost_memory_only_once_answered_and_it_is_given_back() {
     std::thread::sleep(Duration::from_millis(500));
     let after_kib = status_kib(pid, "VmRSS");
     eprintln!(
-        "F2: idle {} MiB; 1,024 unanswered 65464 x 64 RRQs: peak {} MiB (main: 5,131 MiB); \
+        "F2 {args:?}: idle {} MiB; 1,024 unanswered 65464 x 64 RRQs: peak {} MiB (main: 5,131 MiB); \
          three rounds of 512 running: peak {} MiB; resident after them: {} MiB (main: 2.3 GiB)",
         idle_kib / 1024,
         unanswered_hwm / 1024,
