@@ -12,11 +12,13 @@
 //! 203.0.113.10/32 on its loopback and listening on `0.0.0.0:69`; the router's multipath route
 //! hashes flows by L4 ports (`fib_multipath_hash_policy=1`). With `--single-port` downloads from
 //! new source ports are all byte-identical and spread over the nodes; withdrawing one nexthop
-//! (what BGP does when a node dies) moves new requests to the others. In multi-port mode the
-//! client's ACKs to a transfer's new port are hashed to any node, so most transfers fail.
+//! (what BGP does when a node dies) moves new requests to the others, and a transfer in flight
+//! to the withdrawn node gets ERROR 5 from the node its ACK now reaches (a hand-driven client
+//! in Python, so the test decides when the route changes). In multi-port mode the client's
+//! ACKs to a transfer's new port are hashed to any node, so most transfers fail.
 //!
-//! Needs root, iproute2, nftables, curl and tftp-hpa (`.ci/install-peers.sh`); a missing tool
-//! fails the test. Every namespace is deleted and every process killed (by PID) when its
+//! Needs root, iproute2, nftables, curl, tftp-hpa and python3 (`.ci/install-peers.sh`); a
+//! missing tool fails the test. Every namespace is deleted and every process killed (by PID) when its
 //! guard drops, also on failure.
 
 mod common;
@@ -727,4 +729,124 @@ fn anycast_multi_port_loses_transfers_to_other_nodes() {
         "every multi-port download succeeded:\n{}",
         f.logs()
     );
+}
+
+/// A child process killed by its PID when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A hand-driven TFTP client (Python's socket module) in the client namespace: it sends an
+/// RRQ for image.bin (no options) to the anycast address, prints where DATA 1 came from, waits
+/// for a line on stdin, sends ACK 1 to that address and port, and prints every datagram that
+/// comes back until an ERROR (at most 50 datagrams, 20 s without one ends it).
+const HAND_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(20)
+s.bind(("0.0.0.0", 0))
+s.sendto(b"\x00\x01image.bin\x00octet\x00", (sys.argv[1], 69))
+d, a = s.recvfrom(2000)
+print("port %d first %s:%d op %d block %d len %d" % (s.getsockname()[1], a[0], a[1], d[1], d[3] | d[2] << 8, len(d)), flush=True)
+sys.stdin.readline()
+s.sendto(b"\x00\x04" + d[2:4], a)
+for _ in range(50):
+    d, b = s.recvfrom(2000)
+    print("got %s:%d op %d code %d" % (b[0], b[1], d[1], d[3] | d[2] << 8), flush=True)
+    if d[1] == 5:
+        break
+"#;
+
+#[test]
+fn anycast_transfer_in_flight_to_a_withdrawn_node_gets_error_5_from_another() {
+    require("python3", "--version", "python3");
+    let f = fleet(&["--single-port"]);
+    let mut child = f
+        .client
+        .command("python3")
+        .args(["-c", HAND_CLIENT, ANYCAST])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python3 in the client namespace");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let _child = KillOnDrop(child);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let first = match rx.recv_timeout(CLIENT_LIMIT) {
+        Ok(l) => l,
+        Err(e) => panic!(
+            "no DATA 1 ({e}); python: {}",
+            err.join().unwrap_or_default()
+        ),
+    };
+    // "port P first 203.0.113.10:69 op 3 block 1 len 516"
+    assert!(
+        first.contains(&format!("first {ANYCAST}:69 op 3 block 1 len 516")),
+        "DATA 1 should come from the anycast address and port 69: {first}"
+    );
+    let port: u16 = first
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    // The node serving it: the one that logged the request from that port.
+    let head = format!("RRQ from {FLEET_CLIENT}:{port} ");
+    let mut serving = None;
+    assert!(
+        wait_until(LOG_WAIT, || {
+            serving = f.servers.iter().position(|s| s.log().contains(&head));
+            serving.is_some()
+        }),
+        "no node logged {head:?}:\n{}",
+        f.logs()
+    );
+    let serving = serving.expect("found above") + 1;
+    let others: Vec<usize> = (1..=NODES).filter(|&i| i != serving).collect();
+    f.route(&others);
+    std::io::Write::write_all(&mut stdin, b"go\n").expect("tell python to ACK");
+    // The withdrawn node may still retransmit DATA 1 (it is alive; only its route is gone),
+    // but the ACK reaches another node, which has no such transfer: ERROR 5 from the anycast
+    // address and port 69.
+    let mut lines = Vec::new();
+    let error = loop {
+        match rx.recv_timeout(CLIENT_LIMIT) {
+            Ok(l) if l.contains(" op 5 ") => break l,
+            Ok(l) => {
+                assert!(lines.len() < 50, "no ERROR after {lines:?}");
+                lines.push(l);
+            }
+            Err(e) => panic!(
+                "no ERROR ({e}) after {lines:?}; python: {}\n{}",
+                err.join().unwrap_or_default(),
+                f.logs()
+            ),
+        }
+    };
+    assert_eq!(
+        error,
+        format!("got {ANYCAST}:69 op 5 code 5"),
+        "after {lines:?}"
+    );
+    eprintln!("node {serving} withdrawn mid-transfer; then {lines:?}, {error}");
 }
