@@ -120,7 +120,7 @@ ip -n "$ROUTER" route add "$ANYCAST/32" "${nexthops[@]}"
 for i in $(seq 1 "$NODES"); do
     ok=0
     for _ in $(seq 1 100); do
-        if ip netns exec "$ROUTER" "$BIN" get "192.0.2.$((4 * i + 2))" image.bin -o /dev/null \
+        if ip netns exec "$ROUTER" "$BIN" get "192.0.2.$((4 * i + 2))" image.bin -o "$WORK/probe" \
             --timeout 200ms --retries 2 -q 2>/dev/null; then
             ok=1
             break
