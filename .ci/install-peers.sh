@@ -9,6 +9,8 @@
 # man-db and groff-base (man -l, groff), dpkg-dev (dpkg-shlibdeps for the .deb's Depends),
 # adduser (the package's postinst), python3 (tomllib checks packaging/tftpx.toml).
 # python3-prometheus-client for crates/cli/tests/metrics.rs (parses the --metrics scrape).
+# nftables (the NAT router's masquerade) and iproute2 (namespaces, veth pairs, the ECMP route)
+# for crates/cli/tests/fleet.rs and bench/fleet.sh; python3 drives a hand-made client there.
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -36,7 +38,7 @@ pkg_missing() {
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
 apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp
-    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client)
+    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client nftables)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -90,7 +92,8 @@ if ! cargo install --list 2>/dev/null | grep -q "^cargo-deb v$CARGO_DEB_VERSION:
 fi
 
 for bin in /usr/bin/tftp /usr/bin/atftp /usr/bin/curl /bin/busybox /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
-    /usr/bin/unshare /usr/sbin/ip "$CARGO_BIN/cargo-deb" /usr/bin/lintian /usr/bin/man /usr/bin/groff; do
+    /usr/bin/unshare /usr/sbin/ip "$CARGO_BIN/cargo-deb" /usr/bin/lintian /usr/bin/man /usr/bin/groff \
+    /usr/sbin/nft /usr/bin/python3; do
     [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
 done
 
