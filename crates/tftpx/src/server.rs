@@ -26,6 +26,7 @@ use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
 use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog, Throttle};
+use crate::reload::{LiveSettings, Reloader};
 use crate::remap::{RemapRules, Remapped};
 
 /// RRQ or WRQ.
@@ -649,11 +650,17 @@ impl<H: Handler> ServerBuilder<H> {
                 },
                 refusals: RefusalLog::default(),
                 ports_exhausted: Mutex::new(Throttle::default()),
+                live: Reloader::new(LiveSettings {
+                    acl: self.config.acl.clone(),
+                    write_from: self.config.write_from.clone(),
+                    remap: self.remap,
+                    refused: self.config.limits.refused,
+                }),
                 config: self.config,
                 hook: self.hook,
-                remap: self.remap,
             }),
             cancel: CancellationToken::new(),
+            drain: CancellationToken::new(),
         })
     }
 }
@@ -665,7 +672,10 @@ struct Shared<H> {
     admission: Admission,
     memory: Arc<MemoryBudget>,
     hook: Option<Hook>,
-    remap: Option<Arc<RemapRules>>,
+    /// The address rules, upload sources, remap rules and refused options: read through
+    /// [`Shared::live`] only, swapped by a [`Reloader`]. (`config` keeps their values at
+    /// start.)
+    live: Reloader,
     /// Requests answered "Server busy" for want of a file descriptor, logged once per 10 s.
     out_of_descriptors: Mutex<Throttle>,
     /// Datagrams the address rules turned away.
@@ -691,6 +701,11 @@ pub(crate) const SERVER_BUSY: &str = "Server busy, try again later";
 const OUT_OF_DESCRIPTORS_EVERY: Duration = Duration::from_secs(10);
 
 impl<H> Shared<H> {
+    /// The reloadable settings in force now; a request reads them once and keeps them.
+    fn live(&self) -> Arc<LiveSettings> {
+        self.live.current()
+    }
+
     /// Counts a request refused for want of a file descriptor; warns once per 10 s.
     fn out_of_descriptors(&self, what: &dyn fmt::Display) {
         let n = self
@@ -739,6 +754,8 @@ pub struct Server<H> {
     listeners: Vec<UdpSocket>,
     shared: Arc<Shared<H>>,
     cancel: CancellationToken,
+    /// Cancelled: the listeners stop, running transfers go on.
+    drain: CancellationToken,
 }
 
 impl Server<()> {
@@ -776,7 +793,24 @@ impl<H: Handler> Server<H> {
         self.cancel.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then waits for transfers to end.
+    /// A token that stops taking requests when cancelled (a graceful stop): the listen
+    /// sockets are no longer read, so a new request gets no answer, while running transfers
+    /// go on; [`Server::run`] returns once the last one has ended. Cancel
+    /// [`Server::shutdown_token`] too to end the rest with ERROR 0 (e.g. after a grace
+    /// period: `tftpx serve --drain DURATION`).
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// A handle that swaps the address rules, upload sources, remap rules and refused
+    /// options of this server while it runs (see [`crate::reload`]); the handle stays live
+    /// while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        self.shared.live.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for transfers to end; or
+    /// until the drain token is cancelled and every running transfer has ended.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
@@ -784,7 +818,14 @@ impl<H: Handler> Server<H> {
             let shared = self.shared.clone();
             let cancel = self.cancel.clone();
             let t = tracker.clone();
-            listeners.push(tokio::spawn(listen(sock, shared, cancel, t)));
+            let drain = self.drain.clone();
+            listeners.push(tokio::spawn(async move {
+                // Dropping the listener stops reading its socket (transfers keep their own).
+                tokio::select! {
+                    _ = listen(sock, shared, cancel, t) => {}
+                    _ = drain.cancelled() => {}
+                }
+            }));
         }
         for l in listeners {
             let _ = l.await;
@@ -818,8 +859,9 @@ async fn listen<H: Handler>(
         };
         let datagram = &buf[..arrival.len];
         let now = Instant::now().into_std();
+        let live = shared.live();
         // Denied sources cost nothing more: no answer (it would reflect), no rate token.
-        if !shared.config.acl.allows(arrival.from.ip()) {
+        if !live.acl.allows(arrival.from.ip()) {
             shared.policy.count_denied();
             let client = shared.client_prefix.client_of(arrival.from.ip());
             if let Some(n) = shared.refusals.hit(DENIED, client, now) {
@@ -853,8 +895,7 @@ async fn listen<H: Handler>(
         }
         match Packet::decode(datagram) {
             Ok(Packet::Wrq(_))
-                if shared
-                    .config
+                if live
                     .write_from
                     .as_ref()
                     .is_some_and(|w| !w.iter().any(|c| c.contains(arrival.from.ip()))) =>
@@ -989,8 +1030,10 @@ async fn transfer<H: Handler>(
         reported: false,
         proof: Some(ticket.proof()),
     };
+    // One snapshot of the reloadable settings for the whole transfer.
+    let live = shared.live();
     // Remapping (tftp-hpa rules) happens before the handler sees the name.
-    let remapped = shared
+    let remapped = live
         .remap
         .as_ref()
         .map(|r| r.apply(req.filename, peer.ip(), kind));
@@ -1099,8 +1142,13 @@ async fn transfer<H: Handler>(
                 filename,
                 mode,
             };
+            let limits = ServerLimits {
+                refused: live.refused,
+                ..config.limits
+            };
             let ctx = Ctx {
                 shared: &shared,
+                limits: &limits,
                 sock: &sock,
                 timing,
                 idle,
@@ -1156,7 +1204,7 @@ impl<H: Handler> Ctx<'_, H> {
         let negotiated = shared.memory.negotiate(
             Direction::Read,
             options,
-            &shared.config.limits,
+            self.limits,
             size,
             read_buffer,
         );
@@ -1200,8 +1248,8 @@ impl<H: Handler> Ctx<'_, H> {
             cancel,
             ticket,
             slot,
+            limits,
         } = *self;
-        let limits = &shared.config.limits;
         let negotiated =
             shared
                 .memory
@@ -1310,6 +1358,8 @@ fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
 /// What every transfer of one request shares.
 struct Ctx<'a, H> {
     shared: &'a Shared<H>,
+    /// `config.limits` with the refused options of the transfer's [`LiveSettings`].
+    limits: &'a ServerLimits,
     sock: &'a UdpSocket,
     timing: TransferConfig,
     idle: Duration,
