@@ -72,10 +72,7 @@ impl Reloader {
     /// The settings in force now: a snapshot that a later [`Reloader::replace`] does not
     /// change. Costs one uncontended read lock and a reference count.
     pub fn current(&self) -> Arc<LiveSettings> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Puts `settings` in force for every request that arrives from now on, and returns the

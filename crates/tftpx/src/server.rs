@@ -1201,13 +1201,10 @@ impl<H: Handler> Ctx<'_, H> {
         } else {
             None
         };
-        let negotiated = shared.memory.negotiate(
-            Direction::Read,
-            options,
-            self.limits,
-            size,
-            read_buffer,
-        );
+        let negotiated =
+            shared
+                .memory
+                .negotiate(Direction::Read, options, self.limits, size, read_buffer);
         let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {
