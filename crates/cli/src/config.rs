@@ -149,7 +149,10 @@ impl Source {
             effective.insert(key, raw.join(", "));
         }
         effective.insert(ROOT.to_owned(), args.dir.display().to_string());
-        Ok(Loaded { args, effective })
+        Ok(Loaded {
+            args: *args,
+            effective,
+        })
     }
 
     /// The file's settings as `--flag=value` arguments (less those the command line gives),

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
     #[command(visible_alias = "pull")]
     Get(transfer::GetArgs),
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             Ok((s, loaded))
         }) {
             Ok((s, loaded)) => {
-                *args = loaded.args;
+                **args = loaded.args;
                 source = Some((s, loaded.effective));
             }
             Err(msg) => {
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             give_freed_buffers_back();
             let (source, effective) = source.expect("loaded above");
-            serve::main(args, source, effective)
+            serve::main(*args, source, effective)
         }
         // A client runs one lock-step transfer, where waking a task on another thread costs
         // more than it gains.

@@ -443,6 +443,12 @@ pub fn main(
     let root_fd = privileges::open_dir(&root)
         .map_err(|e| failed(format!("cannot serve {}: {e}", root.display())))?;
     let writable = args.allow_write || args.allow_create;
+    // SIGHUP re-reads these files: their directories stay readable under Landlock.
+    let reread_dirs = reread_dirs([source.path(), args.map.as_deref()]);
+    let reread = reread_dirs
+        .iter()
+        .filter_map(|d| privileges::open_dir(d).ok())
+        .collect::<Vec<_>>();
     // Runtime threads wait in on_thread_start until the switch below, then confine
     // themselves (no_new_privs and Landlock are per thread).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -464,6 +470,7 @@ pub fn main(
             writable,
             landlock: !args.no_landlock,
             foreign: &[],
+            reread: &reread,
         },
     )
     .map_err(|e| failed(format!("cannot drop privileges: {e}")))?;
@@ -500,6 +507,17 @@ pub fn main(
     tracing::debug!("{} runtime threads confined themselves", confined.threads);
     log_policy(&args, Some(old_umask.bits()));
     confined.log(&root, writable);
+    if confined.landlock.is_some() && !reread_dirs.is_empty() {
+        let dirs: Vec<String> = reread_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        tracing::info!(
+            "Landlock: files in {} stay readable, for SIGHUP to re-read --config and --map \
+             (a --map file elsewhere needs a restart)",
+            dirs.join(", ")
+        );
+    }
     nofile.log();
     if notifier.enabled() {
         let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -517,6 +535,23 @@ pub fn main(
     };
     rt.block_on(run(server, notifier, reload, args.drain));
     Ok(())
+}
+
+/// The directories of the settings files SIGHUP re-reads, each once.
+fn reread_dirs<'a>(files: impl IntoIterator<Item = Option<&'a std::path::Path>>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for f in files.into_iter().flatten() {
+        let Some(dir) = std::fs::canonicalize(f)
+            .ok()
+            .and_then(|f| f.parent().map(PathBuf::from))
+        else {
+            continue;
+        };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
 }
 
 /// `--check-config`: everything start-up reads, without binding, switching or serving.
@@ -553,10 +588,6 @@ impl Reload {
     /// sources, remap rules and refused options in force for new requests; on any error
     /// keeps the settings in force and says why.
     fn reload(&self) {
-        let what = self.source.path().map_or_else(
-            || "--map".to_owned(),
-            |p| format!("{} and --map", p.display()),
-        );
         let loaded = match self.source.load() {
             Ok(l) => l,
             Err(e) => {
@@ -579,6 +610,16 @@ impl Reload {
             );
         }
         let rules = remap.as_ref().map_or(0, |m| m.len());
+        let files: Vec<String> = [self.source.path(), args.map.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        let what = if files.is_empty() {
+            "the command line (no --config or --map file to re-read)".to_owned()
+        } else {
+            files.join(" and ")
+        };
         self.reloader.replace(LiveSettings {
             acl: args.acl.acl.clone(),
             write_from: (!args.allow_write_from.is_empty()).then(|| args.allow_write_from.clone()),
