@@ -5,6 +5,9 @@
 # iproute2 and util-linux for the private network namespace that dnsmasq's fixed port 69 needs,
 # systemd (systemd-socket-activate, systemd-analyze) for crates/cli/tests/systemd.rs, and
 # python3-seccomp for crates/cli/tests/kernel.rs (a kernel without openat2, simulated).
+# Packaging (crates/cli/tests/package.rs, .ci/deb-test.sh): cargo-deb (pinned), lintian,
+# man-db and groff-base (man -l, groff), dpkg-dev (dpkg-shlibdeps for the .deb's Depends),
+# adduser (the package's postinst), python3 (tomllib checks packaging/tftpx.toml).
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -13,6 +16,7 @@ set -euo pipefail
 
 ATFTPD_DIR=/opt/tftpx-peers/atftpd
 RS_TFTPD_VERSION=1.0.0
+CARGO_DEB_VERSION=3.8.0
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -30,7 +34,8 @@ pkg_missing() {
 # every address): a policy-rc.d that refuses every start, only for this install, only if the
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
-apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp)
+apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp
+    lintian man-db groff-base dpkg-dev adduser python3)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -77,13 +82,19 @@ if ! cargo install --list 2>/dev/null | grep -q "^tftpd v$RS_TFTPD_VERSION:"; th
     installed+=("rs-tftpd $RS_TFTPD_VERSION in $CARGO_BIN")
 fi
 
+# cargo-deb, pinned (about 2.5 min to build on 2 busy cores).
+if ! cargo install --list 2>/dev/null | grep -q "^cargo-deb v$CARGO_DEB_VERSION:"; then
+    cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION"
+    installed+=("cargo-deb $CARGO_DEB_VERSION in $CARGO_BIN")
+fi
+
 for bin in /usr/bin/tftp /usr/bin/atftp /usr/bin/curl /bin/busybox /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
-    /usr/bin/unshare /usr/sbin/ip; do
+    /usr/bin/unshare /usr/sbin/ip "$CARGO_BIN/cargo-deb" /usr/bin/lintian /usr/bin/man /usr/bin/groff; do
     [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
 done
 
 if [ ${#installed[@]} -eq 0 ]; then
-    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION)"
+    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION; cargo-deb $CARGO_DEB_VERSION, lintian)"
 else
     printf 'peers installed: %s\n' "${installed[@]}"
 fi

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+mod assets;
 mod config;
 mod logging;
 mod privileges;
@@ -44,6 +45,11 @@ enum Command {
     /// Upload files: `tftpx put HOST[:PORT] LOCAL [REMOTE]` or `tftpx put HOST LOCAL LOCAL LOCAL...`
     #[command(visible_alias = "push")]
     Put(transfer::PutArgs),
+    /// Print a shell completion script: `tftpx completions bash`
+    Completions(assets::CompletionsArgs),
+    /// Print a man page in roff (for packaging): `tftpx man serve | man -l -`
+    #[command(hide = true)]
+    Man(assets::ManArgs),
 }
 
 /// How a command failed: decides the exit code.
@@ -116,6 +122,8 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, cli.quiet, serve_logs);
     let quiet = cli.quiet > 0;
     let result = match cli.command {
+        Command::Completions(args) => assets::completions(args),
+        Command::Man(args) => assets::man(args),
         // The server builds its own runtime (spread over every core), around binding as
         // root and giving root up.
         Command::Serve(args) => {
@@ -141,7 +149,9 @@ fn main() -> ExitCode {
                     match command {
                         Command::Get(args) => transfer::get(args, &ctx).await,
                         Command::Put(args) => transfer::put(args, &ctx).await,
-                        Command::Serve(_) => unreachable!("handled above"),
+                        Command::Serve(_) | Command::Completions(_) | Command::Man(_) => {
+                            unreachable!("handled above")
+                        }
                     }
                 });
                 // Nothing of a transfer is left running; a FIFO still waiting for its reader
