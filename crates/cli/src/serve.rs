@@ -806,12 +806,13 @@ async fn run(server: Server<DirHandler>, notifier: Notifier, reload: Reload, dra
             token.cancel();
             return;
         }
+        // First, so that nothing is answered once the log or systemd says so.
+        stop_listening.cancel();
         let d = humantime::format_duration(drain);
         tracing::info!(
             "draining: no new requests are answered; running transfers may finish for up to              {d} (a second signal ends them now)"
         );
         notifier.stopping(&format!("Draining for up to {d}"));
-        stop_listening.cancel();
         tokio::select! {
             _ = tokio::time::sleep(drain) => tracing::info!(
                 "drain time ({d}) over: ending the transfers still running"

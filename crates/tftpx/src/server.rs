@@ -346,7 +346,8 @@ pub struct ServerConfig {
     pub client_prefix_v6: u8,
     /// Address rules (first match wins, default allow): datagrams from a denied source are
     /// dropped at the listener without an answer, before the rate limiter counts them.
-    /// Default: empty (everyone allowed).
+    /// Default: empty (everyone allowed). The rules at start: [`Server::reloader`] swaps
+    /// them (with `write_from`, the remap rules and the refused options) while it runs.
     pub acl: Acl,
     /// When set, WRQs only from these blocks; others get ERROR 2. Default `None`: uploads
     /// from anyone the handler lets write.
@@ -821,9 +822,11 @@ impl<H: Handler> Server<H> {
             let drain = self.drain.clone();
             listeners.push(tokio::spawn(async move {
                 // Dropping the listener stops reading its socket (transfers keep their own).
+                // Drain first: once it is cancelled, the listener is not polled again.
                 tokio::select! {
-                    _ = listen(sock, shared, cancel, t) => {}
+                    biased;
                     _ = drain.cancelled() => {}
+                    _ = listen(sock, shared, cancel, t) => {}
                 }
             }));
         }
