@@ -8,6 +8,7 @@
 # Packaging (crates/cli/tests/package.rs, .ci/deb-test.sh): cargo-deb (pinned), lintian,
 # man-db and groff-base (man -l, groff), dpkg-dev (dpkg-shlibdeps for the .deb's Depends),
 # adduser (the package's postinst), python3 (tomllib checks packaging/tftpx.toml).
+# python3-prometheus-client for crates/cli/tests/metrics.rs (parses the --metrics scrape).
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -35,7 +36,7 @@ pkg_missing() {
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
 apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp
-    lintian man-db groff-base dpkg-dev adduser python3)
+    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0

@@ -14,6 +14,7 @@ use clap::{ArgAction, Parser, Subcommand};
 mod assets;
 mod config;
 mod logging;
+mod metrics;
 mod privileges;
 mod serve;
 mod systemd;
@@ -38,6 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
+    // Boxed: its many flags make it much larger than the other variants.
     Serve(Box<serve::ServeArgs>),
     /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
     #[command(visible_alias = "pull")]

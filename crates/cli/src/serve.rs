@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -16,6 +16,7 @@ use tftpx::{
     Acl, Cidr, DirHandler, LiveSettings, PortRange, Reloader, RemapRules, Server, ServerError,
 };
 
+use crate::metrics::{self, Metrics};
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
 use crate::{config, parse_duration, CliError};
@@ -151,6 +152,18 @@ pub struct ServeArgs {
     /// port taken, requests get "Server busy". 1 <= LOW <= HIGH <= 65535.
     #[arg(long, value_name = "LOW:HIGH", value_parser = parse_port_range)]
     pub port_range: Option<PortRange>,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics and the
+    /// running transfers as JSON at /transfers (port 0: one the OS picks, logged at start).
+    /// Bound before privileges are dropped; keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Single-port mode: every transfer answers from the listen address and port (no port
+    /// per transfer), so transfers cross NATs without a TFTP helper and ECMP (anycast)
+    /// routers that hash on ports. dnsmasq's --tftp-single-port.
+    #[arg(long, conflicts_with = "port_range")]
+    pub single_port: bool,
 
     /// `--log-format` and `--log-filter`.
     #[command(flatten)]
@@ -434,6 +447,16 @@ pub fn main(
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
     let map = args.map.as_deref().map(load_map).transpose()?;
     let failed = |e: String| CliError::Failed(e);
+    // TCP, bound while root and unconfined: Landlock denies binding TCP afterwards.
+    let metrics_listener = args
+        .metrics
+        .map(metrics::bind)
+        .transpose()
+        .map_err(failed)?;
+    // Set once the server exists (its stats feed the metrics); transfers end only later.
+    let metrics_sink = metrics_listener
+        .as_ref()
+        .map(|_| Arc::new(OnceLock::<Arc<Metrics>>::new()));
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
         .allow_write(args.allow_write)
@@ -461,7 +484,19 @@ pub fn main(
     let gate = GateGuard::new();
     let server = {
         let _enter = rt.enter();
-        bind(&args, handler, map, passed).map_err(|e| failed(format!("{e:#}")))?
+        bind(&args, handler, map, passed, metrics_sink.clone())
+            .map_err(|e| failed(format!("{e:#}")))?
+    };
+    let metrics_server = match (metrics_listener, &metrics_sink) {
+        (Some(l), Some(sink)) => {
+            let m = Arc::new(Metrics::new(server.stats()));
+            let _ = sink.set(m.clone());
+            let _enter = rt.enter();
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|e| failed(format!("--metrics: {e}")))?;
+            Some((l, m))
+        }
+        _ => None,
     };
     let confined = privileges::confine(
         &who,
@@ -519,6 +554,12 @@ pub fn main(
         );
     }
     nofile.log();
+    if let Some((l, m)) = metrics_server {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("metrics at {}", metrics::describe(a));
+        }
+        rt.spawn(metrics::serve(l, m));
+    }
     if notifier.enabled() {
         let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         notifier.ready(&format!(
@@ -675,6 +716,9 @@ fn log_policy(args: &ServeArgs, old_umask: Option<u32>) {
     let Some(old_umask) = old_umask else {
         return;
     };
+    if args.single_port {
+        tracing::info!("single-port mode: transfers answer from the listen address and port");
+    }
     if let Some(r) = args.port_range {
         tracing::info!("transfer ports: {r}");
         if *r.ports().start() < 1024 {
@@ -694,6 +738,7 @@ fn bind(
     handler: DirHandler,
     map: Option<RemapRules>,
     passed: Vec<Passed>,
+    metrics: Option<Arc<OnceLock<Arc<Metrics>>>>,
 ) -> Result<Server<DirHandler>> {
     let activated = !passed.is_empty();
     let (mut listen, optional) = if activated {
@@ -733,11 +778,20 @@ fn bind(
         if let Some(r) = args.port_range {
             b = b.port_range(r);
         }
+        b = b.single_port(args.single_port);
         for a in &listen {
             b = b.listen(*a);
         }
         if let Some(m) = &map {
             b = b.remap(m.clone());
+        }
+        if let Some(sink) = &metrics {
+            let sink = sink.clone();
+            b = b.on_transfer_end(move |s| {
+                if let Some(m) = sink.get() {
+                    m.record(s);
+                }
+            });
         }
         // Taken once: only a failure to bind an address of our own goes round again, and
         // with sockets passed there is none.
@@ -810,7 +864,8 @@ async fn run(server: Server<DirHandler>, notifier: Notifier, reload: Reload, dra
         stop_listening.cancel();
         let d = humantime::format_duration(drain);
         tracing::info!(
-            "draining: no new requests are answered; running transfers may finish for up to              {d} (a second signal ends them now)"
+            "draining: no new requests are answered; running transfers may finish for up to \
+             {d} (a second signal ends them now)"
         );
         notifier.stopping(&format!("Draining for up to {d}"));
         tokio::select! {

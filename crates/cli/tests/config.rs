@@ -556,16 +556,27 @@ fn wait_notify(sock: &UnixDatagram, what: &str) {
 
 #[test]
 fn drain_lets_a_slow_download_finish_and_answers_no_new_request() {
+    drain_case(&[]);
+}
+
+/// The same with one port for everything: the listen socket carries the running download,
+/// so it is read on while draining, and only new requests go unanswered.
+#[test]
+fn drain_in_single_port_mode() {
+    drain_case(&["--single-port"]);
+}
+
+fn drain_case(extra: &[&str]) {
     let s = Setup::new(12);
     let notify_dir = tempfile::tempdir().unwrap();
     let notify_path = notify_dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let notify_env = notify_path.display().to_string();
     write(&s.config, &format!("{}drain = \"120s\"\n", s.base()));
-    let mut srv = Serve::start(
-        &["--config", &s.config_arg()],
-        &[("NOTIFY_SOCKET", &notify_env)],
-    );
+    let config = s.config_arg();
+    let mut args = vec!["--config", config.as_str()];
+    args.extend_from_slice(extra);
+    let mut srv = Serve::start(&args, &[("NOTIFY_SOCKET", &notify_env)]);
     wait_notify(&notify, "READY=1");
     let mut slow = Download::start(srv.port, "big.bin");
     slow.ack();

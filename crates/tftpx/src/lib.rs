@@ -9,6 +9,7 @@
 //! | [`Handler`], [`DirHandler`] | what is served: a directory confined to its root, or your own |
 //! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
 //! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
+//! | [`ServerStats`] | live counters: refusals, ERRORs sent, running transfers (for metrics) |
 //! | [`RemapRules`] | tftp-hpa's file name remapping rules, applied before the handler |
 //! | [`Acl`], [`Cidr`], [`PortRange`] | who may be served or upload; which ports transfers use |
 //! | [`Reloader`], [`LiveSettings`] | swap the address rules, remap rules and refused options of a running server |
@@ -22,6 +23,7 @@ mod admission;
 mod budget;
 mod client;
 mod driver;
+mod endpoint;
 mod handler;
 mod io;
 mod net;
@@ -29,6 +31,7 @@ pub mod policy;
 pub mod reload;
 pub mod remap;
 mod server;
+pub mod stats;
 mod trace;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
@@ -43,6 +46,7 @@ pub use server::{
     printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,
     TransferSummary,
 };
+pub use stats::{Refusal, RunningTransfer, ServerStats};
 pub use tftpx_proto as proto;
 pub use tokio_util::sync::CancellationToken;
 pub use trace::{Direction, PacketTrace};
