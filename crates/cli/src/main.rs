@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand};
 
 mod assets;
+mod config;
 mod logging;
 mod metrics;
 mod privileges;
@@ -97,7 +98,25 @@ fn give_freed_buffers_back() {
 fn give_freed_buffers_back() {}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `serve`: the --config file merged with the command line, before logging starts (its
+    // flags may be in the file).
+    let mut source = None;
+    if let Command::Serve(args) = &mut cli.command {
+        match config::Source::new(std::env::args_os().collect()).and_then(|s| {
+            let loaded = s.load()?;
+            Ok((s, loaded))
+        }) {
+            Ok((s, loaded)) => {
+                **args = loaded.args;
+                source = Some((s, loaded.effective));
+            }
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let serve_logs = match &cli.command {
         Command::Serve(args) => Some(&args.log),
         _ => None,
@@ -111,7 +130,8 @@ fn main() -> ExitCode {
         // root and giving root up.
         Command::Serve(args) => {
             give_freed_buffers_back();
-            serve::main(*args)
+            let (source, effective) = source.expect("loaded above");
+            serve::main(*args, source, effective)
         }
         // A client runs one lock-step transfer, where waking a task on another thread costs
         // more than it gains.

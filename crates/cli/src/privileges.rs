@@ -400,6 +400,9 @@ pub(crate) struct Confinement<'a> {
     /// Threads not started by the runtime nor the main thread, left out of the check (a
     /// test harness's main thread); empty in the server.
     pub foreign: &'a [u32],
+    /// Directories ([`open_dir`]) whose files may still be read (not listed): those of the
+    /// `--config` and `--map` files, re-read on SIGHUP. Empty: none.
+    pub reread: &'a [OwnedFd],
 }
 
 /// What [`confine`] achieved, for the log.
@@ -460,9 +463,14 @@ fn landlock_status(s: &LandlockStatus) -> String {
 ///
 /// # Errors
 /// The crate's error when the ruleset cannot be built (not when the kernel lacks Landlock).
+///
+/// Files directly or further beneath each of `reread` may be read too (nothing else):
+/// the settings files SIGHUP re-reads. A directory rather than the file, so that a file
+/// replaced by an editor (a new file renamed over it) is still readable.
 pub(crate) fn ruleset(
     root: &OwnedFd,
     writable: bool,
+    reread: &[OwnedFd],
 ) -> Result<RulesetCreated, landlock::RulesetError> {
     let mut allowed: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
     if writable {
@@ -475,7 +483,12 @@ pub(crate) fn ruleset(
         .handle_access(AccessNet::from_all(LANDLOCK_ABI))?
         .scope(Scope::from_all(LANDLOCK_ABI))?
         .create()?
-        .add_rule(PathBeneath::new(root, allowed))
+        .add_rule(PathBeneath::new(root, allowed))?
+        .add_rules(
+            reread
+                .iter()
+                .map(|d| Ok(PathBeneath::new(d, AccessFs::ReadFile))),
+        )
 }
 
 /// Switches the process to `who` and confines every thread. See the module docs for the
@@ -505,7 +518,7 @@ pub(crate) fn confine(who: &Identity, c: &Confinement<'_>) -> Result<Confined, S
     prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
     let ruleset = if c.landlock {
         Some(
-            ruleset(c.root, c.writable)
+            ruleset(c.root, c.writable, c.reread)
                 .map_err(|e| format!("cannot build the Landlock ruleset: {e}"))?,
         )
     } else {
@@ -867,6 +880,7 @@ mod tests {
                 landlock: true,
                 // libtest's main thread waits for this test's thread, unconfined.
                 foreign: &[std::process::id()],
+                reread: &[],
             },
         )
         .unwrap();

@@ -2,6 +2,7 @@
 //! passed, see [`crate::systemd`]), give up root (see [`crate::privileges`]) and run until
 //! SIGINT/SIGTERM.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -11,12 +12,14 @@ use anyhow::Result;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use tftpx::policy::Action;
 use tftpx::proto::negotiate::RefusedOptions;
-use tftpx::{Acl, Cidr, DirHandler, PortRange, RemapRules, Server, ServerError};
+use tftpx::{
+    Acl, Cidr, DirHandler, LiveSettings, PortRange, Reloader, RemapRules, Server, ServerError,
+};
 
 use crate::metrics::{self, Metrics};
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
-use crate::{parse_duration, CliError};
+use crate::{config, parse_duration, CliError};
 
 /// Serve a directory over TFTP.
 #[derive(Debug, Args)]
@@ -165,6 +168,30 @@ pub struct ServeArgs {
     /// `--log-format` and `--log-filter`.
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
+
+    /// On SIGTERM/SIGINT, stop answering requests and let running transfers finish for up
+    /// to this long (e.g. 30s) before ending the rest with ERROR 0; 0: end them at once.
+    #[arg(long, default_value = "0", value_parser = parse_drain, value_name = "DURATION")]
+    pub drain: Duration,
+
+    /// Read settings from this TOML file: its keys are these long flags without the dashes
+    /// (`listen = ["0.0.0.0:69"]`, `allow-create = true`) and `root` for DIR. Flags on the
+    /// command line win (their list replaces the file's). SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings (the --config file, DIR, the --map file, --user) and exit: 0 when
+    /// they are good, 1 with the reason. Binds nothing.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Parses `--drain`: `0`, or a duration as [`parse_duration`].
+fn parse_drain(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 /// `--allow CIDR` and `--deny CIDR` (repeatable), kept in the order given: the first rule
@@ -402,7 +429,14 @@ fn listen_addrs(listen: &[Listen]) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>)>
 /// A usage error for a `--user`/`--group` it cannot take; a failure (one line) when DIR
 /// cannot be opened, an address cannot be bound, the switch fails, or the account cannot
 /// read DIR (or write in it, with uploads).
-pub fn main(args: ServeArgs) -> Result<(), CliError> {
+pub fn main(
+    args: ServeArgs,
+    source: config::Source,
+    effective: BTreeMap<String, String>,
+) -> Result<(), CliError> {
+    if args.check_config {
+        return check(&args, &source);
+    }
     // Before any thread starts: this reads and clears LISTEN_* from the environment.
     let passed = systemd::take_listen_sockets().map_err(CliError::Failed)?;
     // Connected while root and unconfined; used after the switch.
@@ -432,6 +466,12 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let root_fd = privileges::open_dir(&root)
         .map_err(|e| failed(format!("cannot serve {}: {e}", root.display())))?;
     let writable = args.allow_write || args.allow_create;
+    // SIGHUP re-reads these files: their directories stay readable under Landlock.
+    let reread_dirs = reread_dirs([source.path(), args.map.as_deref()]);
+    let reread = reread_dirs
+        .iter()
+        .filter_map(|d| privileges::open_dir(d).ok())
+        .collect::<Vec<_>>();
     // Runtime threads wait in on_thread_start until the switch below, then confine
     // themselves (no_new_privs and Landlock are per thread).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -465,6 +505,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
             writable,
             landlock: !args.no_landlock,
             foreign: &[],
+            reread: &reread,
         },
     )
     .map_err(|e| failed(format!("cannot drop privileges: {e}")))?;
@@ -499,8 +540,19 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
         }
     }
     tracing::debug!("{} runtime threads confined themselves", confined.threads);
-    log_policy(&args, old_umask.bits());
+    log_policy(&args, Some(old_umask.bits()));
     confined.log(&root, writable);
+    if confined.landlock.is_some() && !reread_dirs.is_empty() {
+        let dirs: Vec<String> = reread_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        tracing::info!(
+            "Landlock: files in {} stay readable, for SIGHUP to re-read --config and --map \
+             (a --map file elsewhere needs a restart)",
+            dirs.join(", ")
+        );
+    }
     nofile.log();
     if let Some((l, m)) = metrics_server {
         if let Ok(a) = l.local_addr() {
@@ -517,12 +569,117 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
         ));
         tracing::debug!("told the service manager: READY=1");
     }
-    rt.block_on(run(server, notifier));
+    let reload = Reload {
+        source,
+        effective,
+        reloader: server.reloader(),
+    };
+    rt.block_on(run(server, notifier, reload, args.drain));
     Ok(())
 }
 
-/// Says at start what the policy flags changed.
-fn log_policy(args: &ServeArgs, old_umask: u32) {
+/// The directories of the settings files SIGHUP re-reads, each once.
+fn reread_dirs<'a>(files: impl IntoIterator<Item = Option<&'a std::path::Path>>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for f in files.into_iter().flatten() {
+        let Some(dir) = std::fs::canonicalize(f)
+            .ok()
+            .and_then(|f| f.parent().map(PathBuf::from))
+        else {
+            continue;
+        };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// `--check-config`: everything start-up reads, without binding, switching or serving.
+fn check(args: &ServeArgs, source: &config::Source) -> Result<(), CliError> {
+    let failed = |e: String| CliError::Failed(e);
+    DirHandler::new(&args.dir)
+        .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?;
+    if let Some(m) = &args.map {
+        load_map(m)?;
+    }
+    privileges::choose(args.user.as_deref(), args.group.as_deref())?;
+    listen_addrs(&args.listen).map_err(|e| failed(format!("{e:#}")))?;
+    let what = source.path().map_or_else(
+        || "the command line".to_owned(),
+        |p| p.display().to_string(),
+    );
+    println!(
+        "tftpx: configuration OK ({what}): serving {}",
+        args.dir.display()
+    );
+    Ok(())
+}
+
+/// What SIGHUP needs: where the settings come from, those in force at start, and the
+/// server's handle for the reloadable ones.
+struct Reload {
+    source: config::Source,
+    effective: BTreeMap<String, String>,
+    reloader: Reloader,
+}
+
+impl Reload {
+    /// Re-reads the --config file and the --map file and puts the address rules, upload
+    /// sources, remap rules and refused options in force for new requests; on any error
+    /// keeps the settings in force and says why.
+    fn reload(&self) {
+        let loaded = match self.source.load() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("SIGHUP: {e}; keeping the settings in force");
+                return;
+            }
+        };
+        let args = &loaded.args;
+        let remap = match args.map.as_deref().map(load_map).transpose() {
+            Ok(m) => m.map(Arc::new),
+            Err(CliError::Failed(e) | CliError::Usage(e)) => {
+                tracing::warn!("SIGHUP: {e}; keeping the settings in force");
+                return;
+            }
+            Err(CliError::Reported) => return,
+        };
+        for (key, old, new) in config::needs_restart(&self.effective, &loaded.effective) {
+            tracing::warn!(
+                "SIGHUP: {key} changed ({old:?} -> {new:?}): needs a restart; still {old:?}"
+            );
+        }
+        let rules = remap.as_ref().map_or(0, |m| m.len());
+        let files: Vec<String> = [self.source.path(), args.map.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        let what = if files.is_empty() {
+            "the command line (no --config or --map file to re-read)".to_owned()
+        } else {
+            files.join(" and ")
+        };
+        self.reloader.replace(LiveSettings {
+            acl: args.acl.acl.clone(),
+            write_from: (!args.allow_write_from.is_empty()).then(|| args.allow_write_from.clone()),
+            remap,
+            refused: args.refuse.iter().fold(RefusedOptions::NONE, |a, &b| a | b),
+        });
+        tracing::info!(
+            "SIGHUP: reloaded {what}: {} address rule(s), {} upload source block(s), {rules}              remap rule(s), {} refused option(s); new requests use them, running transfers              continue",
+            args.acl.acl.rules().len(),
+            args.allow_write_from.len(),
+            args.refuse.len(),
+        );
+        log_policy(args, None);
+    }
+}
+
+/// Says at start (with the umask the process had), or after a reload (`None`), what the
+/// policy flags changed.
+fn log_policy(args: &ServeArgs, old_umask: Option<u32>) {
     if !args.acl.acl.is_empty() {
         let rules: Vec<String> = args
             .acl
@@ -555,6 +712,10 @@ fn log_policy(args: &ServeArgs, old_umask: u32) {
             names.join(", ")
         );
     }
+    // Start-only settings (a reload logs the ones above).
+    let Some(old_umask) = old_umask else {
+        return;
+    };
     if args.single_port {
         tracing::info!("single-port mode: transfers answer from the listen address and port");
     }
@@ -674,25 +835,47 @@ fn bind(
     Ok(server)
 }
 
-/// Serves until SIGINT or SIGTERM, then lets running transfers end (telling the service
-/// manager STOPPING=1 first).
-async fn run(server: Server<DirHandler>, notifier: Notifier) {
-    // A daemon must not die of SIGHUP (the signal that asks a service to reload): there is
-    // no configuration file to re-read yet, so say so and go on.
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!(
-                    "SIGHUP: nothing to reload (no configuration file); running transfers continue"
-                );
-            }
-        });
+/// Serves until SIGINT or SIGTERM (telling the service manager STOPPING=1 first), then
+/// ends running transfers with ERROR 0; with `drain`, first stops answering requests and
+/// lets them finish for up to that long. SIGHUP reloads (see [`Reload::reload`]).
+async fn run(server: Server<DirHandler>, notifier: Notifier, reload: Reload, drain: Duration) {
+    // A daemon must not die of SIGHUP: it asks a service to reload.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    reload.reload();
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot handle SIGHUP (no reload): {e}"),
     }
     let token = server.shutdown_token();
+    let stop_listening = server.drain_token();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: ending running transfers");
-        notifier.stopping("Shutting down: ending running transfers");
+        if drain.is_zero() {
+            tracing::info!("shutting down: ending running transfers");
+            notifier.stopping("Shutting down: ending running transfers");
+            token.cancel();
+            return;
+        }
+        // First, so that nothing is answered once the log or systemd says so.
+        stop_listening.cancel();
+        let d = humantime::format_duration(drain);
+        tracing::info!(
+            "draining: no new requests are answered; running transfers may finish for up to \
+             {d} (a second signal ends them now)"
+        );
+        notifier.stopping(&format!("Draining for up to {d}"));
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => tracing::info!(
+                "drain time ({d}) over: ending the transfers still running"
+            ),
+            _ = shutdown_signal() => tracing::info!(
+                "second signal: ending the transfers still running"
+            ),
+        }
         token.cancel();
     });
     server.run().await;

@@ -12,6 +12,7 @@
 //! | [`ServerStats`] | live counters: refusals, ERRORs sent, running transfers (for metrics) |
 //! | [`RemapRules`] | tftp-hpa's file name remapping rules, applied before the handler |
 //! | [`Acl`], [`Cidr`], [`PortRange`] | who may be served or upload; which ports transfers use |
+//! | [`Reloader`], [`LiveSettings`] | swap the address rules, remap rules and refused options of a running server |
 //! | [`Client`], [`ClientBuilder`] | downloads into any `AsyncWrite`, uploads from any `AsyncRead` |
 //!
 //! Every transfer runs in its own task on its own socket bound to the address the request
@@ -27,6 +28,7 @@ mod handler;
 mod io;
 mod net;
 pub mod policy;
+pub mod reload;
 pub mod remap;
 mod server;
 pub mod stats;
@@ -38,6 +40,7 @@ pub use handler::{
     MAX_COMPONENT_LEN, MAX_NAME_LEN,
 };
 pub use policy::{Acl, Cidr, PolicyStats, PortRange};
+pub use reload::{LiveSettings, Reloader};
 pub use remap::{RemapRules, Remapped};
 pub use server::{
     printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,

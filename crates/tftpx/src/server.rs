@@ -29,6 +29,7 @@ use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net::{self, SourceAddr};
 use crate::policy::{Acl, Cidr, PolicyStats, PortRange, RefusalLog, Throttle};
+use crate::reload::{LiveSettings, Reloader};
 use crate::remap::{RemapRules, Remapped};
 use crate::stats::{Live, Refusal, ServerStats};
 use crate::trace::{PacketTrace, Tracer};
@@ -350,7 +351,8 @@ pub struct ServerConfig {
     pub client_prefix_v6: u8,
     /// Address rules (first match wins, default allow): datagrams from a denied source are
     /// dropped at the listener without an answer, before the rate limiter counts them.
-    /// Default: empty (everyone allowed).
+    /// Default: empty (everyone allowed). The rules at start: [`Server::reloader`] swaps
+    /// them (with `write_from`, the remap rules and the refused options) while it runs.
     pub acl: Acl,
     /// When set, WRQs only from these blocks; others get ERROR 2. Default `None`: uploads
     /// from anyone the handler lets write.
@@ -678,9 +680,15 @@ impl<H: Handler> ServerBuilder<H> {
                 },
                 refusals: RefusalLog::default(),
                 ports_exhausted: Mutex::new(Throttle::default()),
+                drain: CancellationToken::new(),
+                live: Reloader::new(LiveSettings {
+                    acl: self.config.acl.clone(),
+                    write_from: self.config.write_from.clone(),
+                    remap: self.remap,
+                    refused: self.config.limits.refused,
+                }),
                 config: self.config,
                 hook: self.hook,
-                remap: self.remap,
             }),
             cancel: CancellationToken::new(),
         })
@@ -694,7 +702,12 @@ struct Shared<H> {
     admission: Admission,
     memory: Arc<MemoryBudget>,
     hook: Option<Hook>,
-    remap: Option<Arc<RemapRules>>,
+    /// The address rules, upload sources, remap rules and refused options: read through
+    /// [`Shared::live`] only, swapped by a [`Reloader`]. (`config` keeps their values at
+    /// start.)
+    live: Reloader,
+    /// Cancelled: no more requests are taken ([`Server::drain_token`]).
+    drain: CancellationToken,
     /// Requests answered "Server busy" for want of a file descriptor, logged once per 10 s.
     out_of_descriptors: Mutex<Throttle>,
     /// Datagrams the address rules turned away.
@@ -722,6 +735,11 @@ pub(crate) const SERVER_BUSY: &str = "Server busy, try again later";
 const OUT_OF_DESCRIPTORS_EVERY: Duration = Duration::from_secs(10);
 
 impl<H> Shared<H> {
+    /// The reloadable settings in force now; a request reads them once and keeps them.
+    fn live(&self) -> Arc<LiveSettings> {
+        self.live.current()
+    }
+
     /// Counts a request refused for want of a file descriptor; warns once per 10 s.
     fn out_of_descriptors(&self, what: &dyn fmt::Display) {
         self.stats.refuse(Refusal::OutOfDescriptors, None);
@@ -815,7 +833,24 @@ impl<H: Handler> Server<H> {
         self.cancel.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then waits for transfers to end.
+    /// A token that stops taking requests when cancelled (a graceful stop): the listen
+    /// sockets are no longer read, so a new request gets no answer, while running transfers
+    /// go on; [`Server::run`] returns once the last one has ended. Cancel
+    /// [`Server::shutdown_token`] too to end the rest with ERROR 0 (e.g. after a grace
+    /// period: `tftpx serve --drain DURATION`).
+    pub fn drain_token(&self) -> CancellationToken {
+        self.shared.drain.clone()
+    }
+
+    /// A handle that swaps the address rules, upload sources, remap rules and refused
+    /// options of this server while it runs (see [`crate::reload`]); the handle stays live
+    /// while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        self.shared.live.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for transfers to end; or
+    /// until the drain token is cancelled and every running transfer has ended.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
@@ -823,7 +858,27 @@ impl<H: Handler> Server<H> {
             let shared = self.shared.clone();
             let cancel = self.cancel.clone();
             let t = tracker.clone();
-            listeners.push(tokio::spawn(listen(sock, shared, cancel, t)));
+            let drain = self.shared.drain.clone();
+            let single_port = self.shared.config.single_port;
+            let running = tracker.clone();
+            let stop = async move {
+                drain.cancelled().await;
+                if single_port {
+                    // The transfers' datagrams arrive at this socket: read on (the listener
+                    // drops everything else) until they have ended.
+                    running.close();
+                    running.wait().await;
+                }
+            };
+            listeners.push(tokio::spawn(async move {
+                // Dropping the listener stops reading its socket (transfers keep their own).
+                // Drain first: once it is cancelled, the listener is not polled again.
+                tokio::select! {
+                    biased;
+                    _ = stop => {}
+                    _ = listen(sock, shared, cancel, t) => {}
+                }
+            }));
         }
         for l in listeners {
             let _ = l.await;
@@ -873,6 +928,11 @@ async fn listen<H: Handler>(
                 continue;
             }
         }
+        // Draining (single-port mode reads on for the running transfers): nothing else is
+        // answered.
+        if shared.drain.is_cancelled() {
+            continue;
+        }
         let reply = Reply {
             sock: &sock,
             to: arrival.from,
@@ -880,8 +940,9 @@ async fn listen<H: Handler>(
             source: SourceAddr::for_reply(bound, arrival.local),
         };
         let now = Instant::now().into_std();
+        let settings = shared.live();
         // Denied sources cost nothing more: no answer (it would reflect), no rate token.
-        if !shared.config.acl.allows(arrival.from.ip()) {
+        if !settings.acl.allows(arrival.from.ip()) {
             debug!(peer = %arrival.from, "denied by --allow/--deny: dropped without an answer");
             shared.policy.count_denied();
             let client = shared.client_prefix.client_of(arrival.from.ip());
@@ -918,8 +979,7 @@ async fn listen<H: Handler>(
         }
         match Packet::decode(datagram) {
             Ok(Packet::Wrq(_))
-                if shared
-                    .config
+                if settings
                     .write_from
                     .as_ref()
                     .is_some_and(|w| !w.iter().any(|c| c.contains(arrival.from.ip()))) =>
@@ -1101,8 +1161,10 @@ async fn transfer<H: Handler>(
         reported: false,
         proof: Some(ticket.proof()),
     };
+    // One snapshot of the reloadable settings for the whole transfer.
+    let settings = shared.live();
     // Remapping (tftp-hpa rules) happens before the handler sees the name.
-    let remapped = shared
+    let remapped = settings
         .remap
         .as_ref()
         .map(|r| r.apply(req.filename, peer.ip(), kind));
@@ -1233,8 +1295,13 @@ async fn transfer<H: Handler>(
                 filename,
                 mode,
             };
+            let limits = ServerLimits {
+                refused: settings.refused,
+                ..config.limits
+            };
             let ctx = Ctx {
                 shared: &shared,
+                limits: &limits,
                 timing,
                 idle,
                 cancel: &cancel,
@@ -1294,13 +1361,10 @@ impl<H: Handler> Ctx<'_, H> {
         } else {
             None
         };
-        let negotiated = shared.memory.negotiate(
-            Direction::Read,
-            options,
-            &shared.config.limits,
-            size,
-            read_buffer,
-        );
+        let negotiated =
+            shared
+                .memory
+                .negotiate(Direction::Read, options, self.limits, size, read_buffer);
         let (neg, _memory) = match negotiated {
             Ok(n) => n,
             Err(e) => {
@@ -1352,9 +1416,9 @@ impl<H: Handler> Ctx<'_, H> {
             cancel,
             ticket,
             slot,
+            limits,
             live,
         } = *self;
-        let limits = &shared.config.limits;
         let negotiated =
             shared
                 .memory
@@ -1468,6 +1532,8 @@ fn report<H>(shared: &Shared<H>, summary: &mut TransferSummary) {
 /// What every transfer of one request shares.
 struct Ctx<'a, H> {
     shared: &'a Shared<H>,
+    /// `config.limits` with the refused options of the transfer's [`LiveSettings`].
+    limits: &'a ServerLimits,
     timing: TransferConfig,
     idle: Duration,
     cancel: &'a CancellationToken,
