@@ -13,9 +13,12 @@ use tftpx::{
     Server,
 };
 
+/// What the handler was told: peer, local address, normalised name, options.
+type Seen = (SocketAddr, SocketAddr, Vec<u8>, Vec<(String, String)>);
+
 /// Serves a script naming the client, and records what it was told.
 #[derive(Clone, Default)]
-struct Script(Arc<Mutex<Vec<(SocketAddr, SocketAddr, Vec<u8>, Vec<(String, String)>)>>>);
+struct Script(Arc<Mutex<Vec<Seen>>>);
 
 impl Handler for Script {
     type Reader = Cursor<Vec<u8>>;
