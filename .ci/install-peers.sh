@@ -5,6 +5,9 @@
 # iproute2 and util-linux for the private network namespace that dnsmasq's fixed port 69 needs,
 # systemd (systemd-socket-activate, systemd-analyze) for crates/cli/tests/systemd.rs, and
 # python3-seccomp for crates/cli/tests/kernel.rs (a kernel without openat2, simulated).
+# Origins (crates/origin/tests, crates/cli/tests/origin.rs): python3 runs the HTTP test
+# origin (standard library only); moto's S3 server (PyPI `moto[server]`, pinned, with boto3)
+# goes into a virtualenv of Debian's python3 under /opt/tftpx-peers/moto-venv.
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -13,6 +16,9 @@ set -euo pipefail
 
 ATFTPD_DIR=/opt/tftpx-peers/atftpd
 RS_TFTPD_VERSION=1.0.0
+MOTO_VENV=/opt/tftpx-peers/moto-venv
+MOTO_VERSION=5.2.5
+BOTO3_VERSION=1.44.8
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -30,7 +36,7 @@ pkg_missing() {
 # every address): a policy-rc.d that refuses every start, only for this install, only if the
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
-apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp)
+apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp python3 python3-venv)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -77,13 +83,23 @@ if ! cargo install --list 2>/dev/null | grep -q "^tftpd v$RS_TFTPD_VERSION:"; th
     installed+=("rs-tftpd $RS_TFTPD_VERSION in $CARGO_BIN")
 fi
 
+# moto's S3 server for crates/origin/tests/s3.rs, pinned, in its own virtualenv (Debian's
+# python3 refuses pip installs into the system).
+if ! "$MOTO_VENV/bin/python" -c "import moto, boto3, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    rm -rf "$MOTO_VENV"
+    /usr/bin/python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION"
+    installed+=("moto[server] $MOTO_VERSION in $MOTO_VENV")
+fi
+
 for bin in /usr/bin/tftp /usr/bin/atftp /usr/bin/curl /bin/busybox /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
-    /usr/bin/unshare /usr/sbin/ip; do
+    /usr/bin/unshare /usr/sbin/ip /usr/bin/python3 "$MOTO_VENV/bin/python"; do
     [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
 done
 
 if [ ${#installed[@]} -eq 0 ]; then
-    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION)"
+    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION; moto $MOTO_VERSION)"
 else
     printf 'peers installed: %s\n' "${installed[@]}"
 fi

@@ -10,17 +10,20 @@ use anyhow::Result;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use tftpx::policy::Action;
 use tftpx::proto::negotiate::RefusedOptions;
-use tftpx::{Acl, Cidr, DirHandler, PortRange, RemapRules, Server, ServerError};
+use tftpx::{Acl, Cidr, DirHandler, Handler, PortRange, RemapRules, Server, ServerError};
+use tftpx_origin::Origin;
 
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
 use crate::{parse_duration, CliError};
 
-/// Serve a directory over TFTP.
+/// Serve a directory, or an HTTP or S3 origin, over TFTP.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Directory to serve (names resolve inside it only).
-    #[arg(default_value = ".")]
+    /// Directory to serve (names resolve inside it only), or an origin to fetch each file
+    /// from: an http:// or https:// base URL, or s3://BUCKET/PREFIX (configured by the AWS
+    /// environment variables). Origins are read-only.
+    #[arg(default_value = ".", value_name = "DIR|URL")]
     pub dir: PathBuf,
 
     /// Address and port to listen on; repeat for several [default: 0.0.0.0:69 and [::]:69].
@@ -399,15 +402,149 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
     let map = args.map.as_deref().map(load_map).transpose()?;
     let failed = |e: String| CliError::Failed(e);
+    let root_arg = args.dir.to_string_lossy().into_owned();
+    if Origin::is_origin(&root_arg) {
+        if args.allow_write || args.allow_create {
+            return Err(CliError::Usage(format!(
+                "{root_arg}: uploads to an origin are not supported yet \
+                 (leave out --allow-write and --allow-create)"
+            )));
+        }
+        let origin = Origin::parse(&root_arg).map_err(|e| CliError::Usage(e.to_string()))?;
+        let site = OriginSite::of(&origin);
+        // Loads the resolver's modules while /usr is readable (Landlock allows only /etc
+        // afterwards), and says early when the origin's host does not resolve.
+        if let Some(host) = &site.host {
+            if let Err(e) = (host.as_str(), site.ports[0]).to_socket_addrs() {
+                tracing::warn!("origin {}: cannot resolve {host} now: {e}", site.label);
+            }
+        }
+        let served = Served {
+            label: site.label.clone(),
+            confine_to: PathBuf::from("/etc"),
+            writable: false,
+            connect_tcp: site.ports,
+        };
+        return serve(
+            args, origin, served, passed, notifier, old_umask, nofile, who, map,
+        );
+    }
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
         .allow_write(args.allow_write)
         .allow_create(args.allow_create)
         .allow_hard_links(args.allow_hard_links);
     let root = handler.root().to_path_buf();
+    let served = Served {
+        label: root.display().to_string(),
+        confine_to: root,
+        writable: args.allow_write || args.allow_create,
+        connect_tcp: Vec::new(),
+    };
+    serve(
+        args, handler, served, passed, notifier, old_umask, nofile, who, map,
+    )
+}
+
+/// What is served, for the log and for Landlock.
+struct Served {
+    /// The directory or origin URL, as logged.
+    label: String,
+    /// The directory Landlock confines file access to (the served one; `/etc` for an
+    /// origin, read-only, for name resolution).
+    confine_to: PathBuf,
+    /// Uploads allowed.
+    writable: bool,
+    /// TCP ports the server may connect to (an origin's).
+    connect_tcp: Vec<u16>,
+}
+
+/// Where an origin's requests go: for the log, name resolution and Landlock's TCP rules.
+struct OriginSite {
+    label: String,
+    host: Option<String>,
+    /// Never empty.
+    ports: Vec<u16>,
+}
+
+impl OriginSite {
+    fn of(origin: &Origin) -> Self {
+        match origin {
+            Origin::Http(h) => {
+                let base = h.base();
+                Self {
+                    label: base.to_string(),
+                    host: base.host_str().map(str::to_owned),
+                    ports: vec![base.port_or_known_default().unwrap_or(80)],
+                }
+            }
+            Origin::S3(s) => {
+                // The endpoint's port (AWS_ENDPOINT_URL / AWS_ENDPOINT), else HTTPS; without
+                // keys in the environment also port 80 (instance or container credentials).
+                let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok())
+                    .and_then(|e| reqwest_free_parse(&e));
+                let (host, port) = endpoint.unwrap_or((None, 443));
+                let mut ports = vec![port];
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && port != 80 {
+                    ports.push(80);
+                }
+                Self {
+                    label: s.describe(),
+                    host,
+                    ports,
+                }
+            }
+        }
+    }
+}
+
+/// Host and port of an `http://` or `https://` URL (the port defaulted by its scheme).
+fn reqwest_free_parse(url: &str) -> Option<(Option<String>, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default,
+    };
+    Some((Some(host.to_owned()), port))
+}
+
+/// The rest of [`main`], for a directory or an origin.
+#[allow(clippy::too_many_arguments)]
+fn serve<H: Handler + Clone>(
+    args: ServeArgs,
+    handler: H,
+    served: Served,
+    passed: Vec<Passed>,
+    notifier: Notifier,
+    old_umask: nix::sys::stat::Mode,
+    nofile: privileges::NofileLimit,
+    who: Identity,
+    map: Option<RemapRules>,
+) -> Result<(), CliError> {
+    let failed = |e: String| CliError::Failed(e);
+    let root = served.confine_to.clone();
     let root_fd = privileges::open_dir(&root)
         .map_err(|e| failed(format!("cannot serve {}: {e}", root.display())))?;
-    let writable = args.allow_write || args.allow_create;
+    let writable = served.writable;
     // Runtime threads wait in on_thread_start until the switch below, then confine
     // themselves (no_new_privs and Landlock are per thread).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -427,6 +564,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
         &Confinement {
             root: &root_fd,
             writable,
+            connect_tcp: &served.connect_tcp,
             landlock: !args.no_landlock,
             foreign: &[],
         },
@@ -445,7 +583,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     };
     let addrs = server.local_addrs();
     for a in &addrs {
-        tracing::info!("serving {} on {a} ({mode})", root.display());
+        tracing::info!("serving {} on {a} ({mode})", served.label);
     }
     match &who {
         Identity::Switch(_) => tracing::info!(
@@ -456,7 +594,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
             "running as root (--user root): every file root can read below {} can be served, \
              with all of root's capabilities; give the server an account of its own \
              (e.g. --user nobody)",
-            root.display()
+            served.label
         ),
         Identity::Unprivileged(_) => {
             tracing::debug!("running as {} (not started as root)", who.describe())
@@ -464,13 +602,13 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     }
     tracing::debug!("{} runtime threads confined themselves", confined.threads);
     log_policy(&args, old_umask.bits());
-    confined.log(&root, writable);
+    confined.log(&root, writable, &served.connect_tcp);
     nofile.log();
     if notifier.enabled() {
         let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         notifier.ready(&format!(
             "Serving {} on {} ({mode})",
-            root.display(),
+            served.label,
             on.join(", ")
         ));
         tracing::debug!("told the service manager: READY=1");
@@ -527,12 +665,12 @@ fn log_policy(args: &ServeArgs, old_umask: u32) {
 
 /// Binds every listen address (the defaults, less IPv6 where the machine has none), or
 /// takes the sockets systemd passed instead.
-fn bind(
+fn bind<H: Handler + Clone>(
     args: &ServeArgs,
-    handler: DirHandler,
+    handler: H,
     map: Option<RemapRules>,
     passed: Vec<Passed>,
-) -> Result<Server<DirHandler>> {
+) -> Result<Server<H>> {
     let activated = !passed.is_empty();
     let (mut listen, optional) = if activated {
         if !args.listen.is_empty() {
@@ -621,7 +759,7 @@ fn bind(
 
 /// Serves until SIGINT or SIGTERM, then lets running transfers end (telling the service
 /// manager STOPPING=1 first).
-async fn run(server: Server<DirHandler>, notifier: Notifier) {
+async fn run<H: Handler>(server: Server<H>, notifier: Notifier) {
     // A daemon must not die of SIGHUP (the signal that asks a service to reload): there is
     // no configuration file to re-read yet, so say so and go on.
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
