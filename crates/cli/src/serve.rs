@@ -404,13 +404,11 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let failed = |e: String| CliError::Failed(e);
     let root_arg = args.dir.to_string_lossy().into_owned();
     if Origin::is_origin(&root_arg) {
-        if args.allow_write || args.allow_create {
-            return Err(CliError::Usage(format!(
-                "{root_arg}: uploads to an origin are not supported yet \
-                 (leave out --allow-write and --allow-create)"
-            )));
-        }
-        let origin = Origin::parse(&root_arg).map_err(|e| CliError::Usage(e.to_string()))?;
+        // An upload becomes one PUT or PutObject after its last block, which creates or
+        // replaces alike: either flag allows uploads.
+        let origin = Origin::parse(&root_arg)
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .allow_write(args.allow_write || args.allow_create);
         let site = OriginSite::of(&origin);
         // Loads the resolver's modules while /usr is readable (Landlock allows only /etc
         // afterwards), and says early when the origin's host does not resolve.
@@ -422,6 +420,7 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
         let served = Served {
             label: site.label.clone(),
             confine_to: PathBuf::from("/etc"),
+            // Uploads are held in memory until they are sent: no file is written.
             writable: false,
             connect_tcp: site.ports,
         };
@@ -574,7 +573,10 @@ fn serve<H: Handler + Clone>(
     privileges::check_root_access(&who, &root_fd, &root, writable).map_err(failed)?;
     drop(root_fd);
 
-    let mode = if args.allow_create {
+    let origin = !served.connect_tcp.is_empty();
+    let mode = if origin && (args.allow_create || args.allow_write) {
+        "read-write, uploads sent to the origin after their last block"
+    } else if args.allow_create {
         "read-write, may create files"
     } else if args.allow_write {
         "read-write, existing files only"

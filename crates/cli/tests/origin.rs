@@ -126,21 +126,30 @@ fn serve_an_http_origin_to_real_clients_under_landlock() {
 }
 
 #[test]
-fn uploads_to_an_origin_are_a_usage_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tftpx"))
-        .args([
-            "serve",
-            "http://127.0.0.1:9/",
-            "--allow-create",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("uploads to an origin are not supported"),
-        "{err}"
-    );
+fn uploads_reach_the_origin_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/", origin.port);
+    let body = pseudo_random(300_000);
+    let local = dir.path().join("up.bin");
+    std::fs::write(&local, &body).unwrap();
+
+    let ro = Server::start(Path::new(&url), &[]);
+    let out = common::upload(Peer::TftpHpa, &ro, &local, "in/ro.bin", &Opts::default());
+    common::assert_client_saw_error(Peer::TftpHpa, &out, &[2]);
+    drop(ro);
+
+    let rw = Server::start(Path::new(&url), &["--allow-create"]);
+    assert!(rw
+        .log()
+        .contains("uploads sent to the origin after their last block"));
+    for peer in [Peer::Curl, Peer::TftpHpa] {
+        let remote = format!("in/{}.bin", peer.name());
+        common::upload(peer, &rw, &local, &remote, &Opts::default()).assert_success();
+        let stored = dir.path().join("www").join(&remote);
+        assert!(std::fs::read(&stored).unwrap() == body, "{remote} differs");
+    }
+    let access = std::fs::read_to_string(&origin.log).unwrap();
+    assert!(!access.contains("ro.bin"), "{access}");
+    assert_eq!(access.matches("\"event\": \"put\"").count(), 2, "{access}");
 }

@@ -16,8 +16,11 @@
 //!
 //! Errors map to TFTP as: not found (HTTP 404/410, S3 NoSuchKey) -> ERROR 1; forbidden
 //! (HTTP 401/403, S3 AccessDenied) -> ERROR 2; anything else (5xx, connection refused,
-//! timeouts, a body that breaks off) -> ERROR 0, with the reason in the log. Origins are
-//! read-only here: a WRQ gets ERROR 2.
+//! timeouts, a body that breaks off) -> ERROR 0, with the reason in the log.
+//!
+//! Uploads (WRQ), when allowed ([`HttpOrigin::allow_write`], [`S3Origin::allow_write`]),
+//! reach the origin only after the last block: one HTTP PUT, or an S3 PutObject (multipart
+//! past 10 MiB, aborted if the upload is abandoned). Otherwise a WRQ gets ERROR 2.
 
 use std::future::Future;
 use std::io;
@@ -33,8 +36,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use tftpx::proto::ErrorCode;
-use tftpx::{normalize_name, Handler, HandlerError, NoUpload, ReadFile, RequestInfo};
-use tokio::io::{AsyncRead, ReadBuf};
+use tftpx::{normalize_name, write_disabled, Handler, HandlerError, ReadFile, RequestInfo, Upload};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::StreamReader;
 use tracing::warn;
 
@@ -179,6 +182,7 @@ pub struct HttpOrigin {
     base: reqwest::Url,
     response_timeout: Duration,
     idle_timeout: Duration,
+    allow_write: bool,
 }
 
 impl HttpOrigin {
@@ -221,7 +225,16 @@ impl HttpOrigin {
             base: url,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            allow_write: false,
         })
+    }
+
+    /// Accepts uploads (WRQ): each becomes one `PUT BASE/NAME` with the whole file, sent
+    /// only after the last block arrived (off by default: ERROR 2). The file is held in
+    /// memory until then, at most [`MAX_HTTP_UPLOAD`] bytes (ERROR 3 beyond).
+    pub fn allow_write(mut self, yes: bool) -> Self {
+        self.allow_write = yes;
+        self
     }
 
     /// How long the origin may take to send status and headers (default 10 s).
@@ -264,7 +277,32 @@ impl HttpOrigin {
 
 impl Handler for HttpOrigin {
     type Reader = OriginReader;
-    type Writer = NoUpload;
+    type Writer = OriginUpload;
+
+    async fn open_write(
+        &self,
+        req: &RequestInfo<'_>,
+        size: Option<u64>,
+    ) -> Result<Self::Writer, HandlerError> {
+        if !self.allow_write {
+            return Err(write_disabled());
+        }
+        let (url, rel) = self.url_for(req.filename)?;
+        if size.is_some_and(|n| n > MAX_HTTP_UPLOAD as u64) {
+            return Err(HandlerError::new(ErrorCode::DiskFull, "File too large"));
+        }
+        let put = self
+            .client
+            .put(url)
+            .header("X-TFTP-Client-IP", client_ip(req.peer))
+            .header("X-TFTP-Client-Port", req.peer.port().to_string())
+            .header("X-TFTP-File", rel);
+        Ok(OriginUpload(UploadTo::Http {
+            put: Some(put),
+            body: Vec::new(),
+            timeout: self.response_timeout,
+        }))
+    }
 
     async fn open_read(
         &self,
@@ -339,6 +377,7 @@ pub struct S3Origin {
     bucket: String,
     prefix: String,
     idle_timeout: Duration,
+    allow_write: bool,
 }
 
 impl S3Origin {
@@ -389,12 +428,21 @@ impl S3Origin {
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            allow_write: false,
         })
     }
 
     /// How long the body may send nothing while the server waits for it (default 30 s).
     pub fn idle_timeout(mut self, t: Duration) -> Self {
         self.idle_timeout = t;
+        self
+    }
+
+    /// Accepts uploads (WRQ) as PutObject, or a multipart upload once the file passes
+    /// 10 MiB, completed only after the last block arrived; an upload that does not finish
+    /// is aborted and creates no object (off by default: ERROR 2).
+    pub fn allow_write(mut self, yes: bool) -> Self {
+        self.allow_write = yes;
         self
     }
 
@@ -422,7 +470,21 @@ impl S3Origin {
 
 impl Handler for S3Origin {
     type Reader = OriginReader;
-    type Writer = NoUpload;
+    type Writer = OriginUpload;
+
+    async fn open_write(
+        &self,
+        req: &RequestInfo<'_>,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, HandlerError> {
+        if !self.allow_write {
+            return Err(write_disabled());
+        }
+        let key = self.key_for(req.filename)?;
+        Ok(OriginUpload(UploadTo::S3(Some(
+            object_store::buffered::BufWriter::new(self.store.clone(), key),
+        ))))
+    }
 
     async fn open_read(
         &self,
@@ -461,6 +523,14 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Accepts uploads: see [`HttpOrigin::allow_write`] and [`S3Origin::allow_write`].
+    pub fn allow_write(self, yes: bool) -> Self {
+        match self {
+            Self::Http(h) => Self::Http(h.allow_write(yes)),
+            Self::S3(s) => Self::S3(s.allow_write(yes)),
+        }
+    }
+
     /// Whether `root` names an origin rather than a directory (`http://`, `https://`,
     /// `s3://`, ASCII case ignored).
     pub fn is_origin(root: &str) -> bool {
@@ -491,7 +561,18 @@ impl Origin {
 
 impl Handler for Origin {
     type Reader = OriginReader;
-    type Writer = NoUpload;
+    type Writer = OriginUpload;
+
+    async fn open_write(
+        &self,
+        req: &RequestInfo<'_>,
+        size: Option<u64>,
+    ) -> Result<Self::Writer, HandlerError> {
+        match self {
+            Self::Http(h) => h.open_write(req, size).await,
+            Self::S3(s) => s.open_write(req, size).await,
+        }
+    }
 
     async fn open_read(
         &self,
@@ -500,6 +581,156 @@ impl Handler for Origin {
         match self {
             Self::Http(h) => h.open_read(req).await,
             Self::S3(s) => s.open_read(req).await,
+        }
+    }
+}
+
+/// Largest upload to an [`HttpOrigin`], in bytes (64 MiB): it is held in memory until the
+/// PUT.
+pub const MAX_HTTP_UPLOAD: usize = 64 << 20;
+
+/// An upload to an origin: nothing reaches the origin's name before [`Upload::commit`]
+/// (after the last block). Dropped before, an HTTP upload sends nothing and an S3 upload
+/// is aborted (a multipart upload already begun is aborted in the background).
+pub struct OriginUpload(UploadTo);
+
+enum UploadTo {
+    Http {
+        /// The PUT, sent by the commit; `None` once sent.
+        put: Option<reqwest::RequestBuilder>,
+        body: Vec<u8>,
+        timeout: Duration,
+    },
+    /// `None` once committed or aborted.
+    S3(Option<object_store::buffered::BufWriter>),
+}
+
+impl std::fmt::Debug for OriginUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            UploadTo::Http { body, .. } => write!(f, "OriginUpload::Http({} bytes)", body.len()),
+            UploadTo::S3(_) => f.write_str("OriginUpload::S3"),
+        }
+    }
+}
+
+fn committed() -> io::Error {
+    io::Error::other("upload already committed")
+}
+
+impl AsyncWrite for OriginUpload {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.0 {
+            UploadTo::Http { body, .. } => {
+                if body.len() + buf.len() > MAX_HTTP_UPLOAD {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "upload larger than 64 MiB",
+                    )));
+                }
+                body.extend_from_slice(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            UploadTo::S3(Some(w)) => Pin::new(w).poll_write(cx, buf),
+            UploadTo::S3(None) => Poll::Ready(Err(committed())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.0 {
+            UploadTo::Http { .. } => Poll::Ready(Ok(())),
+            UploadTo::S3(Some(w)) => Pin::new(w).poll_flush(cx),
+            UploadTo::S3(None) => Poll::Ready(Err(committed())),
+        }
+    }
+
+    /// Flushes only: the upload is completed by [`Upload::commit`].
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl Upload for OriginUpload {
+    async fn commit(mut self) -> io::Result<()> {
+        match &mut self.0 {
+            UploadTo::Http { put, body, timeout } => {
+                let put = put.take().ok_or_else(committed)?;
+                let url = put
+                    .try_clone()
+                    .and_then(|p| p.build().ok())
+                    .map(|r| r.url().to_string())
+                    .unwrap_or_default();
+                let sent = tokio::time::timeout(*timeout, put.body(std::mem::take(body)).send());
+                let response = match sent.await {
+                    Err(_) => {
+                        warn!("origin: PUT {url}: no answer within {timeout:?}");
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "origin unavailable",
+                        ));
+                    }
+                    Ok(Err(e)) => {
+                        warn!("origin: PUT {url}: {}", error_chain(&e));
+                        return Err(io::Error::other("origin unavailable"));
+                    }
+                    Ok(Ok(r)) => r,
+                };
+                match response.status().as_u16() {
+                    200..=299 => Ok(()),
+                    401 | 403 => Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "origin refused",
+                    )),
+                    413 => Err(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "origin refused",
+                    )),
+                    _ => {
+                        warn!("origin: PUT {url}: HTTP {}", response.status());
+                        Err(io::Error::other("origin refused the upload"))
+                    }
+                }
+            }
+            UploadTo::S3(w) => {
+                let mut w = w.take().ok_or_else(committed)?;
+                w.shutdown().await.map_err(|e| {
+                    warn!("origin: PutObject: {}", error_chain(&e));
+                    let denied = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<object_store::Error>())
+                        .is_some_and(|o| {
+                            matches!(
+                                o,
+                                object_store::Error::PermissionDenied { .. }
+                                    | object_store::Error::Unauthenticated { .. }
+                            )
+                        });
+                    if denied {
+                        io::Error::new(io::ErrorKind::PermissionDenied, "origin refused")
+                    } else {
+                        io::Error::other("origin unavailable")
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl Drop for OriginUpload {
+    fn drop(&mut self) {
+        if let UploadTo::S3(Some(mut w)) = std::mem::replace(&mut self.0, UploadTo::S3(None)) {
+            // A multipart upload already begun is aborted; a small one never left memory.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = w.abort().await {
+                        warn!("origin: aborting an unfinished upload: {e}");
+                    }
+                });
+            }
         }
     }
 }

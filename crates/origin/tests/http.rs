@@ -106,10 +106,19 @@ impl Origin {
 
 /// A TFTP server in front of `handler` on 127.0.0.1 (OS-picked port).
 fn serve<H: tftpx::Handler>(handler: H) -> (SocketAddr, CancellationToken) {
+    serve_reporting(handler, |_| {})
+}
+
+/// [`serve`], calling `ended` with each finished transfer's file name.
+fn serve_reporting<H: tftpx::Handler>(
+    handler: H,
+    ended: impl Fn(String) + Send + Sync + 'static,
+) -> (SocketAddr, CancellationToken) {
     let server = Server::builder(handler)
         .listen("127.0.0.1:0".parse().unwrap())
         .timeout(Duration::from_secs(1))
         .rate_limit(None)
+        .on_transfer_end(move |s| ended(s.filename.clone()))
         .bind()
         .unwrap();
     let addr = server.local_addrs()[0];
@@ -297,5 +306,102 @@ async fn data_flows_while_the_origin_is_still_sending() {
     let report = r.unwrap();
     assert!(got == big, "download differs");
     assert_eq!(report.negotiated.tsize, Some(big.len() as u64));
+    token.cancel();
+}
+
+/// A reader that yields `data` and then fails: an upload abandoned midway.
+struct Broken(std::io::Cursor<Vec<u8>>);
+
+impl tokio::io::AsyncRead for Broken {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0.position() as usize == self.0.get_ref().len() {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk gone")));
+        }
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_one_put_after_the_last_block_and_abandoned_ones_none() {
+    let origin = Origin::start(&[]);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let (addr, token) = serve_reporting(
+        HttpOrigin::new(&origin.url()).unwrap().allow_write(true),
+        move |name| {
+            let _ = ended_tx.send(name);
+        },
+    );
+    let c = client(addr);
+    let body = pattern(200_000);
+    c.put("in/new.bin", &body[..], Some(body.len() as u64), |_| {})
+        .await
+        .unwrap();
+    let stored = origin._dir.path().join("www/in/new.bin");
+    assert!(
+        std::fs::read(&stored).unwrap() == body,
+        "stored upload differs"
+    );
+    let e = c
+        .put("forbidden/x.bin", &b"x"[..], Some(1), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        server_code(&e),
+        ErrorCode::AccessViolation,
+        "403 -> ERROR 2"
+    );
+    // The client gives up after 50,000 bytes: nothing is PUT.
+    let e = c
+        .put(
+            "in/abandoned.bin",
+            Broken(std::io::Cursor::new(pattern(50_000))),
+            Some(200_000),
+            |_| {},
+        )
+        .await;
+    assert!(e.is_err());
+    // Once the server reports the transfer's end, its upload was committed or dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let name = tokio::time::timeout_at(deadline, ended.recv())
+            .await
+            .expect("the abandoned upload did not end within 60 s")
+            .unwrap();
+        if name == "in/abandoned.bin" {
+            break;
+        }
+    }
+    let puts: Vec<_> = origin
+        .entries()
+        .into_iter()
+        .filter(|e| e["event"] == "put")
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["len"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        puts,
+        [
+            ("/in/new.bin".to_owned(), 200_000),
+            ("/forbidden/x.bin".to_owned(), 1)
+        ]
+    );
+    assert!(!origin._dir.path().join("www/in/abandoned.bin").exists());
+    token.cancel();
+
+    // Without allow_write: ERROR 2, and nothing reaches the origin.
+    let (addr, token) = serve(HttpOrigin::new(&origin.url()).unwrap());
+    let e = client(addr)
+        .put("in/ro.bin", &b"x"[..], Some(1), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&e), ErrorCode::AccessViolation);
     token.cancel();
 }

@@ -3,7 +3,7 @@
 
 Serves files below --dir over HTTP/1.1 on 127.0.0.1 at a port the OS picks (written to
 --port-file), and appends one JSON line per request to --log: the raw request path and the
-X-TFTP-* headers. Special paths: /forbidden/... -> 403, /broken -> 500; /slow.bin sends
+X-TFTP-* headers. PUT stores the body under --dir. Special paths: /forbidden/... -> 403, /broken -> 500; /slow.bin sends
 its headers and first half, logs "paused", waits (at most 120 s) until --release exists,
 then sends the rest and logs "done".
 """
@@ -68,6 +68,27 @@ class Handler(BaseHTTPRequestHandler):
             log({"event": "done"})
         else:
             self.wfile.write(body)
+
+    def do_PUT(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        log({
+            "event": "put",
+            "path": self.path,
+            "len": len(body),
+            "ip": self.headers.get("X-TFTP-Client-IP"),
+            "file": self.headers.get("X-TFTP-File"),
+        })
+        if self.path.startswith("/forbidden/"):
+            return self.empty(403)
+        rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+        full = os.path.realpath(os.path.join(root, rel))
+        if not full.startswith(root + "/"):
+            return self.empty(403)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(body)
+        self.empty(201)
 
     def empty(self, code):
         self.send_response(code)

@@ -6,7 +6,8 @@ Usage: origin_s3.py INFO_FILE KEY=PATH...
 
 The first requests (the set-up below) run without authentication; from then on moto checks
 SigV4 and IAM: the access key written to INFO_FILE (JSON: port, key_id, secret) belongs to
-a user who may only read `images/tftp/public/*`, so any other key is 403 AccessDenied.
+a user who may only read `images/tftp/public/*` and read and write `images/tftp/incoming/*`,
+so any other key is 403 AccessDenied.
 """
 import json
 import os
@@ -36,8 +37,13 @@ iam.create_user(UserName="tftpx")
 key = iam.create_access_key(UserName="tftpx")["AccessKey"]
 iam.put_user_policy(UserName="tftpx", PolicyName="read-public", PolicyDocument=json.dumps({
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
-                   "Resource": "arn:aws:s3:::images/tftp/public/*"}],
+    "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": ["arn:aws:s3:::images/tftp/public/*", "arn:aws:s3:::images/tftp/incoming/*"]},
+        {"Effect": "Allow",
+         "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+         "Resource": "arn:aws:s3:::images/tftp/incoming/*"},
+    ],
 }))
 info = {"port": port, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 tmp = sys.argv[1] + ".tmp"

@@ -47,7 +47,8 @@ async fn serve_and_client(origin: S3Origin) -> (Client, tftpx::CancellationToken
     let client = Client::builder(addr)
         .timeout(Duration::from_secs(1))
         .tsize(true)
-        .blksize(1024)
+        .blksize(8192)
+        .windowsize(4)
         .build();
     (client, token)
 }
@@ -156,6 +157,75 @@ fn s3_objects_are_served_with_their_size_and_errors_map() {
         }
         token.cancel();
 
+        // Uploads: PutObject for a small file, multipart past 10 MiB, both committed after
+        // the last block; an abandoned multipart upload is aborted and leaves no object.
+        let origin = S3Origin::from_env("images", "tftp")
+            .unwrap()
+            .allow_write(true);
+        let (c, token) = serve_and_client(origin).await;
+        let small = pattern(100_000);
+        c.put(
+            "incoming/small.bin",
+            &small[..],
+            Some(small.len() as u64),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let large = pattern(12 << 20);
+        c.put(
+            "incoming/large.bin",
+            &large[..],
+            Some(large.len() as u64),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        for (name, body) in [
+            ("incoming/small.bin", &small),
+            ("incoming/large.bin", &large),
+        ] {
+            let mut got = Vec::new();
+            c.get(name, &mut got, |_| {}).await.unwrap();
+            assert!(got == *body, "{name}: stored object differs");
+        }
+        let e = c
+            .put("public/x.bin", &b"x"[..], Some(1), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            server_code(&e),
+            ErrorCode::AccessViolation,
+            "PutObject denied -> ERROR 2"
+        );
+        let e = c
+            .put(
+                "incoming/abandoned.bin",
+                Broken(std::io::Cursor::new(pattern(11 << 20))),
+                Some(12 << 20),
+                |_| {},
+            )
+            .await;
+        assert!(e.is_err());
+        let abort = "DELETE /images/tftp/incoming/abandoned.bin?uploadId=";
+        let until = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(dir.path().join("moto.log"))
+            .unwrap()
+            .contains(abort)
+        {
+            assert!(
+                Instant::now() < until,
+                "the multipart upload was not aborted in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let e = c
+            .get("incoming/abandoned.bin", Vec::new(), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(server_code(&e), ErrorCode::FileNotFound, "no object");
+        token.cancel();
+
         // The store down: ERROR 0, promptly.
         drop(moto);
         let (c, token) = serve_and_client(S3Origin::from_env("images", "tftp").unwrap()).await;
@@ -182,5 +252,21 @@ fn s3_objects_are_served_with_their_size_and_errors_map() {
             !l.contains("..") && !l.contains("%2e") && !l.contains("%2E") && !l.contains('?'),
             "{l}"
         );
+    }
+}
+
+/// A reader that yields its bytes and then fails: an upload abandoned midway.
+struct Broken(std::io::Cursor<Vec<u8>>);
+
+impl tokio::io::AsyncRead for Broken {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0.position() as usize == self.0.get_ref().len() {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk gone")));
+        }
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
