@@ -5,6 +5,10 @@
 # iproute2 and util-linux for the private network namespace that dnsmasq's fixed port 69 needs,
 # systemd (systemd-socket-activate, systemd-analyze) for crates/cli/tests/systemd.rs, and
 # python3-seccomp for crates/cli/tests/kernel.rs (a kernel without openat2, simulated).
+# Packaging (crates/cli/tests/package.rs, .ci/deb-test.sh): cargo-deb (pinned), lintian,
+# man-db and groff-base (man -l, groff), dpkg-dev (dpkg-shlibdeps for the .deb's Depends),
+# adduser (the package's postinst), python3 (tomllib checks packaging/tftpx.toml).
+# python3-prometheus-client for crates/cli/tests/metrics.rs (parses the --metrics scrape).
 # Origins (crates/origin/tests, crates/cli/tests/origin.rs): python3 runs the HTTP test
 # origin (standard library only); moto's S3 server (PyPI `moto[server]`, pinned, with boto3)
 # goes into a virtualenv of Debian's python3 under /opt/tftpx-peers/moto-venv.
@@ -19,6 +23,7 @@ RS_TFTPD_VERSION=1.0.0
 MOTO_VENV=/opt/tftpx-peers/moto-venv
 MOTO_VERSION=5.2.5
 BOTO3_VERSION=1.44.8
+CARGO_DEB_VERSION=3.8.0
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -36,7 +41,8 @@ pkg_missing() {
 # every address): a policy-rc.d that refuses every start, only for this install, only if the
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
-apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp python3 python3-venv)
+apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp
+    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client python3-venv)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -83,6 +89,12 @@ if ! cargo install --list 2>/dev/null | grep -q "^tftpd v$RS_TFTPD_VERSION:"; th
     installed+=("rs-tftpd $RS_TFTPD_VERSION in $CARGO_BIN")
 fi
 
+# cargo-deb, pinned (about 2.5 min to build on 2 busy cores).
+if ! cargo install --list 2>/dev/null | grep -q "^cargo-deb v$CARGO_DEB_VERSION:"; then
+    cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION"
+    installed+=("cargo-deb $CARGO_DEB_VERSION in $CARGO_BIN")
+fi
+
 # moto's S3 server for crates/origin/tests/s3.rs, pinned, in its own virtualenv (Debian's
 # python3 refuses pip installs into the system).
 if ! "$MOTO_VENV/bin/python" -c "import moto, boto3, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
@@ -94,12 +106,13 @@ if ! "$MOTO_VENV/bin/python" -c "import moto, boto3, sys; sys.exit(moto.__versio
 fi
 
 for bin in /usr/bin/tftp /usr/bin/atftp /usr/bin/curl /bin/busybox /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
-    /usr/bin/unshare /usr/sbin/ip /usr/bin/python3 "$MOTO_VENV/bin/python"; do
+    /usr/bin/unshare /usr/sbin/ip "$CARGO_BIN/cargo-deb" /usr/bin/lintian /usr/bin/man /usr/bin/groff \
+    /usr/bin/python3 "$MOTO_VENV/bin/python"; do
     [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
 done
 
 if [ ${#installed[@]} -eq 0 ]; then
-    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION; moto $MOTO_VERSION)"
+    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION; cargo-deb $CARGO_DEB_VERSION, lintian; moto $MOTO_VERSION)"
 else
     printf 'peers installed: %s\n' "${installed[@]}"
 fi

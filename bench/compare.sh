@@ -19,6 +19,8 @@
 #   65464x16  download, blksize 65464, windowsize 16                   file: --size
 #   up65464   upload, blksize 65464, lock-step                         file: --size
 #   conc200   200 simultaneous 1 MiB downloads from one load generator (every server)
+# Servers: tftpx, tftpx-sp (tftpx --single-port: its ratio is to tftpx with the same client),
+# tftpd-hpa, atftpd, dnsmasq, rs-tftpd, async-tftp.
 # then, unless --no-scale, tftpx only: 1,000 simultaneous 1 MiB downloads, and 10,000 slow
 # transfers (one ACK per 100 ms) held open while a probe download is timed against idle.
 # --large adds a 4 GiB download and upload at blksize 512 against tftpx, sampling its RSS.
@@ -123,7 +125,7 @@ free_port() {
 }
 
 # ---------------------------------------------------------------- servers
-SERVERS=(tftpx tftpd-hpa atftpd dnsmasq rs-tftpd async-tftp)
+SERVERS=(tftpx tftpx-sp tftpd-hpa atftpd dnsmasq rs-tftpd async-tftp)
 CLIENTS=(tftpx tftp-hpa atftp curl busybox tftpc)
 
 start_server() {
@@ -141,6 +143,9 @@ start_server() {
     # requests/s) as the peers have none.
     tftpx) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
         --max-transfers-per-client 0 --rate-limit 0 -q >"$out" 2>&1 & ;;
+    # The same in single-port mode (--single-port): every transfer on the listen port.
+    tftpx-sp) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
+        --max-transfers-per-client 0 --rate-limit 0 --single-port -q >"$out" 2>&1 & ;;
     tftpd-hpa) /usr/sbin/in.tftpd -L -s -c -p -u root -a "127.0.0.1:$port" "$dir" >"$out" 2>&1 & ;;
     atftpd) "$ATFTPD" --daemon --no-fork --port "$port" --bind-address 127.0.0.1 --user root --group root \
         --maxthread 1100 --logfile /dev/null "$dir" >"$out" 2>&1 & ;;
@@ -214,7 +219,7 @@ server_supports() { # server dir blksize window
     local s=$1 d=$2 w=$4
     [ "$d" = put ] && [ "$s" = dnsmasq ] && return 1 # read-only
     if [ "$w" -gt 1 ]; then
-        case "$s" in tftpx | atftpd | rs-tftpd) return 0 ;; *) return 1 ;; esac # RFC 7440
+        case "$s" in tftpx | tftpx-sp | atftpd | rs-tftpd) return 0 ;; *) return 1 ;; esac # RFC 7440
     fi
     return 0
 }
@@ -439,7 +444,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "Machine: $MACHINE. Load average before / after: $LOAD_BEFORE / $LOAD_AFTER."
     echo "Files: $(numfmt --to=iec "$SIZE_B") (65464 rows, windowed, upload), $(numfmt --to=iec "$LOCKSTEP_B") (512 and 1468 lock-step rows); $REPS interleaved repetitions; loopback; tmpfs."
     echo "MB/s = 10^6 bytes/s of wall time (client start to exit). CPU = median seconds per transfer, user+sys: the client's from /usr/bin/time, the server's from its cgroup ($([ -n "$CG_BASE" ] && echo "$CG_KIND, forked children included" || echo "none: /proc stat only")). A pair that failed once is not repeated (ok column)."
-    echo "ratio: for a tftpx server line, its median / the best peer server's median with the same client; for a tftpx client line, its median / the best peer client's against the same server; for tftpx-tftpx, / the best peer pair."
+    echo "ratio: for a tftpx server line, its median / the best peer server's median with the same client; for a tftpx client line, its median / the best peer client's against the same server; for tftpx-tftpx, / the best peer pair; for tftpx-sp (single-port mode), / tftpx's (multi-port) median with the same client."
     echo
     awk -F'\t' -v titles="$(for k in "${!ROW_TITLE[@]}"; do printf '%s=%s;' "$k" "${ROW_TITLE[$k]}"; done)" -v order="$ROWS" -f "$HERE/report.awk" "$TSV"
     if [ -s "$SCALE_TSV" ]; then

@@ -46,9 +46,10 @@ END {
         med[k] = median(mbs[k]); best[k] = maxof(mbs[k])
         if (med[k] < 0 || good[k] < total[k]) med[k] = (good[k] > 0 && good[k] == total[k]) ? med[k] : -1
         st = p[1]; s = p[2]; c = p[3]
-        if (s != "tftpx" && med[k] > bestsrv[st SUBSEP c]) bestsrv[st SUBSEP c] = med[k]
-        if (c != "tftpx" && med[k] > bestcli[st SUBSEP s]) bestcli[st SUBSEP s] = med[k]
-        if (s != "tftpx" && c != "tftpx" && med[k] > bestpair[st]) { bestpair[st] = med[k]; bestpairname[st] = s " + " c }
+        # tftpx-sp (tftpx in single-port mode) is tftpx too: never a "best peer".
+        if (s !~ /^tftpx/ && med[k] > bestsrv[st SUBSEP c]) bestsrv[st SUBSEP c] = med[k]
+        if (c != "tftpx" && s != "tftpx-sp" && med[k] > bestcli[st SUBSEP s]) bestcli[st SUBSEP s] = med[k]
+        if (s !~ /^tftpx/ && c != "tftpx" && med[k] > bestpair[st]) { bestpair[st] = med[k]; bestpairname[st] = s " + " c }
     }
     summary = ""
     for (r = 1; r <= nrows; r++) {
@@ -57,13 +58,18 @@ END {
         printf "#### %s (%s)\n\n", st, title[st]
         print "| server | client | MB/s median | MB/s best | client CPU s | server CPU s | ok | ratio tftpx / best peer |"
         print "| --- | --- | --- | --- | --- | --- | --- | --- |"
-        minsrv = ""; mincli = ""
+        minsrv = ""; mincli = ""; minsp = ""
         for (i = 1; i <= nk; i++) {
             k = keys[i]; split(k, p, SUBSEP)
             if (p[1] != st) continue
             s = p[2]; c = p[3]
             rt = ""
-            if (s == "tftpx" && c == "tftpx") rt = ratio(med[k], bestpair[st]) " (pair)"
+            if (s == "tftpx-sp") {
+                mp = st SUBSEP "tftpx" SUBSEP c
+                rt = ((mp in med) ? ratio(med[k], med[mp]) : "-") " (single-port / multi-port)"
+                if ((mp in med) && med[mp] > 0) { q = (med[k] < 0 ? 0 : med[k] / med[mp]); if (minsp == "" || q < minsp) { minsp = q; minspc = c } }
+            }
+            else if (s == "tftpx" && c == "tftpx") rt = ratio(med[k], bestpair[st]) " (pair)"
             else if (s == "tftpx") {
                 rt = ratio(med[k], bestsrv[st SUBSEP c]) " (server)"
                 if (bestsrv[st SUBSEP c] > 0) { q = (med[k] < 0 ? 0 : med[k] / bestsrv[st SUBSEP c]); if (minsrv == "" || q < minsrv) { minsrv = q; minsrvc = c } }
@@ -83,12 +89,13 @@ END {
             a = srvcpu[st SUBSEP "tftpx" SUBSEP "tftp-hpa"]; b = srvcpu[st SUBSEP "tftpd-hpa" SUBSEP "tftp-hpa"]
             if (a != "" && b != "" && a >= 0 && b >= 0) cpu = sprintf("server CPU s/GiB with tftp-hpa client: tftpx %.2f, tftpd-hpa %.2f", a * 1073741824 / bytes[st], b * 1073741824 / bytes[st])
         }
-        summary = summary sprintf("| %s | %s %s | %s | %s | %s | %s | %s |\n", st, bestpairname[st], fmt(bestpair[st] > 0 ? bestpair[st] : -1), \
+        summary = summary sprintf("| %s | %s %s | %s | %s | %s | %s | %s | %s |\n", st, bestpairname[st], fmt(bestpair[st] > 0 ? bestpair[st] : -1), \
             fmt((kk in med) ? med[kk] : -1), ((kk in med) ? ratio(med[kk], bestpair[st]) : "-"), \
-            (minsrv == "" ? "-" : sprintf("%.2fx (client %s)", minsrv, minsrvc)), (mincli == "" ? "-" : sprintf("%.2fx (server %s)", mincli, minclis)), cpu)
+            (minsrv == "" ? "-" : sprintf("%.2fx (client %s)", minsrv, minsrvc)), (mincli == "" ? "-" : sprintf("%.2fx (server %s)", mincli, minclis)), \
+            (minsp == "" ? "-" : sprintf("%.2fx (client %s)", minsp, minspc)), cpu)
     }
     print "#### Summary (medians, MB/s)\n"
-    print "| row | best peer pair | tftpx + tftpx | pair ratio | worst tftpx server ratio | worst tftpx client ratio | note |"
-    print "| --- | --- | --- | --- | --- | --- | --- |"
+    print "| row | best peer pair | tftpx + tftpx | pair ratio | worst tftpx server ratio | worst tftpx client ratio | worst single-port / multi-port | note |"
+    print "| --- | --- | --- | --- | --- | --- | --- | --- |"
     printf "%s", summary
 }

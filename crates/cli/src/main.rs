@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+mod assets;
 mod logging;
+mod metrics;
 mod privileges;
 mod serve;
 mod systemd;
@@ -36,13 +38,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a directory or an origin: `tftpx serve ./boot --listen 127.0.0.1:6969`
-    Serve(serve::ServeArgs),
+    // Boxed: its many flags make it much larger than the other variants.
+    Serve(Box<serve::ServeArgs>),
     /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST/PATH`
     #[command(visible_alias = "pull")]
     Get(transfer::GetArgs),
     /// Upload files: `tftpx put HOST[:PORT] LOCAL [REMOTE]` or `tftpx put HOST LOCAL LOCAL LOCAL...`
     #[command(visible_alias = "push")]
     Put(transfer::PutArgs),
+    /// Print a shell completion script: `tftpx completions bash`
+    Completions(assets::CompletionsArgs),
+    /// Print a man page in roff (for packaging): `tftpx man serve | man -l -`
+    #[command(hide = true)]
+    Man(assets::ManArgs),
 }
 
 /// How a command failed: decides the exit code.
@@ -97,11 +105,13 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, cli.quiet, serve_logs);
     let quiet = cli.quiet > 0;
     let result = match cli.command {
+        Command::Completions(args) => assets::completions(args),
+        Command::Man(args) => assets::man(args),
         // The server builds its own runtime (spread over every core), around binding as
         // root and giving root up.
         Command::Serve(args) => {
             give_freed_buffers_back();
-            serve::main(args)
+            serve::main(*args)
         }
         // A client runs one lock-step transfer, where waking a task on another thread costs
         // more than it gains.
@@ -121,7 +131,9 @@ fn main() -> ExitCode {
                     match command {
                         Command::Get(args) => transfer::get(args, &ctx).await,
                         Command::Put(args) => transfer::put(args, &ctx).await,
-                        Command::Serve(_) => unreachable!("handled above"),
+                        Command::Serve(_) | Command::Completions(_) | Command::Man(_) => {
+                            unreachable!("handled above")
+                        }
                     }
                 });
                 // Nothing of a transfer is left running; a FIFO still waiting for its reader

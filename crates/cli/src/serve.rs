@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ use tftpx::proto::negotiate::RefusedOptions;
 use tftpx::{Acl, Cidr, DirHandler, Handler, PortRange, RemapRules, Server, ServerError};
 use tftpx_origin::Origin;
 
+use crate::metrics::{self, Metrics};
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
 use crate::{parse_duration, CliError};
@@ -150,6 +152,18 @@ pub struct ServeArgs {
     /// port taken, requests get "Server busy". 1 <= LOW <= HIGH <= 65535.
     #[arg(long, value_name = "LOW:HIGH", value_parser = parse_port_range)]
     pub port_range: Option<PortRange>,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics and the
+    /// running transfers as JSON at /transfers (port 0: one the OS picks, logged at start).
+    /// Bound before privileges are dropped; keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Single-port mode: every transfer answers from the listen address and port (no port
+    /// per transfer), so transfers cross NATs without a TFTP helper and ECMP (anycast)
+    /// routers that hash on ports. dnsmasq's --tftp-single-port.
+    #[arg(long, conflicts_with = "port_range")]
+    pub single_port: bool,
 
     /// `--log-format` and `--log-filter`.
     #[command(flatten)]
@@ -402,6 +416,16 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
     let who = privileges::choose(args.user.as_deref(), args.group.as_deref())?;
     let map = args.map.as_deref().map(load_map).transpose()?;
     let failed = |e: String| CliError::Failed(e);
+    // TCP, bound while root and unconfined: Landlock denies binding TCP afterwards.
+    let metrics_listener = args
+        .metrics
+        .map(metrics::bind)
+        .transpose()
+        .map_err(failed)?;
+    // Set once the server exists (its stats feed the metrics); transfers end only later.
+    let metrics_sink = metrics_listener
+        .as_ref()
+        .map(|_| Arc::new(OnceLock::<Arc<Metrics>>::new()));
     let root_arg = args.dir.to_string_lossy().into_owned();
     if Origin::is_origin(&root_arg) {
         // An upload becomes one PUT or PutObject after its last block, which creates or
@@ -424,9 +448,17 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
             writable: false,
             connect_tcp: site.ports,
         };
-        return serve(
-            args, origin, served, passed, notifier, old_umask, nofile, who, map,
-        );
+        let prologue = Prologue {
+            passed,
+            notifier,
+            old_umask,
+            nofile,
+            who,
+            map,
+            metrics_listener,
+            metrics_sink,
+        };
+        return serve(args, origin, served, prologue);
     }
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
@@ -440,9 +472,29 @@ pub fn main(args: ServeArgs) -> Result<(), CliError> {
         writable: args.allow_write || args.allow_create,
         connect_tcp: Vec::new(),
     };
-    serve(
-        args, handler, served, passed, notifier, old_umask, nofile, who, map,
-    )
+    let prologue = Prologue {
+        passed,
+        notifier,
+        old_umask,
+        nofile,
+        who,
+        map,
+        metrics_listener,
+        metrics_sink,
+    };
+    serve(args, handler, served, prologue)
+}
+
+/// What [`main`] prepared before choosing a directory or an origin.
+struct Prologue {
+    passed: Vec<Passed>,
+    notifier: Notifier,
+    old_umask: nix::sys::stat::Mode,
+    nofile: privileges::NofileLimit,
+    who: Identity,
+    map: Option<RemapRules>,
+    metrics_listener: Option<std::net::TcpListener>,
+    metrics_sink: Option<Arc<OnceLock<Arc<Metrics>>>>,
 }
 
 /// What is served, for the log and for Landlock.
@@ -527,18 +579,22 @@ fn reqwest_free_parse(url: &str) -> Option<(Option<String>, u16)> {
 }
 
 /// The rest of [`main`], for a directory or an origin.
-#[allow(clippy::too_many_arguments)]
 fn serve<H: Handler + Clone>(
     args: ServeArgs,
     handler: H,
     served: Served,
-    passed: Vec<Passed>,
-    notifier: Notifier,
-    old_umask: nix::sys::stat::Mode,
-    nofile: privileges::NofileLimit,
-    who: Identity,
-    map: Option<RemapRules>,
+    prologue: Prologue,
 ) -> Result<(), CliError> {
+    let Prologue {
+        passed,
+        notifier,
+        old_umask,
+        nofile,
+        who,
+        map,
+        metrics_listener,
+        metrics_sink,
+    } = prologue;
     let failed = |e: String| CliError::Failed(e);
     let root = served.confine_to.clone();
     let root_fd = privileges::open_dir(&root)
@@ -556,7 +612,19 @@ fn serve<H: Handler + Clone>(
     let gate = GateGuard::new();
     let server = {
         let _enter = rt.enter();
-        bind(&args, handler, map, passed).map_err(|e| failed(format!("{e:#}")))?
+        bind(&args, handler, map, passed, metrics_sink.clone())
+            .map_err(|e| failed(format!("{e:#}")))?
+    };
+    let metrics_server = match (metrics_listener, &metrics_sink) {
+        (Some(l), Some(sink)) => {
+            let m = Arc::new(Metrics::new(server.stats()));
+            let _ = sink.set(m.clone());
+            let _enter = rt.enter();
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|e| failed(format!("--metrics: {e}")))?;
+            Some((l, m))
+        }
+        _ => None,
     };
     let confined = privileges::confine(
         &who,
@@ -606,6 +674,12 @@ fn serve<H: Handler + Clone>(
     log_policy(&args, old_umask.bits());
     confined.log(&root, writable, &served.connect_tcp);
     nofile.log();
+    if let Some((l, m)) = metrics_server {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("metrics at {}", metrics::describe(a));
+        }
+        rt.spawn(metrics::serve(l, m));
+    }
     if notifier.enabled() {
         let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         notifier.ready(&format!(
@@ -653,6 +727,9 @@ fn log_policy(args: &ServeArgs, old_umask: u32) {
             names.join(", ")
         );
     }
+    if args.single_port {
+        tracing::info!("single-port mode: transfers answer from the listen address and port");
+    }
     if let Some(r) = args.port_range {
         tracing::info!("transfer ports: {r}");
         if *r.ports().start() < 1024 {
@@ -672,6 +749,7 @@ fn bind<H: Handler + Clone>(
     handler: H,
     map: Option<RemapRules>,
     passed: Vec<Passed>,
+    metrics: Option<Arc<OnceLock<Arc<Metrics>>>>,
 ) -> Result<Server<H>> {
     let activated = !passed.is_empty();
     let (mut listen, optional) = if activated {
@@ -711,11 +789,20 @@ fn bind<H: Handler + Clone>(
         if let Some(r) = args.port_range {
             b = b.port_range(r);
         }
+        b = b.single_port(args.single_port);
         for a in &listen {
             b = b.listen(*a);
         }
         if let Some(m) = &map {
             b = b.remap(m.clone());
+        }
+        if let Some(sink) = &metrics {
+            let sink = sink.clone();
+            b = b.on_transfer_end(move |s| {
+                if let Some(m) = sink.get() {
+                    m.record(s);
+                }
+            });
         }
         // Taken once: only a failure to bind an address of our own goes round again, and
         // with sockets passed there is none.

@@ -121,6 +121,11 @@ fn assert_ok_summary(line: &str, want: &Expect) {
 
 /// Downloads a file of each size with `peer` and checks every byte and every summary.
 fn check_downloads(peer: Peer, opts: Opts, sizes: &[usize]) {
+    check_downloads_with(peer, opts, sizes, &[]);
+}
+
+/// [`check_downloads`] from a server started with `server_args` too.
+fn check_downloads_with(peer: Peer, opts: Opts, sizes: &[usize], server_args: &[&str]) {
     let t = Layout::new();
     let files: Vec<(String, Vec<u8>)> = sizes
         .iter()
@@ -129,7 +134,7 @@ fn check_downloads(peer: Peer, opts: Opts, sizes: &[usize]) {
     for (name, data) in &files {
         write_file(&t.root.join(name), data);
     }
-    let server = Server::start(&t.root, &[]);
+    let server = Server::start(&t.root, server_args);
     for (name, data) in &files {
         let local = t.local.join(name);
         let out = download(peer, &server, name, &local, &opts);
@@ -155,6 +160,11 @@ fn check_downloads(peer: Peer, opts: Opts, sizes: &[usize]) {
 /// Uploads a file of each size with `peer` (server with `--allow-create`) and checks every
 /// byte that landed in the root, every summary, and that no temporary file is left.
 fn check_uploads(peer: Peer, opts: Opts, sizes: &[usize]) {
+    check_uploads_with(peer, opts, sizes, &[]);
+}
+
+/// [`check_uploads`] to a server started with `server_args` too.
+fn check_uploads_with(peer: Peer, opts: Opts, sizes: &[usize], server_args: &[&str]) {
     let t = Layout::new();
     let files: Vec<(String, Vec<u8>)> = sizes
         .iter()
@@ -163,7 +173,12 @@ fn check_uploads(peer: Peer, opts: Opts, sizes: &[usize]) {
     for (name, data) in &files {
         write_file(&t.local.join(name), data);
     }
-    let server = Server::start(&t.root, &["--allow-create"]);
+    let args: Vec<&str> = ["--allow-create"]
+        .iter()
+        .chain(server_args)
+        .copied()
+        .collect();
+    let server = Server::start(&t.root, &args);
     for (name, data) in &files {
         let out = upload(peer, &server, &t.local.join(name), name, &opts);
         out.assert_success();
@@ -945,6 +960,10 @@ fn names_with_subdirectories_and_a_leading_slash() {
 fn concurrent_transfers_with_all_clients() {
     // All four clients download and upload at the same time from one server: eight
     // transfers on eight transfer IDs.
+    concurrent_transfers(&[]);
+}
+
+fn concurrent_transfers(server_args: &[&str]) {
     let t = Layout::new();
     let size = 3 * 1024 * 1024 + 77;
     let mut expected = Vec::new();
@@ -955,7 +974,12 @@ fn concurrent_transfers_with_all_clients() {
         write_file(&t.local.join(format!("put-{}.bin", peer.name())), &put);
         expected.push((peer, get, put));
     }
-    let server = Server::start(&t.root, &["--allow-create"]);
+    let args: Vec<&str> = ["--allow-create"]
+        .iter()
+        .chain(server_args)
+        .copied()
+        .collect();
+    let server = Server::start(&t.root, &args);
     let outputs: Vec<PeerOutput> = thread::scope(|s| {
         let (server, t) = (&server, &t);
         let mut handles = Vec::new();
@@ -1003,4 +1027,53 @@ fn concurrent_transfers_with_all_clients() {
             &format!("concurrent {name} upload"),
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Single-port mode (`--single-port`): every transfer answers from the listen port
+// ---------------------------------------------------------------------------------------
+
+const SINGLE_PORT: &[&str] = &["--single-port"];
+
+#[test]
+fn single_port_tftp_hpa_sizes() {
+    check_downloads_with(Peer::TftpHpa, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+    check_uploads_with(Peer::TftpHpa, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+}
+
+#[test]
+fn single_port_atftp_sizes() {
+    check_downloads_with(Peer::Atftp, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+    check_uploads_with(Peer::Atftp, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+}
+
+#[test]
+fn single_port_curl_sizes() {
+    check_downloads_with(Peer::Curl, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+    check_uploads_with(Peer::Curl, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+}
+
+#[test]
+fn single_port_busybox_sizes() {
+    check_downloads_with(Peer::Busybox, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+    check_uploads_with(Peer::Busybox, Opts::default(), &DEFAULT_SIZES, SINGLE_PORT);
+}
+
+#[test]
+fn single_port_atftp_blksize_1468_windowsize_16() {
+    let o = || opts(Some(1468), Some(16));
+    check_downloads_with(Peer::Atftp, o(), &sizes_for_blksize(1468), SINGLE_PORT);
+    check_uploads_with(Peer::Atftp, o(), &sizes_for_blksize(1468), SINGLE_PORT);
+}
+
+#[test]
+fn single_port_40mib_block_rollover() {
+    check_downloads_with(Peer::Busybox, Opts::default(), &[BIG], SINGLE_PORT);
+    check_uploads_with(Peer::TftpHpa, Opts::default(), &[BIG], SINGLE_PORT);
+}
+
+#[test]
+fn single_port_concurrent_transfers_with_all_clients() {
+    // Eight transfers on one server port, told apart by the clients' ports alone.
+    concurrent_transfers(SINGLE_PORT);
 }

@@ -202,6 +202,67 @@ fn socket_activated_server_serves_the_passed_socket_and_notifies() {
     assert!(status.success(), "{status:?}\n{}", server.log());
 }
 
+/// Single-port mode on a socket passed by systemd: the transfer answers from the passed
+/// socket's own address and port (a raw UDP client checks every datagram's source), and the
+/// file arrives whole.
+#[test]
+fn socket_activated_single_port_answers_from_the_passed_socket() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(5 * 512 + 17);
+    std::fs::write(root.path().join("boot.img"), &data).unwrap();
+    let port = free_udp_port();
+    let mut server = Proc::spawn(
+        Command::new("systemd-socket-activate")
+            .args(["--datagram", "-l", &format!("127.0.0.1:{port}")])
+            .args([BIN, "serve"])
+            .arg(root.path())
+            .args(["--single-port", "--user", "root"]),
+    );
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // systemd-socket-activate binds the port a moment after it starts: repeat the RRQ (as
+    // any client does) until the first DATA arrives, at most 10 times 2 s.
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 600];
+    let mut first = None;
+    for _ in 0..10 {
+        c.send_to(b"\x00\x01boot.img\x00octet\x00", listen).unwrap();
+        if let Ok(r) = c.recv_from(&mut buf) {
+            first = Some(r);
+            break;
+        }
+    }
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut expect = 1u16;
+    for _ in 0..100 {
+        let (n, from) = match first.take() {
+            Some(r) => r,
+            None => c
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("no DATA {expect}: {e}\nserver log:\n{}", server.log())),
+        };
+        assert_eq!(
+            from, listen,
+            "DATA from the passed socket's address and port"
+        );
+        assert_eq!(&buf[..2], &[0, 3], "{:?}", &buf[..n]);
+        let block = u16::from_be_bytes([buf[2], buf[3]]);
+        if block == expect {
+            got.extend_from_slice(&buf[4..n]);
+            expect += 1;
+        }
+        c.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
+        if n < 516 {
+            break;
+        }
+    }
+    assert_eq!(got, data, "byte-identical download");
+    server.terminate();
+    let status = server.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+}
+
 /// NOTIFY_SOCKET naming an abstract socket (`@NAME`, as systemd itself uses) gets READY=1
 /// once the server listens and STOPPING=1 after SIGTERM; the server keeps serving in
 /// between (it connected before giving up root and confining itself).

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{self, Tracker};
+use crate::endpoint::Link;
 use crate::io::{Sink, Source};
 use crate::net;
 use crate::trace::{PacketTrace, Tracer};
@@ -310,6 +311,7 @@ impl Client {
             // A window may arrive as one GSO train: take it in one receive.
             net::enable_gro(&sock);
         }
+        let mut link = Link::from(sock);
         let mut rx = Receiver::client(
             self.server,
             remote.as_bytes(),
@@ -334,7 +336,7 @@ impl Client {
         let mut tracker = Tracker::default();
         let mut local_error = None;
         driver::run_receiver(
-            &sock,
+            &mut link,
             &mut rx,
             &mut sink,
             &mut tracker,
@@ -382,11 +384,11 @@ impl Client {
         let outcome = tracker.outcome();
         // The final ACK (or our ERROR) leaves now, then the dally (if any) runs here: a
         // background task would die with a runtime that shuts down when the caller returns.
-        driver::flush_receiver(&sock, &mut rx, trace.as_ref()).await;
+        driver::flush_receiver(&link, &mut rx, trace.as_ref()).await;
         if outcome.is_ok() && local_error.is_none() && mismatch.is_none() && !rx.is_finished() {
             let mut dally_tracker = Tracker::default();
             driver::finish_receiver(
-                &sock,
+                &mut link,
                 &mut rx,
                 &mut dally_tracker,
                 &self.cancel,
@@ -454,7 +456,7 @@ impl Client {
         )?;
         let mut src = Source::new(input, self.mode);
         let tracker = driver::run_sender(
-            &sock,
+            &mut Link::from(sock),
             &mut tx,
             &mut src,
             &self.cancel,

@@ -1,4 +1,5 @@
-//! Drives the sans-I/O state machines with a tokio socket, a file and the tokio clock.
+//! Drives the sans-I/O state machines with a [`Link`] (a socket of the transfer's own, or
+//! a share of the listen socket), a file and the tokio clock.
 //! Shared by the server and the client.
 
 use std::io;
@@ -9,10 +10,10 @@ use tftpx_proto::negotiate::Negotiated;
 use tftpx_proto::transfer::{Event, Receiver, Sender, Stats, TransferError};
 use tftpx_proto::wire::{ErrorCode, Packet};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::endpoint::{Link, Recv};
 use crate::io::{Sink, Source};
 use crate::net;
 use crate::trace::{Direction, Tracer};
@@ -29,8 +30,8 @@ const MIN_RECEIVE_BUFFER: usize = 1500;
 
 /// The receive buffer for a receiver at `blksize`: DATA (with GRO, a train of them) or an
 /// ERROR, whichever needs more.
-fn receiver_buffer_len(sock: &UdpSocket, blksize: usize) -> usize {
-    net::receive_buffer_len(sock, blksize).max(MIN_RECEIVE_BUFFER)
+fn receiver_buffer_len(link: &Link, blksize: usize) -> usize {
+    link.receive_buffer_len(blksize).max(MIN_RECEIVE_BUFFER)
 }
 
 /// What a transfer reported through its events.
@@ -63,21 +64,33 @@ pub(crate) fn io_error_code(e: &io::Error) -> (ErrorCode, String) {
     (h.code, h.message)
 }
 
+/// How a single-port transfer ends when a new request from its peer's address and port
+/// takes the peer over: nothing more is sent (the peer is the new transfer's now).
+fn superseded() -> TransferError {
+    TransferError::Aborted {
+        code: ErrorCode::NotDefined,
+        message: SUPERSEDED.to_owned(),
+    }
+}
+
+/// The reason logged for a superseded transfer (never sent).
+pub(crate) const SUPERSEDED: &str = "superseded by a new request from the same address and port";
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
 /// Sends one datagram; a send failure is logged and otherwise treated as a loss (the
 /// retransmission timer recovers).
-async fn send(sock: &UdpSocket, payload: &[u8], to: std::net::SocketAddr) {
-    if let Err(e) = sock.send_to(payload, to).await {
+async fn send(link: &Link, payload: &[u8], to: std::net::SocketAddr) {
+    if let Err(e) = link.send_to(payload, to).await {
         tracing::debug!(%to, "send failed: {e}");
     }
 }
 
 /// Sends a single ERROR (used before a state machine exists).
 pub(crate) async fn send_error(
-    sock: &UdpSocket,
+    link: &Link,
     to: std::net::SocketAddr,
     code: ErrorCode,
     message: &str,
@@ -86,7 +99,7 @@ pub(crate) async fn send_error(
     let msg = &message.as_bytes()[..message.len().min(200)];
     let p = Packet::Error { code, message: msg };
     if let Ok(n) = p.encode(&mut buf) {
-        send(sock, &buf[..n], to).await;
+        send(link, &buf[..n], to).await;
     }
 }
 
@@ -100,6 +113,8 @@ enum Wake {
     },
     Timer,
     Cancelled,
+    /// Single-port mode: the peer's datagrams go to a newer transfer now; end silently.
+    Superseded,
 }
 
 /// Waits for the next datagram, the state machine's timer, or cancellation. One per
@@ -126,7 +141,7 @@ impl Waiter {
     /// `now` is the caller's latest clock reading (one per packet is enough).
     async fn wait(
         &mut self,
-        sock: &UdpSocket,
+        link: &mut Link,
         buf: &mut [u8],
         deadline: Option<std::time::Instant>,
         fallback: Duration,
@@ -144,10 +159,11 @@ impl Waiter {
             return Wake::Timer;
         }
         // Fast path: a datagram already queued needs no task wake-up.
-        match net::try_recv_segments(sock, buf, &mut self.cmsg) {
-            Ok((len, from, segment)) => return Wake::Datagram { len, from, segment },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
+        match link.try_recv(buf, &mut self.cmsg) {
+            Recv::Datagram { len, from, segment } => return Wake::Datagram { len, from, segment },
+            Recv::Empty => {}
+            Recv::Superseded => return Wake::Superseded,
+            Recv::Error(e) => {
                 tracing::debug!("recv failed: {e}");
             }
         }
@@ -160,9 +176,11 @@ impl Waiter {
         tokio::select! {
             biased;
             _ = self.cancelled.as_mut() => Wake::Cancelled,
-            r = net::recv_segments(sock, buf, &mut self.cmsg) => match r {
-                Ok((len, from, segment)) => Wake::Datagram { len, from, segment },
-                Err(e) => {
+            r = link.recv(buf, &mut self.cmsg) => match r {
+                Recv::Datagram { len, from, segment } => Wake::Datagram { len, from, segment },
+                Recv::Superseded => Wake::Superseded,
+                Recv::Empty => Wake::Timer,
+                Recv::Error(e) => {
                     // ICMP errors surface here on some systems; they are not fatal for UDP.
                     tracing::debug!("recv failed: {e}");
                     Wake::Timer
@@ -193,7 +211,7 @@ impl Waiter {
 /// `progress` sees the counters after every step; `trace`, when given, every datagram sent
 /// and received (one Option check per datagram without it).
 pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
-    sock: &UdpSocket,
+    link: &mut Link,
     tx: &mut Sender,
     src: &mut Source<R>,
     cancel: &CancellationToken,
@@ -234,7 +252,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
                     tr.packet(Direction::Sent, b.destination, d);
                 }
             }
-            if let Err(e) = net::send_batch(sock, &b, &mut gso).await {
+            if let Err(e) = link.send_batch(&b, &mut gso).await {
                 tracing::debug!(to = %b.destination, "send failed: {e}");
             }
         }
@@ -246,7 +264,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             break;
         }
         let wake = waiter
-            .wait(sock, &mut buf, tx.poll_timeout(), idle, t)
+            .wait(link, &mut buf, tx.poll_timeout(), idle, t)
             .await;
         match wake {
             Wake::Datagram { len, from, segment } => {
@@ -263,6 +281,10 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
                 tx.abort(ErrorCode::NotDefined, CANCELLED);
                 cancelled = true;
             }
+            Wake::Superseded => {
+                tracker.result = Some(Err(superseded()));
+                break;
+            }
         }
     }
     tracker
@@ -273,7 +295,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
 /// `trace`, when given, sees every datagram sent and received.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
-    sock: &UdpSocket,
+    link: &mut Link,
     rx: &mut Receiver,
     sink: &mut Sink<W>,
     tracker: &mut Tracker,
@@ -282,14 +304,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
     trace: Option<&Tracer>,
 ) {
-    let mut buf = vec![0u8; receiver_buffer_len(sock, rx.blksize())];
+    let mut buf = vec![0u8; receiver_buffer_len(link, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
-                let want = receiver_buffer_len(sock, n.blksize as usize);
+                let want = receiver_buffer_len(link, n.blksize as usize);
                 if buf.len() != want {
                     buf = vec![0u8; want];
                 }
@@ -303,14 +325,14 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             if let Some(tr) = trace {
                 tr.packet(Direction::Sent, out.destination, out.payload);
             }
-            send(sock, out.payload, out.destination).await;
+            send(link, out.payload, out.destination).await;
         }
         progress(&rx.stats(), tracker.negotiated.as_ref());
         if rx.is_finished() {
             continue;
         }
         let wake = waiter
-            .wait(sock, &mut buf, rx.poll_timeout(), idle, t)
+            .wait(link, &mut buf, rx.poll_timeout(), idle, t)
             .await;
         t = now();
         match wake {
@@ -332,6 +354,13 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             Wake::Cancelled => {
                 rx.abort(ErrorCode::NotDefined, CANCELLED);
             }
+            Wake::Superseded => {
+                while let Some(ev) = rx.poll_event() {
+                    tracker.record(ev);
+                }
+                tracker.result = Some(Err(superseded()));
+                return;
+            }
         }
     }
     while let Some(ev) = rx.poll_event() {
@@ -341,30 +370,30 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
 
 /// Sends what a receiver has queued (its final ACK or an ERROR), without waiting.
 /// Each datagram is reported to `trace` when there is one.
-pub(crate) async fn flush_receiver(sock: &UdpSocket, rx: &mut Receiver, trace: Option<&Tracer>) {
+pub(crate) async fn flush_receiver(link: &Link, rx: &mut Receiver, trace: Option<&Tracer>) {
     let t = now();
     while let Some(out) = rx.poll_transmit(t) {
         if let Some(tr) = trace {
             tr.packet(Direction::Sent, out.destination, out.payload);
         }
-        send(sock, out.payload, out.destination).await;
+        send(link, out.payload, out.destination).await;
     }
 }
 
 /// Sends what a receiver still has to send (its final ACK or an ERROR) and dallies until it
 /// is finished, or until cancelled.
 pub(crate) async fn finish_receiver(
-    sock: &UdpSocket,
+    link: &mut Link,
     rx: &mut Receiver,
     tracker: &mut Tracker,
     cancel: &CancellationToken,
     idle: Duration,
     trace: Option<&Tracer>,
 ) {
-    let mut buf = vec![0u8; receiver_buffer_len(sock, rx.blksize())];
+    let mut buf = vec![0u8; receiver_buffer_len(link, rx.blksize())];
     let mut waiter = Waiter::new(cancel);
     loop {
-        flush_receiver(sock, rx, trace).await;
+        flush_receiver(link, rx, trace).await;
         while let Some(ev) = rx.poll_event() {
             tracker.record(ev);
         }
@@ -372,7 +401,7 @@ pub(crate) async fn finish_receiver(
             break;
         }
         let wake = waiter
-            .wait(sock, &mut buf, rx.poll_timeout(), idle, now())
+            .wait(link, &mut buf, rx.poll_timeout(), idle, now())
             .await;
         let t = now();
         match wake {
@@ -386,7 +415,7 @@ pub(crate) async fn finish_receiver(
                 }
             }
             Wake::Timer => rx.handle_timeout(t),
-            Wake::Cancelled => break,
+            Wake::Cancelled | Wake::Superseded => break,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`normalize_name`], [`NoUpload`] | the name checks of [`DirHandler`] for other handlers; a read-only handler's upload type |
 //! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
 //! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
+//! | [`ServerStats`] | live counters: refusals, ERRORs sent, running transfers (for metrics) |
 //! | [`RemapRules`] | tftp-hpa's file name remapping rules, applied before the handler |
 //! | [`Acl`], [`Cidr`], [`PortRange`] | who may be served or upload; which ports transfers use |
 //! | [`Client`], [`ClientBuilder`] | downloads into any `AsyncWrite`, uploads from any `AsyncRead` |
@@ -22,12 +23,14 @@ mod admission;
 mod budget;
 mod client;
 mod driver;
+mod endpoint;
 mod handler;
 mod io;
 mod net;
 pub mod policy;
 pub mod remap;
 mod server;
+pub mod stats;
 mod trace;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
@@ -41,6 +44,7 @@ pub use server::{
     printable, Kind, Outcome, RateLimit, Server, ServerBuilder, ServerConfig, ServerError,
     TransferSummary,
 };
+pub use stats::{Refusal, RunningTransfer, ServerStats};
 pub use tftpx_proto as proto;
 pub use tokio_util::sync::CancellationToken;
 pub use trace::{Direction, PacketTrace};

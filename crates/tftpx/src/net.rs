@@ -272,6 +272,112 @@ pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes one UDP GSO send may carry: an IP datagram's 64 KiB less headers.
 pub(crate) const GSO_MAX_BYTES: usize = 65_000;
 
+/// The source address of datagrams sent on a shared socket (single-port mode): the address
+/// the request was sent to, so a multi-homed or anycast host answers from the address the
+/// client asked even when the socket is bound to a wildcard address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceAddr {
+    /// The socket's own address, or the kernel's choice: no control message.
+    Bound,
+    /// IP_PKTINFO's `ipi_spec_dst` on an IPv4 socket.
+    V4(Ipv4Addr),
+    /// IPV6_PKTINFO on an IPv6 socket (an IPv4 source as IPv4-mapped), with the interface
+    /// index of a link-local address (0 otherwise).
+    V6(Ipv6Addr, u32),
+}
+
+impl SourceAddr {
+    /// The source for replies to a request that arrived at `local` (from
+    /// [`recv_request`]) on a socket bound to `bound`.
+    pub fn for_reply(bound: SocketAddr, local: SocketAddr) -> Self {
+        if !bound.ip().is_unspecified() || local.ip().is_unspecified() {
+            return Self::Bound;
+        }
+        match (bound, local) {
+            (SocketAddr::V4(_), SocketAddr::V4(l)) => Self::V4(*l.ip()),
+            (SocketAddr::V6(_), SocketAddr::V4(l)) => Self::V6(l.ip().to_ipv6_mapped(), 0),
+            (SocketAddr::V6(_), SocketAddr::V6(l)) => Self::V6(*l.ip(), l.scope_id()),
+            (SocketAddr::V4(_), SocketAddr::V6(_)) => Self::Bound,
+        }
+    }
+}
+
+/// `to` as a socket bound to `bound` must name it: IPv4 peers of a dual-stack IPv6 socket as
+/// IPv4-mapped IPv6 addresses.
+pub(crate) fn wire_address(bound: SocketAddr, to: SocketAddr) -> SocketAddr {
+    match (bound, to) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        _ => to,
+    }
+}
+
+/// One `sendmsg` of `payload` to `to` from `source`, split by the kernel into datagrams of
+/// `segment` bytes when given (UDP GSO). Non-blocking: `WouldBlock` when the socket's
+/// buffer is full.
+fn sendmsg_from(
+    sock: &UdpSocket,
+    payload: &[u8],
+    to: &SockaddrStorage,
+    source: SourceAddr,
+    segment: Option<u16>,
+) -> io::Result<usize> {
+    let iov = [IoSlice::new(payload)];
+    let v4;
+    let v6;
+    let mut cmsgs = Vec::with_capacity(2);
+    match source {
+        SourceAddr::Bound => {}
+        SourceAddr::V4(ip) => {
+            v4 = nix::libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: nix::libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                ipi_addr: nix::libc::in_addr { s_addr: 0 },
+            };
+            cmsgs.push(ControlMessage::Ipv4PacketInfo(&v4));
+        }
+        SourceAddr::V6(ip, ifindex) => {
+            v6 = nix::libc::in6_pktinfo {
+                ipi6_addr: nix::libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: ifindex,
+            };
+            cmsgs.push(ControlMessage::Ipv6PacketInfo(&v6));
+        }
+    }
+    let seg;
+    if let Some(s) = segment {
+        seg = s;
+        cmsgs.push(ControlMessage::UdpGsoSegments(&seg));
+    }
+    sendmsg(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), Some(to)).map_err(io::Error::from)
+}
+
+/// Sends one datagram to `to` from `source` (see [`SourceAddr`]).
+///
+/// # Errors
+/// The OS error; the caller treats it as a loss.
+pub(crate) async fn send_from(
+    sock: &UdpSocket,
+    payload: &[u8],
+    to: SocketAddr,
+    source: SourceAddr,
+) -> io::Result<()> {
+    if source == SourceAddr::Bound {
+        return sock.send_to(payload, to).await.map(|_| ());
+    }
+    let to = SockaddrStorage::from(to);
+    sock.async_io(Interest::WRITABLE, || {
+        sendmsg_from(sock, payload, &to, source, None)
+    })
+    .await
+    .map(|_| ())
+}
+
 /// Sends a batch of datagrams: with `*gso`, in one `sendmsg` carrying `UDP_SEGMENT` (the
 /// kernel splits it, on loopback often not at all until the receiving socket); otherwise,
 /// or when the kernel or route refuses GSO (then `*gso` turns off for this socket), one
@@ -284,15 +390,27 @@ pub(crate) async fn send_batch(
     batch: &TransmitBatch<'_>,
     gso: &mut bool,
 ) -> io::Result<()> {
+    send_batch_from(sock, batch, batch.destination, SourceAddr::Bound, gso).await
+}
+
+/// [`send_batch`] to `to` (the batch's destination as the socket names it, see
+/// [`wire_address`]) from `source`.
+///
+/// # Errors
+/// The first send error; the caller treats it as a loss (the timer recovers).
+pub(crate) async fn send_batch_from(
+    sock: &UdpSocket,
+    batch: &TransmitBatch<'_>,
+    to: SocketAddr,
+    source: SourceAddr,
+    gso: &mut bool,
+) -> io::Result<()> {
     if *gso && batch.count > 1 {
         let seg = u16::try_from(batch.segment).unwrap_or(u16::MAX);
-        let to = SockaddrStorage::from(batch.destination);
+        let to = SockaddrStorage::from(to);
         let r = sock
             .async_io(Interest::WRITABLE, || {
-                let iov = [IoSlice::new(batch.payload)];
-                let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
-                sendmsg(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(&to))
-                    .map_err(io::Error::from)
+                sendmsg_from(sock, batch.payload, &to, source, Some(seg))
             })
             .await;
         match r {
@@ -316,7 +434,7 @@ pub(crate) async fn send_batch(
         }
     }
     for d in batch.datagrams() {
-        sock.send_to(d, batch.destination).await?;
+        send_from(sock, d, to, source).await?;
     }
     Ok(())
 }

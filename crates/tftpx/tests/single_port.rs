@@ -1,0 +1,329 @@
+//! Single-port mode (`ServerBuilder::single_port`): every transfer answers from the listen
+//! socket's address and port, datagrams are routed to transfers by the peer's address and
+//! port, and every rule of the socket-per-transfer mode still holds. Raw UDP sockets play
+//! the client, so every datagram's bytes and source are checked.
+
+#[path = "support/wire.rs"]
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tftpx::proto::wire::{ErrorCode, Packet};
+use tftpx::{Client, DirHandler, Outcome, Server, ServerBuilder, TransferSummary};
+use tokio::net::UdpSocket;
+use tokio::time::{timeout, Instant};
+use wire::{ack, rrq, wrq};
+
+struct Srv {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    token: tftpx::CancellationToken,
+    summaries: Arc<Mutex<Vec<TransferSummary>>>,
+}
+
+impl Drop for Srv {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+impl Srv {
+    /// Waits (at most 20 s) until `n` transfers have ended; returns how many have.
+    async fn ended(&self, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let have = self.summaries.lock().unwrap().len();
+            if have >= n || Instant::now() > deadline {
+                return have;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The bytes of the test file `f{i}`.
+fn content(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (j * 7 + i * 13) as u8).collect()
+}
+
+async fn start(
+    listen: &str,
+    configure: impl FnOnce(ServerBuilder<DirHandler>) -> ServerBuilder<DirHandler>,
+) -> Srv {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        std::fs::write(dir.path().join(format!("f{i}")), content(i, 512 * 20 + i)).unwrap();
+    }
+    let summaries = Arc::new(Mutex::new(Vec::new()));
+    let s2 = summaries.clone();
+    let server = configure(
+        Server::builder(
+            DirHandler::new(dir.path())
+                .unwrap()
+                .allow_write(true)
+                .allow_create(true),
+        )
+        .listen(listen.parse().unwrap())
+        .single_port(true),
+    )
+    .on_transfer_end(move |s| s2.lock().unwrap().push(s.clone()))
+    .bind()
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    let token = server.shutdown_token();
+    tokio::spawn(server.run());
+    Srv {
+        addr,
+        dir,
+        token,
+        summaries,
+    }
+}
+
+/// One datagram, or `None` after `wait`.
+async fn recv(s: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 70_000];
+    match timeout(wait, s.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => Some((buf[..n].to_vec(), from)),
+        _ => None,
+    }
+}
+
+/// Downloads `name` in lock-step by hand from `c`, checking that every datagram comes from
+/// `from`; returns the bytes.
+async fn lockstep_get(c: &UdpSocket, server: SocketAddr, from: SocketAddr, name: &str) -> Vec<u8> {
+    c.send_to(&rrq(name, &[]), server).await.unwrap();
+    let mut out = Vec::new();
+    let mut expect: u16 = 1;
+    for _ in 0..10_000 {
+        let (d, src) = recv(c, Duration::from_secs(5)).await.expect("DATA");
+        assert_eq!(
+            src, from,
+            "every datagram comes from the listen address and port"
+        );
+        let Ok(Packet::Data {
+            block,
+            payload: data,
+        }) = Packet::decode(&d)
+        else {
+            panic!("expected DATA, got {d:?}");
+        };
+        if block == expect {
+            out.extend_from_slice(data);
+            expect = expect.wrapping_add(1);
+        }
+        c.send_to(&ack(block), src).await.unwrap();
+        if data.len() < 512 {
+            return out;
+        }
+    }
+    panic!("no last block");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Transfers answer from the listen address and port, and several transfers from ports of
+/// one host run side by side, each getting its own bytes.
+#[test]
+fn transfers_answer_from_the_listen_port_and_are_routed_by_peer() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| b).await;
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let addr = srv.addr;
+            tasks.push(tokio::spawn(async move {
+                let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let got = lockstep_get(&c, addr, addr, &format!("f{i}")).await;
+                assert_eq!(got, content(i, 512 * 20 + i), "f{i}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(srv.ended(6).await, 6);
+        {
+            let s = srv.summaries.lock().unwrap();
+            assert!(s.iter().all(|s| s.outcome == Outcome::Ok), "{s:?}");
+        }
+
+        // The library's client, windowed, and an upload: the same socket serves them.
+        let client = Client::builder(srv.addr)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .blksize(1468)
+            .windowsize(16)
+            .dally(Duration::ZERO)
+            .build();
+        let mut back = Vec::new();
+        client.get("f3", &mut back, |_| {}).await.unwrap();
+        assert_eq!(back, content(3, 512 * 20 + 3));
+        let data = content(9, 300_000);
+        client
+            .put("up.bin", &data[..], Some(data.len() as u64), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(srv.dir.path().join("up.bin")).unwrap(), data);
+    });
+}
+
+/// A datagram that is not a request, from a peer with no transfer, gets ERROR 5 from the
+/// listen port; a repeated request is folded into its running transfer (one transfer, one
+/// summary).
+#[test]
+fn strays_get_error_5_and_repeated_requests_are_folded() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| b).await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&ack(7), srv.addr).await.unwrap();
+        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("an ERROR");
+        assert_eq!(from, srv.addr);
+        assert!(
+            matches!(
+                Packet::decode(&d),
+                Ok(Packet::Error {
+                    code: ErrorCode::UnknownTid,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+
+        // The same RRQ three times: one DATA 1 each time it is (re)sent by the server, never
+        // a second transfer.
+        let r = rrq("f1", &[]);
+        for _ in 0..3 {
+            c.send_to(&r, srv.addr).await.unwrap();
+        }
+        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
+        assert_eq!(from, srv.addr);
+        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        // Finish it in lock-step, skipping duplicates of DATA 1.
+        let mut got = d[4..].to_vec();
+        let mut expect = 2u16;
+        c.send_to(&ack(1), srv.addr).await.unwrap();
+        for _ in 0..200 {
+            let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA");
+            let block = u16::from_be_bytes([d[2], d[3]]);
+            if block == expect {
+                got.extend_from_slice(&d[4..]);
+                expect += 1;
+            }
+            c.send_to(&ack(block), srv.addr).await.unwrap();
+            if block == expect - 1 && d.len() < 516 {
+                break;
+            }
+        }
+        assert_eq!(got, content(1, 512 * 20 + 1));
+        assert_eq!(srv.ended(1).await, 1);
+        // No second transfer started (give a duplicate every chance to show up).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(srv.summaries.lock().unwrap().len(), 1);
+    });
+}
+
+/// A new, different request from the address and port of a running transfer takes the
+/// peer over: the old transfer ends without sending anything more, the new one is served.
+#[test]
+fn a_new_request_from_the_same_port_supersedes_the_running_transfer() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| b).await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
+        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
+        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        c.send_to(&ack(1), srv.addr).await.unwrap();
+        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 2");
+        assert_eq!(&d[..4], &[0, 3, 0, 2]);
+        // Now another file, from the same port, without finishing the first.
+        let got = lockstep_get(&c, srv.addr, srv.addr, "f5").await;
+        assert_eq!(got, content(5, 512 * 20 + 5));
+        assert_eq!(srv.ended(2).await, 2);
+        {
+            let s = srv.summaries.lock().unwrap();
+            let old = s.iter().find(|s| s.filename == "f2").unwrap();
+            assert!(
+                matches!(&old.outcome, Outcome::Failed(e) if e.to_string().contains("superseded")),
+                "{:?}",
+                old.outcome
+            );
+            assert!(s
+                .iter()
+                .any(|s| s.filename == "f5" && s.outcome == Outcome::Ok));
+        }
+        // Nothing more from the old transfer (no ERROR, no DATA of f2).
+        assert!(recv(&c, Duration::from_millis(1500)).await.is_none());
+    });
+}
+
+/// A dual-stack listener (`[::]:0`) serves IPv4 clients from the IPv4 address they asked,
+/// at the listen port.
+#[test]
+fn dual_stack_listener_answers_ipv4_from_the_address_asked() {
+    runtime().block_on(async {
+        let srv = start("[::]:0", |b| b).await;
+        let port = srv.addr.port();
+        for ip in ["127.0.0.1", "127.0.0.2"] {
+            let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let got = lockstep_get(&c, to, to, "f4").await;
+            assert_eq!(got, content(4, 512 * 20 + 4));
+        }
+        let c = UdpSocket::bind("[::1]:0").await.unwrap();
+        let to: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+        let got = lockstep_get(&c, to, to, "f6").await;
+        assert_eq!(got, content(6, 512 * 20 + 6));
+    });
+}
+
+/// A wildcard IPv4 listener answers from the address the request was sent to (IP_PKTINFO
+/// on every reply), not from the kernel's choice.
+#[test]
+fn wildcard_listener_answers_from_the_address_asked() {
+    runtime().block_on(async {
+        let srv = start("0.0.0.0:0", |b| b).await;
+        let port = srv.addr.port();
+        for ip in ["127.0.0.1", "127.0.0.3"] {
+            let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let got = lockstep_get(&c, to, to, "f7").await;
+            assert_eq!(got, content(7, 512 * 20 + 7));
+            // Refusals too.
+            c.send_to(&rrq("missing", &[]), to).await.unwrap();
+            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ERROR 1");
+            assert_eq!(from, to);
+            assert_eq!(&d[..4], &[0, 5, 0, 1]);
+        }
+    });
+}
+
+/// An upload in single-port mode: the file lands whole, every ACK comes from the listen
+/// port, and a WRQ refused by the handler is answered from it too.
+#[test]
+fn uploads_commit_and_ack_from_the_listen_port() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| b).await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&wrq("new.bin", &[]), srv.addr).await.unwrap();
+        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ACK 0");
+        assert_eq!((from, d.as_slice()), (srv.addr, &ack(0)[..]));
+        let data = content(3, 512 * 3 + 100);
+        for (i, chunk) in data.chunks(512).enumerate() {
+            let block = (i + 1) as u16;
+            let mut p = vec![0, 3];
+            p.extend_from_slice(&block.to_be_bytes());
+            p.extend_from_slice(chunk);
+            c.send_to(&p, srv.addr).await.unwrap();
+            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ACK");
+            assert_eq!((from, d.as_slice()), (srv.addr, &ack(block)[..]));
+        }
+        assert_eq!(std::fs::read(srv.dir.path().join("new.bin")).unwrap(), data);
+        assert_eq!(srv.ended(1).await, 1);
+    });
+}
