@@ -11,6 +11,9 @@
 # python3-prometheus-client for crates/cli/tests/metrics.rs (parses the --metrics scrape).
 # nftables (the NAT router's masquerade) and iproute2 (namespaces, veth pairs, the ECMP route)
 # for crates/cli/tests/fleet.rs and bench/fleet.sh; python3 drives a hand-made client there.
+# Origins (crates/origin/tests, crates/cli/tests/origin.rs): python3 runs the HTTP test
+# origin (standard library only); moto's S3 server (PyPI `moto[server]`, pinned, with boto3)
+# goes into a virtualenv of Debian's python3 under /opt/tftpx-peers/moto-venv.
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -19,6 +22,9 @@ set -euo pipefail
 
 ATFTPD_DIR=/opt/tftpx-peers/atftpd
 RS_TFTPD_VERSION=1.0.0
+MOTO_VENV=/opt/tftpx-peers/moto-venv
+MOTO_VERSION=5.2.5
+BOTO3_VERSION=1.44.8
 CARGO_DEB_VERSION=3.8.0
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
@@ -38,7 +44,7 @@ pkg_missing() {
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
 apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp
-    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client nftables)
+    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client nftables python3-venv)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -91,14 +97,24 @@ if ! cargo install --list 2>/dev/null | grep -q "^cargo-deb v$CARGO_DEB_VERSION:
     installed+=("cargo-deb $CARGO_DEB_VERSION in $CARGO_BIN")
 fi
 
+# moto's S3 server for crates/origin/tests/s3.rs, pinned, in its own virtualenv (Debian's
+# python3 refuses pip installs into the system).
+if ! "$MOTO_VENV/bin/python" -c "import moto, boto3, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    rm -rf "$MOTO_VENV"
+    /usr/bin/python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION"
+    installed+=("moto[server] $MOTO_VERSION in $MOTO_VENV")
+fi
+
 for bin in /usr/bin/tftp /usr/bin/atftp /usr/bin/curl /bin/busybox /usr/sbin/in.tftpd "$ATFTPD_DIR/usr/sbin/atftpd" /usr/sbin/dnsmasq "$CARGO_BIN/tftpd" \
     /usr/bin/unshare /usr/sbin/ip "$CARGO_BIN/cargo-deb" /usr/bin/lintian /usr/bin/man /usr/bin/groff \
-    /usr/sbin/nft /usr/bin/python3; do
+    /usr/sbin/nft /usr/bin/python3 "$MOTO_VENV/bin/python"; do
     [ -x "$bin" ] || { echo "missing after install: $bin" >&2; exit 1; }
 done
 
 if [ ${#installed[@]} -eq 0 ]; then
-    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION; cargo-deb $CARGO_DEB_VERSION, lintian)"
+    echo "peers: all present (clients tftp-hpa, atftp, curl, busybox; servers tftpd-hpa, atftpd, dnsmasq, rs-tftpd $RS_TFTPD_VERSION; cargo-deb $CARGO_DEB_VERSION, lintian; moto $MOTO_VERSION)"
 else
     printf 'peers installed: %s\n' "${installed[@]}"
 fi

@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a directory: `tftpx serve ./boot --listen 127.0.0.1:6969`
+    /// Serve a directory or an origin: `tftpx serve ./boot --listen 127.0.0.1:6969`
     // Boxed: its many flags make it much larger than the other variants.
     Serve(Box<serve::ServeArgs>),
     /// Download files: `tftpx get HOST[:PORT] REMOTE... [-o LOCAL]` or `tftpx get tftp://HOST/PATH`

@@ -24,9 +24,9 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath,
-    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
-    Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, NetPort,
+    PathBeneath, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
 };
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
@@ -395,6 +395,8 @@ pub(crate) struct Confinement<'a> {
     pub root: &'a OwnedFd,
     /// Whether uploads are allowed (`--allow-write`/`--allow-create`).
     pub writable: bool,
+    /// TCP ports the server may connect to (an origin's; empty: no TCP at all).
+    pub connect_tcp: &'a [u16],
     /// Whether to use Landlock (off with `--no-landlock`).
     pub landlock: bool,
     /// Threads not started by the runtime nor the main thread, left out of the check (a
@@ -418,11 +420,17 @@ pub(crate) struct Confined {
 impl Confined {
     /// One line on Landlock for the log: info when it confines, debug when the kernel lacks
     /// it or it is off.
-    pub fn log(&self, dir: &Path, writable: bool) {
+    pub fn log(&self, dir: &Path, writable: bool, connect_tcp: &[u16]) {
         let rights = if writable {
             "read, write, create and remove files"
         } else {
             "read only"
+        };
+        let tcp = if connect_tcp.is_empty() {
+            "no TCP".to_owned()
+        } else {
+            let ports: Vec<String> = connect_tcp.iter().map(u16::to_string).collect();
+            format!("TCP connections to port(s) {} only", ports.join(", "))
         };
         match &self.landlock {
             None => tracing::debug!("Landlock off (--no-landlock)"),
@@ -431,7 +439,7 @@ impl Confined {
                 landlock_status(&s.landlock)
             ),
             Some(s) if s.ruleset == RulesetStatus::FullyEnforced => tracing::info!(
-                "Landlock ({}): file access confined to {} ({rights}); no other file, no TCP, \
+                "Landlock ({}): file access confined to {} ({rights}); no other file, {tcp}, \
                  no signal or abstract socket outside the process",
                 landlock_status(&s.landlock),
                 dir.display()
@@ -458,8 +466,9 @@ fn landlock_status(s: &LandlockStatus) -> String {
 /// and only these are granted, beneath `root` only: read files and list directories; with
 /// `writable`, also write, create, truncate and remove regular files (an upload's temporary
 /// file and its rename over the target, in the same directory). TCP bind/connect and
-/// signals or abstract sockets outside the process are denied too. Best effort: a kernel
-/// with an older ABI enforces what it knows, one without Landlock nothing.
+/// signals or abstract sockets outside the process are denied too, except TCP connections
+/// to `connect_tcp` ports (an origin's). Best effort: a kernel with an older ABI enforces
+/// what it knows, one without Landlock nothing.
 ///
 /// # Errors
 /// The crate's error when the ruleset cannot be built (not when the kernel lacks Landlock).
@@ -471,6 +480,7 @@ pub(crate) fn ruleset(
     root: &OwnedFd,
     writable: bool,
     reread: &[OwnedFd],
+    connect_tcp: &[u16],
 ) -> Result<RulesetCreated, landlock::RulesetError> {
     let mut allowed: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
     if writable {
@@ -487,7 +497,12 @@ pub(crate) fn ruleset(
         .add_rules(
             reread
                 .iter()
-                .map(|d| Ok(PathBeneath::new(d, AccessFs::ReadFile))),
+                .map(|d| Ok::<_, landlock::RulesetError>(PathBeneath::new(d, AccessFs::ReadFile))),
+        )?
+        .add_rules(
+            connect_tcp
+                .iter()
+                .map(|&p| Ok::<_, landlock::RulesetError>(NetPort::new(p, AccessNet::ConnectTcp))),
         )
 }
 
@@ -518,7 +533,7 @@ pub(crate) fn confine(who: &Identity, c: &Confinement<'_>) -> Result<Confined, S
     prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
     let ruleset = if c.landlock {
         Some(
-            ruleset(c.root, c.writable, c.reread)
+            ruleset(c.root, c.writable, c.reread, c.connect_tcp)
                 .map_err(|e| format!("cannot build the Landlock ruleset: {e}"))?,
         )
     } else {
@@ -877,6 +892,7 @@ mod tests {
             &Confinement {
                 root: &fd,
                 writable: false,
+                connect_tcp: &[],
                 landlock: true,
                 // libtest's main thread waits for this test's thread, unconfined.
                 foreign: &[std::process::id()],

@@ -13,19 +13,23 @@ use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use tftpx::policy::Action;
 use tftpx::proto::negotiate::RefusedOptions;
 use tftpx::{
-    Acl, Cidr, DirHandler, LiveSettings, PortRange, Reloader, RemapRules, Server, ServerError,
+    Acl, Cidr, DirHandler, Handler, LiveSettings, PortRange, Reloader, RemapRules, Server,
+    ServerError,
 };
+use tftpx_origin::Origin;
 
 use crate::metrics::{self, Metrics};
 use crate::privileges::{self, Confinement, GateGuard, Identity};
 use crate::systemd::{self, Notifier, Passed};
 use crate::{config, parse_duration, CliError};
 
-/// Serve a directory over TFTP.
+/// Serve a directory, or an HTTP or S3 origin, over TFTP.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Directory to serve (names resolve inside it only).
-    #[arg(default_value = ".")]
+    /// Directory to serve (names resolve inside it only), or an origin to fetch each file
+    /// from: an http:// or https:// base URL, or s3://BUCKET/PREFIX (configured by the AWS
+    /// environment variables). Origins are read-only.
+    #[arg(default_value = ".", value_name = "DIR|URL")]
     pub dir: PathBuf,
 
     /// Address and port to listen on; repeat for several [default: 0.0.0.0:69 and [::]:69].
@@ -457,15 +461,189 @@ pub fn main(
     let metrics_sink = metrics_listener
         .as_ref()
         .map(|_| Arc::new(OnceLock::<Arc<Metrics>>::new()));
+    let root_arg = args.dir.to_string_lossy().into_owned();
+    if Origin::is_origin(&root_arg) {
+        // An upload becomes one PUT or PutObject after its last block, which creates or
+        // replaces alike: either flag allows uploads.
+        let origin = Origin::parse(&root_arg)
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .allow_write(args.allow_write || args.allow_create);
+        let site = OriginSite::of(&origin);
+        // Loads the resolver's modules while /usr is readable (Landlock allows only /etc
+        // afterwards), and says early when the origin's host does not resolve.
+        if let Some(host) = &site.host {
+            if let Err(e) = (host.as_str(), site.ports[0]).to_socket_addrs() {
+                tracing::warn!("origin {}: cannot resolve {host} now: {e}", site.label);
+            }
+        }
+        let served = Served {
+            label: site.label.clone(),
+            confine_to: PathBuf::from("/etc"),
+            // Uploads are held in memory until they are sent: no file is written.
+            writable: false,
+            connect_tcp: site.ports,
+        };
+        let prologue = Prologue {
+            passed,
+            notifier,
+            old_umask,
+            nofile,
+            who,
+            map,
+            metrics_listener,
+            metrics_sink,
+            source,
+            effective,
+        };
+        return serve(args, origin, served, prologue);
+    }
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
         .allow_write(args.allow_write)
         .allow_create(args.allow_create)
         .allow_hard_links(args.allow_hard_links);
     let root = handler.root().to_path_buf();
+    let served = Served {
+        label: root.display().to_string(),
+        confine_to: root,
+        writable: args.allow_write || args.allow_create,
+        connect_tcp: Vec::new(),
+    };
+    let prologue = Prologue {
+        passed,
+        notifier,
+        old_umask,
+        nofile,
+        who,
+        map,
+        metrics_listener,
+        metrics_sink,
+        source,
+        effective,
+    };
+    serve(args, handler, served, prologue)
+}
+
+/// What [`main`] prepared before choosing a directory or an origin.
+struct Prologue {
+    passed: Vec<Passed>,
+    notifier: Notifier,
+    old_umask: nix::sys::stat::Mode,
+    nofile: privileges::NofileLimit,
+    who: Identity,
+    map: Option<RemapRules>,
+    metrics_listener: Option<std::net::TcpListener>,
+    metrics_sink: Option<Arc<OnceLock<Arc<Metrics>>>>,
+    /// Where the settings came from (SIGHUP re-reads it) and those in force at start.
+    source: config::Source,
+    effective: BTreeMap<String, String>,
+}
+
+/// What is served, for the log and for Landlock.
+struct Served {
+    /// The directory or origin URL, as logged.
+    label: String,
+    /// The directory Landlock confines file access to (the served one; `/etc` for an
+    /// origin, read-only, for name resolution).
+    confine_to: PathBuf,
+    /// Uploads allowed.
+    writable: bool,
+    /// TCP ports the server may connect to (an origin's).
+    connect_tcp: Vec<u16>,
+}
+
+/// Where an origin's requests go: for the log, name resolution and Landlock's TCP rules.
+struct OriginSite {
+    label: String,
+    host: Option<String>,
+    /// Never empty.
+    ports: Vec<u16>,
+}
+
+impl OriginSite {
+    fn of(origin: &Origin) -> Self {
+        match origin {
+            Origin::Http(h) => {
+                let base = h.base();
+                Self {
+                    label: base.to_string(),
+                    host: base.host_str().map(str::to_owned),
+                    ports: vec![base.port_or_known_default().unwrap_or(80)],
+                }
+            }
+            Origin::S3(s) => {
+                // The endpoint's port (AWS_ENDPOINT_URL / AWS_ENDPOINT), else HTTPS; without
+                // keys in the environment also port 80 (instance or container credentials).
+                let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok())
+                    .and_then(|e| reqwest_free_parse(&e));
+                let (host, port) = endpoint.unwrap_or((None, 443));
+                let mut ports = vec![port];
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && port != 80 {
+                    ports.push(80);
+                }
+                Self {
+                    label: s.describe(),
+                    host,
+                    ports,
+                }
+            }
+        }
+    }
+}
+
+/// Host and port of an `http://` or `https://` URL (the port defaulted by its scheme).
+fn reqwest_free_parse(url: &str) -> Option<(Option<String>, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default,
+    };
+    Some((Some(host.to_owned()), port))
+}
+
+/// The rest of [`main`], for a directory or an origin.
+fn serve<H: Handler + Clone>(
+    args: ServeArgs,
+    handler: H,
+    served: Served,
+    prologue: Prologue,
+) -> Result<(), CliError> {
+    let Prologue {
+        passed,
+        notifier,
+        old_umask,
+        nofile,
+        who,
+        map,
+        metrics_listener,
+        metrics_sink,
+        source,
+        effective,
+    } = prologue;
+    let failed = |e: String| CliError::Failed(e);
+    let root = served.confine_to.clone();
     let root_fd = privileges::open_dir(&root)
         .map_err(|e| failed(format!("cannot serve {}: {e}", root.display())))?;
-    let writable = args.allow_write || args.allow_create;
+    let writable = served.writable;
     // SIGHUP re-reads these files: their directories stay readable under Landlock.
     let reread_dirs = reread_dirs([source.path(), args.map.as_deref()]);
     let reread = reread_dirs
@@ -503,6 +681,7 @@ pub fn main(
         &Confinement {
             root: &root_fd,
             writable,
+            connect_tcp: &served.connect_tcp,
             landlock: !args.no_landlock,
             foreign: &[],
             reread: &reread,
@@ -513,7 +692,10 @@ pub fn main(
     privileges::check_root_access(&who, &root_fd, &root, writable).map_err(failed)?;
     drop(root_fd);
 
-    let mode = if args.allow_create {
+    let origin = !served.connect_tcp.is_empty();
+    let mode = if origin && (args.allow_create || args.allow_write) {
+        "read-write, uploads sent to the origin after their last block"
+    } else if args.allow_create {
         "read-write, may create files"
     } else if args.allow_write {
         "read-write, existing files only"
@@ -522,7 +704,7 @@ pub fn main(
     };
     let addrs = server.local_addrs();
     for a in &addrs {
-        tracing::info!("serving {} on {a} ({mode})", root.display());
+        tracing::info!("serving {} on {a} ({mode})", served.label);
     }
     match &who {
         Identity::Switch(_) => tracing::info!(
@@ -533,7 +715,7 @@ pub fn main(
             "running as root (--user root): every file root can read below {} can be served, \
              with all of root's capabilities; give the server an account of its own \
              (e.g. --user nobody)",
-            root.display()
+            served.label
         ),
         Identity::Unprivileged(_) => {
             tracing::debug!("running as {} (not started as root)", who.describe())
@@ -541,7 +723,7 @@ pub fn main(
     }
     tracing::debug!("{} runtime threads confined themselves", confined.threads);
     log_policy(&args, Some(old_umask.bits()));
-    confined.log(&root, writable);
+    confined.log(&root, writable, &served.connect_tcp);
     if confined.landlock.is_some() && !reread_dirs.is_empty() {
         let dirs: Vec<String> = reread_dirs
             .iter()
@@ -564,7 +746,7 @@ pub fn main(
         let on: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         notifier.ready(&format!(
             "Serving {} on {} ({mode})",
-            root.display(),
+            served.label,
             on.join(", ")
         ));
         tracing::debug!("told the service manager: READY=1");
@@ -598,8 +780,13 @@ fn reread_dirs<'a>(files: impl IntoIterator<Item = Option<&'a std::path::Path>>)
 /// `--check-config`: everything start-up reads, without binding, switching or serving.
 fn check(args: &ServeArgs, source: &config::Source) -> Result<(), CliError> {
     let failed = |e: String| CliError::Failed(e);
-    DirHandler::new(&args.dir)
-        .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?;
+    let root_arg = args.dir.to_string_lossy();
+    if Origin::is_origin(&root_arg) {
+        Origin::parse(&root_arg).map_err(|e| CliError::Usage(e.to_string()))?;
+    } else {
+        DirHandler::new(&args.dir)
+            .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?;
+    }
     if let Some(m) = &args.map {
         load_map(m)?;
     }
@@ -733,13 +920,13 @@ fn log_policy(args: &ServeArgs, old_umask: Option<u32>) {
 
 /// Binds every listen address (the defaults, less IPv6 where the machine has none), or
 /// takes the sockets systemd passed instead.
-fn bind(
+fn bind<H: Handler + Clone>(
     args: &ServeArgs,
-    handler: DirHandler,
+    handler: H,
     map: Option<RemapRules>,
     passed: Vec<Passed>,
     metrics: Option<Arc<OnceLock<Arc<Metrics>>>>,
-) -> Result<Server<DirHandler>> {
+) -> Result<Server<H>> {
     let activated = !passed.is_empty();
     let (mut listen, optional) = if activated {
         if !args.listen.is_empty() {
@@ -838,7 +1025,7 @@ fn bind(
 /// Serves until SIGINT or SIGTERM (telling the service manager STOPPING=1 first), then
 /// ends running transfers with ERROR 0; with `drain`, first stops answering requests and
 /// lets them finish for up to that long. SIGHUP reloads (see [`Reload::reload`]).
-async fn run(server: Server<DirHandler>, notifier: Notifier, reload: Reload, drain: Duration) {
+async fn run<H: Handler>(server: Server<H>, notifier: Notifier, reload: Reload, drain: Duration) {
     // A daemon must not die of SIGHUP: it asks a service to reload.
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hup) => {

@@ -354,7 +354,8 @@ fn packaged_units_pass_systemd_analyze_verify() {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd");
     let service = std::fs::read_to_string(units.join("tftpx.service")).unwrap();
     let socket = std::fs::read_to_string(units.join("tftpx.socket")).unwrap();
-    assert!(service.contains("\nExecStart=/usr/bin/tftpx serve /srv/tftp --config /etc/tftpx/tftpx.toml\n"));
+    assert!(service
+        .contains("\nExecStart=/usr/bin/tftpx serve /srv/tftp --config /etc/tftpx/tftpx.toml\n"));
     assert!(service.contains("\nType=notify\n"));
     assert!(socket.contains("\nListenDatagram=0.0.0.0:69\nListenDatagram=[::]:69\n"));
     let dir = tempfile::tempdir().unwrap();

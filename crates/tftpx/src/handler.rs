@@ -22,7 +22,7 @@ use nix::fcntl::{
 use nix::sys::stat::{fchmod, fstat, fstatat};
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 
-use tftpx_proto::wire::{ErrorCode, Mode};
+use tftpx_proto::wire::{ErrorCode, Mode, OptionList};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// Longest file name accepted in a request, in bytes.
@@ -82,14 +82,44 @@ impl HandlerError {
 }
 
 /// A request as the handler sees it.
+///
+/// `#[non_exhaustive]`: fields may be added; build one outside this crate (in tests of
+/// another handler) with [`RequestInfo::new`] and [`RequestInfo::with_options`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RequestInfo<'a> {
     /// The client's address and port (its TID).
     pub peer: SocketAddr,
-    /// The file name exactly as requested (bytes; not necessarily UTF-8).
+    /// The local address and port the request was sent to (the listen socket's address;
+    /// with a wildcard listener, the address the client asked, where the kernel says).
+    pub local: SocketAddr,
+    /// The file name as the handler is to open it (bytes; not necessarily UTF-8): as
+    /// requested, or as `--map` rules rewrote it.
     pub filename: &'a [u8],
     /// The transfer mode.
     pub mode: Mode,
+    /// The options the client requested (RFC 2347 `name\0value\0` pairs, as sent; the
+    /// server negotiates them itself after the handler opened the file).
+    pub options: OptionList<'a>,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// A request from `peer` to `local` for `filename` in `mode`, with no options.
+    pub fn new(peer: SocketAddr, local: SocketAddr, filename: &'a [u8], mode: Mode) -> Self {
+        Self {
+            peer,
+            local,
+            filename,
+            mode,
+            options: OptionList::empty(),
+        }
+    }
+
+    /// The same request with the client's requested `options`.
+    pub fn with_options(mut self, options: OptionList<'a>) -> Self {
+        self.options = options;
+        self
+    }
 }
 
 /// A file opened for an RRQ.
@@ -134,13 +164,109 @@ pub trait Handler: Send + Sync + 'static {
     /// Opens `req.filename` for writing (WRQ). `size` is the client's announced `tsize` in
     /// bytes, if any.
     ///
+    /// The default refuses every upload with ERROR 2 "Writing is disabled on this server":
+    /// a read-only handler implements [`Handler::open_read`] only and sets
+    /// `type Writer = NoUpload;`.
+    ///
     /// # Errors
     /// A [`HandlerError`] whose code and message are sent to the client.
     fn open_write(
         &self,
         req: &RequestInfo<'_>,
         size: Option<u64>,
-    ) -> impl Future<Output = Result<Self::Writer, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Self::Writer, HandlerError>> + Send {
+        let _ = (req, size);
+        std::future::ready(Err(write_disabled()))
+    }
+}
+
+/// ERROR 2 "Writing is disabled on this server": what a read-only handler answers a WRQ.
+pub fn write_disabled() -> HandlerError {
+    HandlerError::access("Writing is disabled on this server")
+}
+
+/// The [`Handler::Writer`] of a read-only handler: an upload that cannot exist (the type has
+/// no values), so a handler that never accepts a WRQ names it instead of an upload type of
+/// its own. Rust has no defaults for associated types yet (`associated_type_defaults` is
+/// unstable), hence this one line in every read-only handler.
+#[derive(Debug)]
+pub enum NoUpload {}
+
+impl AsyncWrite for NoUpload {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        match *self {}
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match *self {}
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match *self {}
+    }
+}
+
+impl Upload for NoUpload {
+    async fn commit(self) -> io::Result<()> {
+        match self {}
+    }
+}
+
+/// Checks a requested file name as [`DirHandler`] does and returns it normalised: the
+/// components joined by `/`, without empty or `.` components and without a leading `/`
+/// (`/pxelinux.cfg//default` -> `pxelinux.cfg/default`). `\` separates components too.
+/// For handlers that turn names into something else (URLs, object keys, database keys).
+///
+/// # Errors
+/// - ERROR 2 (access violation) for a name over [`MAX_NAME_LEN`] (1024) bytes, a NUL, a
+///   `..` component, a component over [`MAX_COMPONENT_LEN`] (255) bytes, a component that
+///   looks like a temporary upload (ends in `.tftpx-part`, in any case), and a name with no
+///   component at all (`/`, `.`).
+/// - ERROR 1 (file not found) for a name that ends in a separator or in `/.`: it names a
+///   directory.
+///
+/// Checks apply in that order. Nothing is decoded: `%2e%2e` is a literal name here.
+pub fn normalize_name(name: &[u8]) -> Result<Vec<u8>, HandlerError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(HandlerError::access("File name too long"));
+    }
+    if name.contains(&0) {
+        return Err(HandlerError::access("Invalid file name"));
+    }
+    let name: Vec<u8> = name
+        .iter()
+        .map(|&b| if b == b'\\' { b'/' } else { b })
+        .collect();
+    normalize_components(&name)
+}
+
+/// The component checks of [`normalize_name`] on a name whose separators are all `/`.
+fn normalize_components(name: &[u8]) -> Result<Vec<u8>, HandlerError> {
+    let mut out = Vec::with_capacity(name.len());
+    for comp in name.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err(outside()),
+            c if c.len() > MAX_COMPONENT_LEN => {
+                return Err(HandlerError::access("File name too long"))
+            }
+            c if is_temp_name(c) => return Err(reserved()),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(HandlerError::access("Not a regular file"));
+    }
+    // `f.bin/` (or `f.bin/.`) names a directory: never serve or replace `f.bin`.
+    if matches!(name.rsplit(|&b| b == b'/').next(), Some(b"" | b".")) {
+        return Err(HandlerError::not_found());
+    }
+    Ok(out)
 }
 
 /// Serves one directory: names resolve inside it only.
@@ -320,26 +446,9 @@ impl DirHandler {
         if root != b"/" && name.starts_with(root) && name.get(root.len()) == Some(&b'/') {
             name.drain(..root.len());
         }
-        let mut rel = PathBuf::new();
-        for comp in name.split(|&b| b == b'/') {
-            match comp {
-                b"" | b"." => {}
-                b".." => return Err(outside()),
-                c if c.len() > MAX_COMPONENT_LEN => {
-                    return Err(HandlerError::access("File name too long"))
-                }
-                c if is_temp_name(c) => return Err(reserved()),
-                c => rel.push(OsStr::from_bytes(c)),
-            }
-        }
-        if rel.as_os_str().is_empty() {
-            return Err(HandlerError::access("Not a regular file"));
-        }
-        // `f.bin/` (or `f.bin/.`) names a directory: never serve or replace `f.bin`.
-        if matches!(name.rsplit(|&b| b == b'/').next(), Some(b"" | b".")) {
-            return Err(HandlerError::not_found());
-        }
-        Ok(rel)
+        Ok(PathBuf::from(OsString::from_vec(normalize_components(
+            &name,
+        )?)))
     }
 
     /// Opens `rel` (relative to the root) without ever leaving the root.
@@ -836,7 +945,7 @@ impl Handler for DirHandler {
         _size: Option<u64>,
     ) -> Result<Self::Writer, HandlerError> {
         if !self.allow_write {
-            return Err(HandlerError::access("Writing is disabled on this server"));
+            return Err(write_disabled());
         }
         let rel = self.relative(req.filename)?;
         let this = self.clone();
@@ -960,11 +1069,12 @@ mod tests {
     }
 
     fn req(name: &str) -> RequestInfo<'_> {
-        RequestInfo {
-            peer: "127.0.0.1:9".parse().unwrap(),
-            filename: name.as_bytes(),
-            mode: Mode::Octet,
-        }
+        RequestInfo::new(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:69".parse().unwrap(),
+            name.as_bytes(),
+            Mode::Octet,
+        )
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | [`Server`], [`ServerBuilder`] | listeners; one task and one socket (TID) per transfer |
 //! | [`Handler`], [`DirHandler`] | what is served: a directory confined to its root, or your own |
+//! | [`normalize_name`], [`NoUpload`] | the name checks of [`DirHandler`] for other handlers; a read-only handler's upload type |
 //! | [`Upload`] | an upload that only replaces the target on [`Upload::commit`] |
 //! | [`TransferSummary`] | the facts of a finished transfer (logged, and given to a hook) |
 //! | [`ServerStats`] | live counters: refusals, ERRORs sent, running transfers (for metrics) |
@@ -36,8 +37,8 @@ mod trace;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
 pub use handler::{
-    DirFile, DirHandler, DirUpload, Handler, HandlerError, ReadFile, RequestInfo, Upload,
-    MAX_COMPONENT_LEN, MAX_NAME_LEN,
+    normalize_name, write_disabled, DirFile, DirHandler, DirUpload, Handler, HandlerError,
+    NoUpload, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN, MAX_NAME_LEN,
 };
 pub use policy::{Acl, Cidr, PolicyStats, PortRange};
 pub use reload::{LiveSettings, Reloader};

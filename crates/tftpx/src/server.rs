@@ -1290,11 +1290,10 @@ async fn transfer<H: Handler>(
                 Some(Remapped::Name(n)) => n.as_slice(),
                 _ => req.filename,
             };
-            let info = RequestInfo {
-                peer,
-                filename,
-                mode,
-            };
+            // `local` carries the address only (port 0, to bind the transfer's socket).
+            let mut to = local;
+            to.set_port(listener.local_addr().map_or(0, |a| a.port()));
+            let info = RequestInfo::new(peer, to, filename, mode).with_options(req.options);
             let limits = ServerLimits {
                 refused: settings.refused,
                 ..config.limits

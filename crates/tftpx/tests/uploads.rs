@@ -516,11 +516,12 @@ fn unprivileged_uploads(root: &Path) {
             ("new.bin", &b"created by nobody"[..]),
             ("old.bin", b"replaced by nobody"),
         ] {
-            let req = RequestInfo {
-                peer: "127.0.0.1:9".parse().unwrap(),
-                filename: name.as_bytes(),
-                mode: Mode::Octet,
-            };
+            let req = RequestInfo::new(
+                "127.0.0.1:9".parse().unwrap(),
+                "127.0.0.1:69".parse().unwrap(),
+                name.as_bytes(),
+                Mode::Octet,
+            );
             let before = snapshot(root);
             let mut up = h.open_write(&req, None).await.unwrap();
             up.write_all(body).await.unwrap();

@@ -1,0 +1,155 @@
+//! `tftpx serve http://...`: the binary serves an HTTP origin (the Python origin of
+//! crates/origin/tests/origin_http.py, started here on 127.0.0.1) to real clients (curl,
+//! tftp-hpa), confined by Landlock to reading /etc and connecting to the origin's port.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{download, pseudo_random, wait_until, Opts, Peer, Server};
+
+struct HttpOrigin {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for HttpOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_origin(dir: &Path, files: &[(&str, &[u8])]) -> HttpOrigin {
+    let www = dir.join("www");
+    for (name, body) in files {
+        let p = www.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let (log, port_file) = (dir.join("access.log"), dir.join("port"));
+    std::fs::write(&log, b"").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../origin/tests/origin_http.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg("--dir")
+        .arg(&www)
+        .arg("--log")
+        .arg(&log)
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--release")
+        .arg(dir.join("release"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3 must be installed (bash .ci/install-peers.sh)");
+    let mut origin = HttpOrigin {
+        child,
+        port: 0,
+        log,
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || port_file.exists()),
+        "the origin did not start in 30 s"
+    );
+    origin.port = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    origin
+}
+
+#[test]
+fn serve_an_http_origin_to_real_clients_under_landlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = pseudo_random(1_500_000);
+    let origin = start_origin(dir.path(), &[("boot/vmlinuz", &kernel), ("empty", b"")]);
+    let url = format!("http://127.0.0.1:{}/", origin.port);
+    let server = Server::start(Path::new(&url), &[]);
+    let log = server.log();
+    assert!(
+        log.contains(&format!("serving {url} on 127.0.0.1:")),
+        "{log}"
+    );
+    if log.contains("Landlock (ABI") {
+        assert!(
+            log.contains(&format!(
+                "file access confined to /etc (read only); no other file, TCP connections \
+                 to port(s) {} only",
+                origin.port
+            )),
+            "{log}"
+        );
+    }
+
+    for peer in [Peer::Curl, Peer::TftpHpa] {
+        let out = dir.path().join(format!("vmlinuz.{}", peer.name()));
+        download(peer, &server, "/boot/vmlinuz", &out, &Opts::default()).assert_success();
+        assert!(
+            std::fs::read(&out).unwrap() == kernel,
+            "{}: download differs",
+            peer.name()
+        );
+    }
+    let out = dir.path().join("missing.out");
+    let o = download(Peer::TftpHpa, &server, "nope", &out, &Opts::default());
+    common::assert_client_saw_error(Peer::TftpHpa, &o, &[1]);
+    let o = download(
+        Peer::TftpHpa,
+        &server,
+        "../etc/passwd",
+        &out,
+        &Opts::default(),
+    );
+    common::assert_client_saw_error(Peer::TftpHpa, &o, &[2]);
+
+    // curl sends tsize: the OACK's is the Content-Length, and the summary says so.
+    let lines = server.wait_summaries(
+        common::Kind::Rrq,
+        "/boot/vmlinuz",
+        2,
+        Duration::from_secs(30),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("tsize={}", kernel.len()))),
+        "{lines:?}"
+    );
+    let access = std::fs::read_to_string(&origin.log).unwrap();
+    assert!(!access.contains(".."), "{access}");
+    assert_eq!(access.matches("/boot/vmlinuz").count(), 2, "{access}");
+}
+
+#[test]
+fn uploads_reach_the_origin_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/", origin.port);
+    let body = pseudo_random(300_000);
+    let local = dir.path().join("up.bin");
+    std::fs::write(&local, &body).unwrap();
+
+    let ro = Server::start(Path::new(&url), &[]);
+    let out = common::upload(Peer::TftpHpa, &ro, &local, "in/ro.bin", &Opts::default());
+    common::assert_client_saw_error(Peer::TftpHpa, &out, &[2]);
+    drop(ro);
+
+    let rw = Server::start(Path::new(&url), &["--allow-create"]);
+    assert!(rw
+        .log()
+        .contains("uploads sent to the origin after their last block"));
+    for peer in [Peer::Curl, Peer::TftpHpa] {
+        let remote = format!("in/{}.bin", peer.name());
+        common::upload(peer, &rw, &local, &remote, &Opts::default()).assert_success();
+        let stored = dir.path().join("www").join(&remote);
+        assert!(std::fs::read(&stored).unwrap() == body, "{remote} differs");
+    }
+    let access = std::fs::read_to_string(&origin.log).unwrap();
+    assert!(!access.contains("ro.bin"), "{access}");
+    assert_eq!(access.matches("\"event\": \"put\"").count(), 2, "{access}");
+}
