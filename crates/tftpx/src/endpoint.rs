@@ -3,17 +3,26 @@
 //!
 //! - [`Link::Own`]: a socket of the transfer's own, on a new port (its TID, RFC 1350
 //!   section 4). The kernel routes the peer's datagrams to it.
-//! - [`Link::Shared`]: single-port mode. Every transfer of a listen address shares the
-//!   listen socket; the listener reads every datagram and hands those of a running
-//!   transfer's peer (address and port) to it through a bounded queue ([`Routes`]); replies
-//!   leave from the listen socket, from the address the request was sent to. This is what
-//!   crosses a NAT without a TFTP helper and an ECMP router that hashes on ports.
+//! - [`Link::Connected`]: single-port mode, as a rule. A socket of the transfer's own, bound
+//!   to the listen address and port beside the listen socket (SO_REUSEADDR) and connected
+//!   to the peer: the kernel hands it the peer's datagrams (a connected socket matches the
+//!   whole 4-tuple), so each transfer keeps its own queue, GRO and wake-ups as with a port
+//!   of its own, while its replies leave from the listen address and port. A new request
+//!   from the peer that reaches it (the same address and port, another file) ends the
+//!   transfer silently and goes to the listener once the socket is closed.
+//! - [`Link::Shared`]: single-port mode where such a socket cannot be bound. The transfer
+//!   shares the listen socket; the listener reads every datagram and hands those of a
+//!   running transfer's peer (address and port) to it through a bounded queue ([`Routes`]);
+//!   replies leave from the listen socket, from the address the request was sent to.
+//!
+//! Both single-port links are what crosses a NAT without a TFTP helper and an ECMP router
+//! that hashes on ports.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tftpx_proto::transfer::TransmitBatch;
 use tokio::net::UdpSocket;
@@ -53,8 +62,149 @@ pub(crate) enum Recv {
 pub(crate) enum Link {
     /// A socket of its own.
     Own(UdpSocket),
+    /// A socket of its own on the listen address and port, connected to the peer
+    /// (single-port mode).
+    Connected(ConnectedLink),
     /// The listen socket, shared (single-port mode).
     Shared(SharedLink),
+}
+
+/// A request that reached a single-port transfer's connected socket and is not the one it
+/// serves: handed to the listener once that socket is closed, as if it had arrived there.
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    /// The request's bytes.
+    pub datagram: Vec<u8>,
+    /// Its source.
+    pub from: SocketAddr,
+    /// The address it was sent to (port 0, as [`net::recv_request`] reports it).
+    pub local: SocketAddr,
+}
+
+/// A single-port transfer's connected socket (see [`Link::Connected`]).
+pub(crate) struct ConnectedLink {
+    /// `Some` until dropped: closed before a superseding request is forwarded.
+    sock: Option<UdpSocket>,
+    /// The request this transfer serves: a repeat of it is folded.
+    request: Vec<u8>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// A new request from the peer, forwarded to the listener on drop.
+    pending: Option<Vec<u8>>,
+    forward: mpsc::UnboundedSender<Forwarded>,
+    /// Alive while this link is: the listener gives a peer at most one connected socket.
+    _alive: Arc<()>,
+}
+
+impl ConnectedLink {
+    /// Binds and connects the transfer socket (see [`net::bind_connected`]) for `request`
+    /// from `peer`, sent to `local` (port 0) on a listen socket bound to port `port`.
+    pub fn bind(
+        request: &[u8],
+        peer: SocketAddr,
+        local: SocketAddr,
+        port: u16,
+        forward: mpsc::UnboundedSender<Forwarded>,
+        alive: Arc<()>,
+    ) -> io::Result<Self> {
+        if local.is_ipv4() != peer.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the local address and the peer are of different families",
+            ));
+        }
+        let mut at = local;
+        at.set_port(port);
+        let sock = net::bind_connected(at, peer)?;
+        Ok(Self {
+            sock: Some(sock),
+            request: request.to_vec(),
+            peer,
+            local,
+            pending: None,
+            forward,
+            _alive: alive,
+        })
+    }
+
+    fn sock(&self) -> &UdpSocket {
+        self.sock.as_ref().expect("open until dropped")
+    }
+
+    /// What one receive on the connected socket means for the transfer: a repeat of its
+    /// request is nothing (`None`: receive again); another request supersedes it.
+    fn filter(&mut self, r: io::Result<(usize, SocketAddr, usize)>, buf: &[u8]) -> Option<Recv> {
+        match r {
+            Ok((len, from, segment)) => {
+                let d = &buf[..len];
+                if from != self.peer {
+                    // Taken between bind() and connect(), when the socket was a second
+                    // listener: it was the listener's, and goes there.
+                    let _ = self.forward.send(Forwarded {
+                        datagram: d.to_vec(),
+                        from,
+                        local: self.local,
+                    });
+                    return None;
+                }
+                if matches!(d.get(..2), Some([0, 1] | [0, 2])) {
+                    if d == self.request.as_slice() {
+                        return None;
+                    }
+                    self.pending = Some(d.to_vec());
+                    return Some(Recv::Superseded);
+                }
+                Some(Recv::Datagram { len, from, segment })
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(Recv::Empty),
+            Err(e) => Some(Recv::Error(e)),
+        }
+    }
+}
+
+/// Longest request taken from a closing transfer socket's queue (a longer one is dropped:
+/// its client sends it again, to the listener).
+const QUEUED_REQUEST_MAX: usize = 4096;
+
+impl Drop for ConnectedLink {
+    fn drop(&mut self) {
+        if let Some(sock) = self.sock.take() {
+            // A client that starts its next transfer from the same port as soon as this one
+            // is done sends its request here while the socket is still open: take it (the
+            // peer's other datagrams are dropped; a stranger's go to the listener) so it is
+            // not lost with the socket. Read with a plain (non-blocking) receive: tokio's `try_recv` trusts readiness
+            // it may not have seen yet. A peer has one transfer at a time: of several
+            // requests queued, the newest is served.
+            let sock = sock.into_std();
+            if let Ok(sock) = &sock {
+                let mut buf = vec![0u8; QUEUED_REQUEST_MAX];
+                for _ in 0..64 {
+                    let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                        break;
+                    };
+                    let d = &buf[..n];
+                    if from != self.peer {
+                        let _ = self.forward.send(Forwarded {
+                            datagram: d.to_vec(),
+                            from,
+                            local: self.local,
+                        });
+                    } else if n < buf.len() && matches!(d.get(..2), Some([0, 1] | [0, 2])) {
+                        self.pending = Some(d.to_vec());
+                    }
+                }
+            }
+            // Closed before the request goes on: its transfer binds the same 4-tuple.
+            drop(sock);
+        }
+        if let Some(datagram) = self.pending.take() {
+            let _ = self.forward.send(Forwarded {
+                datagram,
+                from: self.peer,
+                local: self.local,
+            });
+        }
+    }
 }
 
 /// A transfer's share of a listen socket (single-port mode).
@@ -81,6 +231,7 @@ impl Link {
     pub async fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
         match self {
             Link::Own(s) => s.send_to(payload, to).await.map(|_| ()),
+            Link::Connected(c) => c.sock().send_to(payload, to).await.map(|_| ()),
             Link::Shared(l) => net::send_from(&l.sock, payload, l.wire(to), l.source).await,
         }
     }
@@ -93,6 +244,7 @@ impl Link {
     ) -> io::Result<()> {
         match self {
             Link::Own(s) => net::send_batch(s, batch, gso).await,
+            Link::Connected(c) => net::send_batch(c.sock(), batch, gso).await,
             Link::Shared(l) => {
                 let to = l.wire(batch.destination);
                 // The shared socket's GSO state is the transfer's own view of it.
@@ -113,6 +265,16 @@ impl Link {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Recv::Empty,
                 Err(e) => Recv::Error(e),
             },
+            Link::Connected(c) => {
+                // Bounded: each folded repeat is one datagram the peer sent.
+                for _ in 0..64 {
+                    let r = net::try_recv_segments(c.sock(), buf, cmsg);
+                    if let Some(r) = c.filter(r, buf) {
+                        return r;
+                    }
+                }
+                Recv::Empty
+            }
             Link::Shared(l) => match l.inbox.try_recv() {
                 Ok(d) => l.deliver(d, buf),
                 Err(mpsc::error::TryRecvError::Empty) => Recv::Empty,
@@ -128,6 +290,12 @@ impl Link {
                 Ok((len, from, segment)) => Recv::Datagram { len, from, segment },
                 Err(e) => Recv::Error(e),
             },
+            Link::Connected(c) => loop {
+                let r = net::recv_segments(c.sock(), buf, cmsg).await;
+                if let Some(r) = c.filter(r, buf) {
+                    return r;
+                }
+            },
             Link::Shared(l) => match l.inbox.recv().await {
                 Some(d) => l.deliver(d, buf),
                 None => Recv::Superseded,
@@ -138,16 +306,24 @@ impl Link {
     /// Sizes the socket's buffers for a window of `window_bytes` (see [`net::fit_window`]).
     /// A shared socket is sized once, at start.
     pub fn fit_window(&self, window_bytes: usize) {
-        if let Link::Own(s) = self {
-            net::fit_window(s, window_bytes);
+        match self {
+            Link::Own(s) => net::fit_window(s, window_bytes),
+            Link::Connected(c) => net::fit_window(c.sock(), window_bytes),
+            Link::Shared(_) => {}
         }
     }
 
     /// Asks for UDP GRO (see [`net::enable_gro`]); a shared socket hands over datagrams one
     /// by one.
     pub fn enable_gro(&self) {
-        if let Link::Own(s) = self {
-            net::enable_gro(s);
+        match self {
+            Link::Own(s) => {
+                net::enable_gro(s);
+            }
+            Link::Connected(c) => {
+                net::enable_gro(c.sock());
+            }
+            Link::Shared(_) => {}
         }
     }
 
@@ -155,6 +331,7 @@ impl Link {
     pub fn receive_buffer_len(&self, blksize: usize) -> usize {
         match self {
             Link::Own(s) => net::receive_buffer_len(s, blksize),
+            Link::Connected(c) => net::receive_buffer_len(c.sock(), blksize),
             Link::Shared(_) => blksize + tftpx_proto::wire::DATA_HEADER_LEN + 1,
         }
     }
@@ -181,6 +358,31 @@ impl SharedLink {
             from: self.peer,
             segment: len.max(1),
         }
+    }
+}
+
+/// The peers that have a connected transfer socket on one listen socket (see
+/// [`Link::Connected`]): a peer gets at most one at a time, since two sockets connected to
+/// one peer would split its datagrams. Owned by the listener task alone.
+#[derive(Default)]
+pub(crate) struct ConnectedPeers {
+    map: HashMap<SocketAddr, Weak<()>>,
+    sweep_at: usize,
+}
+
+impl ConnectedPeers {
+    /// A token for a new connected socket to `peer`, or `None` while another is alive.
+    pub fn claim(&mut self, peer: SocketAddr) -> Option<Arc<()>> {
+        if self.map.get(&peer).is_some_and(|w| w.strong_count() > 0) {
+            return None;
+        }
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.map.len() * 2).max(64);
+        }
+        let alive = Arc::new(());
+        self.map.insert(peer, Arc::downgrade(&alive));
+        Some(alive)
     }
 }
 

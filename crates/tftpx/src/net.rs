@@ -229,6 +229,27 @@ pub(crate) fn bind_transfer(local: SocketAddr, range: Option<PortRange>) -> io::
     ))
 }
 
+/// Makes a listen socket shareable with [`bind_connected`] transfer sockets
+/// (SO_REUSEADDR; for a socket already bound, as systemd passes them, it applies from now).
+pub(crate) fn allow_connected_shares(sock: &UdpSocket) -> io::Result<()> {
+    socket2::SockRef::from(sock).set_reuse_address(true)
+}
+
+/// Single-port mode's transfer socket: bound to `local` (the address the request was sent
+/// to, with the listen port) beside the listen socket (both SO_REUSEADDR) and connected to
+/// `peer`, so the kernel hands it `peer`'s datagrams (a connected socket matches the whole
+/// 4-tuple and wins the lookup over the listen socket) and its replies leave from `local`.
+///
+/// # Errors
+/// The OS error (`AddrInUse` when the listen socket does not allow the share).
+pub(crate) fn bind_connected(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let s = new_socket(&local)?;
+    s.set_reuse_address(true)?;
+    s.bind(&local.into())?;
+    s.connect(&peer.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// Binds a client socket for talking to `server` (on `local`, or any local address and an
 /// OS-picked port), with buffers for a window of `window_bytes`.
 pub(crate) fn bind_client(

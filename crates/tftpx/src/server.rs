@@ -24,7 +24,7 @@ pub use crate::admission::RateLimit;
 use crate::admission::{Admission, ClientPrefix, Proof, Ticket, Verdict};
 use crate::budget::MemoryBudget;
 use crate::driver::{self, Tracker};
-use crate::endpoint::{Link, Routed, Routes};
+use crate::endpoint::{ConnectedLink, ConnectedPeers, Forwarded, Link, Routed, Routes};
 use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net::{self, SourceAddr};
@@ -366,6 +366,10 @@ pub struct ServerConfig {
     /// ports). Default false: a socket and port (TID) per transfer, as RFC 1350 section 4
     /// describes.
     pub single_port: bool,
+    /// In single-port mode, route every datagram through the listen socket instead of
+    /// giving each transfer a connected socket of its own on the listen address and port.
+    /// Default false. See [`ServerBuilder::single_port_shared`].
+    pub single_port_shared: bool,
 }
 
 impl Default for ServerConfig {
@@ -386,6 +390,7 @@ impl Default for ServerConfig {
             write_from: None,
             port_range: None,
             single_port: false,
+            single_port_shared: false,
         }
     }
 }
@@ -615,6 +620,20 @@ impl<H: Handler> ServerBuilder<H> {
     /// they are dropped, as a full socket buffer drops them.
     pub fn single_port(mut self, on: bool) -> Self {
         self.config.single_port = on;
+        self
+    }
+
+    /// How single-port transfers get their datagrams (default false). By default each
+    /// transfer has a socket of its own bound to the listen address and port beside the
+    /// listen socket (both SO_REUSEADDR) and connected to its peer: the kernel delivers the
+    /// peer's datagrams to it, so transfers keep their own queues and wake-ups and a busy
+    /// transfer never delays the listener's requests. With `true` (or where such a socket
+    /// cannot be bound) every datagram is read by the listener and routed to its transfer
+    /// through a bounded queue: no SO_REUSEADDR on the listen socket (which lets another
+    /// socket of any user bind the same address and port), at the cost of one queue for
+    /// all. Replies leave from the listen address and port either way.
+    pub fn single_port_shared(mut self, on: bool) -> Self {
+        self.config.single_port_shared = on;
         self
     }
 
@@ -905,11 +924,31 @@ async fn listen<H: Handler>(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut routes = shared.config.single_port.then(|| Routes::new(sock.clone()));
+    // Single-port transfers get connected sockets of their own on the listen address and
+    // port where the listen socket allows the share; the routes are the fall-back.
+    let connected = match shared.config.single_port && !shared.config.single_port_shared {
+        false => false,
+        true => match net::allow_connected_shares(&sock) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("single-port: {e} (SO_REUSEADDR); every transfer shares the listen socket");
+                false
+            }
+        },
+    };
+    let mut connected_peers = ConnectedPeers::default();
+    // Requests that reached a single-port transfer's socket and belong to a new transfer.
+    let (forward, mut forwarded) = tokio::sync::mpsc::unbounded_channel::<Forwarded>();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut cmsg = vec![0u8; 256];
     loop {
         let arrival = tokio::select! {
             _ = cancel.cancelled() => return,
+            Some(f) = forwarded.recv() => {
+                let len = f.datagram.len().min(buf.len());
+                buf[..len].copy_from_slice(&f.datagram[..len]);
+                Ok(net::Arrival { len, from: f.from, local: f.local })
+            }
             r = net::recv_request(&sock, &mut buf, &mut cmsg) => r,
         };
         let arrival = match arrival {
@@ -1060,7 +1099,32 @@ async fn listen<H: Handler>(
         let shared = shared.clone();
         let listener = sock.clone();
         let link = match routes.as_mut() {
-            Some(r) => LinkSpec::Ready(r.open(arrival.from, arrival.local)),
+            Some(r) => {
+                // A peer whose previous transfer still holds its connected socket (it is
+                // being superseded) shares the listen socket for this one.
+                let own = connected
+                    .then(|| connected_peers.claim(arrival.from))
+                    .flatten()
+                    .map(|alive| {
+                        ConnectedLink::bind(
+                            &request,
+                            arrival.from,
+                            arrival.local,
+                            bound.port(),
+                            forward.clone(),
+                            alive,
+                        )
+                    })
+                    .map(|c| {
+                        c.inspect_err(|e| {
+                            debug!(peer = %arrival.from, "single-port: no socket of its own ({e}); sharing the listen socket");
+                        })
+                    });
+                match own {
+                    Some(Ok(c)) => LinkSpec::Ready(Link::Connected(c)),
+                    _ => LinkSpec::Ready(r.open(arrival.from, arrival.local)),
+                }
+            }
             None => LinkSpec::Bind(arrival.local),
         };
         tracker.spawn(async move {

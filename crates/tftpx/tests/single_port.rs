@@ -48,6 +48,10 @@ fn content(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (j * 7 + i * 13) as u8).collect()
 }
 
+/// Both ways single-port transfers get their datagrams: a connected socket each (the
+/// default), or routed from the listen socket (`single_port_shared`).
+const MODES: [bool; 2] = [false, true];
+
 async fn start(
     listen: &str,
     configure: impl FnOnce(ServerBuilder<DirHandler>) -> ServerBuilder<DirHandler>,
@@ -122,6 +126,22 @@ async fn lockstep_get(c: &UdpSocket, server: SocketAddr, from: SocketAddr, name:
     panic!("no last block");
 }
 
+/// Remote ports of the connected (state 01) IPv4 UDP sockets on local port `port`, from
+/// /proc/net/udp.
+fn connected_peers(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let remote = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+            (local == port && *f.get(3)? == "01").then_some(remote)
+        })
+        .collect()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -135,41 +155,43 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn transfers_answer_from_the_listen_port_and_are_routed_by_peer() {
     runtime().block_on(async {
-        let srv = start("127.0.0.1:0", |b| b).await;
-        let mut tasks = Vec::new();
-        for i in 0..6 {
-            let addr = srv.addr;
-            tasks.push(tokio::spawn(async move {
-                let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                let got = lockstep_get(&c, addr, addr, &format!("f{i}")).await;
-                assert_eq!(got, content(i, 512 * 20 + i), "f{i}");
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(srv.ended(6).await, 6);
-        {
-            let s = srv.summaries.lock().unwrap();
-            assert!(s.iter().all(|s| s.outcome == Outcome::Ok), "{s:?}");
-        }
+        for shared in MODES {
+            let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
+            let mut tasks = Vec::new();
+            for i in 0..6 {
+                let addr = srv.addr;
+                tasks.push(tokio::spawn(async move {
+                    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    let got = lockstep_get(&c, addr, addr, &format!("f{i}")).await;
+                    assert_eq!(got, content(i, 512 * 20 + i), "f{i}");
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert_eq!(srv.ended(6).await, 6);
+            {
+                let s = srv.summaries.lock().unwrap();
+                assert!(s.iter().all(|s| s.outcome == Outcome::Ok), "{s:?}");
+            }
 
-        // The library's client, windowed, and an upload: the same socket serves them.
-        let client = Client::builder(srv.addr)
-            .bind("127.0.0.1:0".parse().unwrap())
-            .blksize(1468)
-            .windowsize(16)
-            .dally(Duration::ZERO)
-            .build();
-        let mut back = Vec::new();
-        client.get("f3", &mut back, |_| {}).await.unwrap();
-        assert_eq!(back, content(3, 512 * 20 + 3));
-        let data = content(9, 300_000);
-        client
-            .put("up.bin", &data[..], Some(data.len() as u64), |_| {})
-            .await
-            .unwrap();
-        assert_eq!(std::fs::read(srv.dir.path().join("up.bin")).unwrap(), data);
+            // The library's client, windowed, and an upload: the same socket serves them.
+            let client = Client::builder(srv.addr)
+                .bind("127.0.0.1:0".parse().unwrap())
+                .blksize(1468)
+                .windowsize(16)
+                .dally(Duration::ZERO)
+                .build();
+            let mut back = Vec::new();
+            client.get("f3", &mut back, |_| {}).await.unwrap();
+            assert_eq!(back, content(3, 512 * 20 + 3));
+            let data = content(9, 300_000);
+            client
+                .put("up.bin", &data[..], Some(data.len() as u64), |_| {})
+                .await
+                .unwrap();
+            assert_eq!(std::fs::read(srv.dir.path().join("up.bin")).unwrap(), data);
+        }
     });
 }
 
@@ -179,61 +201,66 @@ fn transfers_answer_from_the_listen_port_and_are_routed_by_peer() {
 #[test]
 fn strays_get_error_5_and_repeated_requests_are_folded() {
     runtime().block_on(async {
-        let srv = start("127.0.0.1:0", |b| b).await;
-        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        c.send_to(&ack(7), srv.addr).await.unwrap();
-        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("an ERROR");
-        assert_eq!(from, srv.addr);
-        assert!(
-            matches!(
-                Packet::decode(&d),
-                Ok(Packet::Error {
-                    code: ErrorCode::UnknownTid,
-                    ..
-                })
-            ),
-            "{d:?}"
-        );
+        for shared in MODES {
+            let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
+            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            c.send_to(&ack(7), srv.addr).await.unwrap();
+            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("an ERROR");
+            assert_eq!(from, srv.addr);
+            assert!(
+                matches!(
+                    Packet::decode(&d),
+                    Ok(Packet::Error {
+                        code: ErrorCode::UnknownTid,
+                        ..
+                    })
+                ),
+                "{d:?}"
+            );
 
-        // The same RRQ three times: one DATA 1 each time it is (re)sent by the server, never
-        // a second transfer.
-        let r = rrq("f1", &[]);
-        for _ in 0..3 {
-            c.send_to(&r, srv.addr).await.unwrap();
-        }
-        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
-        assert_eq!(from, srv.addr);
-        assert_eq!(&d[..4], &[0, 3, 0, 1]);
-        // Finish it in lock-step, skipping duplicates of DATA 1.
-        let mut got = d[4..].to_vec();
-        let mut expect = 2u16;
-        c.send_to(&ack(1), srv.addr).await.unwrap();
-        for _ in 0..200 {
-            let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA");
-            let block = u16::from_be_bytes([d[2], d[3]]);
-            if block == expect {
-                got.extend_from_slice(&d[4..]);
-                expect += 1;
+            // The same RRQ three times: one DATA 1 each time it is (re)sent by the server, never
+            // a second transfer.
+            let r = rrq("f1", &[]);
+            for _ in 0..3 {
+                c.send_to(&r, srv.addr).await.unwrap();
             }
-            c.send_to(&ack(block), srv.addr).await.unwrap();
-            if block == expect - 1 && d.len() < 516 {
-                break;
+            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
+            assert_eq!(from, srv.addr);
+            assert_eq!(&d[..4], &[0, 3, 0, 1]);
+            // Finish it in lock-step, skipping duplicates of DATA 1.
+            let mut got = d[4..].to_vec();
+            let mut expect = 2u16;
+            c.send_to(&ack(1), srv.addr).await.unwrap();
+            for _ in 0..200 {
+                let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA");
+                let block = u16::from_be_bytes([d[2], d[3]]);
+                if block == expect {
+                    got.extend_from_slice(&d[4..]);
+                    expect += 1;
+                }
+                c.send_to(&ack(block), srv.addr).await.unwrap();
+                if block == expect - 1 && d.len() < 516 {
+                    break;
+                }
             }
+            assert_eq!(got, content(1, 512 * 20 + 1));
+            assert_eq!(srv.ended(1).await, 1);
+            // No second transfer started (give a duplicate every chance to show up).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(srv.summaries.lock().unwrap().len(), 1);
         }
-        assert_eq!(got, content(1, 512 * 20 + 1));
-        assert_eq!(srv.ended(1).await, 1);
-        // No second transfer started (give a duplicate every chance to show up).
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(srv.summaries.lock().unwrap().len(), 1);
     });
 }
 
-/// A new, different request from the address and port of a running transfer takes the
-/// peer over: the old transfer ends without sending anything more, the new one is served.
+/// A transfer has a socket of its own on the listen address and port, connected to its
+/// peer; a new, different request from the address and port of a running transfer takes
+/// the peer over: the old transfer ends without sending anything more, the new one is
+/// served.
 #[test]
 fn a_new_request_from_the_same_port_supersedes_the_running_transfer() {
     runtime().block_on(async {
-        let srv = start("127.0.0.1:0", |b| b).await;
+        for shared in MODES {
+        let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         c.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
         let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
@@ -241,6 +268,10 @@ fn a_new_request_from_the_same_port_supersedes_the_running_transfer() {
         c.send_to(&ack(1), srv.addr).await.unwrap();
         let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 2");
         assert_eq!(&d[..4], &[0, 3, 0, 2]);
+        // The transfer has a socket of its own on the listen port, connected to the client.
+        let me = c.local_addr().unwrap().port();
+        let want = if shared { vec![] } else { vec![me] };
+        assert_eq!(connected_peers(srv.addr.port()), want, "shared: {shared}");
         // Now another file, from the same port, without finishing the first.
         let got = lockstep_get(&c, srv.addr, srv.addr, "f5").await;
         assert_eq!(got, content(5, 512 * 20 + 5));
@@ -259,6 +290,7 @@ fn a_new_request_from_the_same_port_supersedes_the_running_transfer() {
         }
         // Nothing more from the old transfer (no ERROR, no DATA of f2).
         assert!(recv(&c, Duration::from_millis(1500)).await.is_none());
+        }
     });
 }
 
@@ -267,18 +299,20 @@ fn a_new_request_from_the_same_port_supersedes_the_running_transfer() {
 #[test]
 fn dual_stack_listener_answers_ipv4_from_the_address_asked() {
     runtime().block_on(async {
-        let srv = start("[::]:0", |b| b).await;
-        let port = srv.addr.port();
-        for ip in ["127.0.0.1", "127.0.0.2"] {
-            let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let got = lockstep_get(&c, to, to, "f4").await;
-            assert_eq!(got, content(4, 512 * 20 + 4));
+        for shared in MODES {
+            let srv = start("[::]:0", |b| b.single_port_shared(shared)).await;
+            let port = srv.addr.port();
+            for ip in ["127.0.0.1", "127.0.0.2"] {
+                let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+                let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let got = lockstep_get(&c, to, to, "f4").await;
+                assert_eq!(got, content(4, 512 * 20 + 4));
+            }
+            let c = UdpSocket::bind("[::1]:0").await.unwrap();
+            let to: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+            let got = lockstep_get(&c, to, to, "f6").await;
+            assert_eq!(got, content(6, 512 * 20 + 6));
         }
-        let c = UdpSocket::bind("[::1]:0").await.unwrap();
-        let to: SocketAddr = format!("[::1]:{port}").parse().unwrap();
-        let got = lockstep_get(&c, to, to, "f6").await;
-        assert_eq!(got, content(6, 512 * 20 + 6));
     });
 }
 
@@ -287,18 +321,20 @@ fn dual_stack_listener_answers_ipv4_from_the_address_asked() {
 #[test]
 fn wildcard_listener_answers_from_the_address_asked() {
     runtime().block_on(async {
-        let srv = start("0.0.0.0:0", |b| b).await;
-        let port = srv.addr.port();
-        for ip in ["127.0.0.1", "127.0.0.3"] {
-            let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let got = lockstep_get(&c, to, to, "f7").await;
-            assert_eq!(got, content(7, 512 * 20 + 7));
-            // Refusals too.
-            c.send_to(&rrq("missing", &[]), to).await.unwrap();
-            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ERROR 1");
-            assert_eq!(from, to);
-            assert_eq!(&d[..4], &[0, 5, 0, 1]);
+        for shared in MODES {
+            let srv = start("0.0.0.0:0", |b| b.single_port_shared(shared)).await;
+            let port = srv.addr.port();
+            for ip in ["127.0.0.1", "127.0.0.3"] {
+                let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+                let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let got = lockstep_get(&c, to, to, "f7").await;
+                assert_eq!(got, content(7, 512 * 20 + 7));
+                // Refusals too.
+                c.send_to(&rrq("missing", &[]), to).await.unwrap();
+                let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ERROR 1");
+                assert_eq!(from, to);
+                assert_eq!(&d[..4], &[0, 5, 0, 1]);
+            }
         }
     });
 }
@@ -308,22 +344,24 @@ fn wildcard_listener_answers_from_the_address_asked() {
 #[test]
 fn uploads_commit_and_ack_from_the_listen_port() {
     runtime().block_on(async {
-        let srv = start("127.0.0.1:0", |b| b).await;
-        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        c.send_to(&wrq("new.bin", &[]), srv.addr).await.unwrap();
-        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ACK 0");
-        assert_eq!((from, d.as_slice()), (srv.addr, &ack(0)[..]));
-        let data = content(3, 512 * 3 + 100);
-        for (i, chunk) in data.chunks(512).enumerate() {
-            let block = (i + 1) as u16;
-            let mut p = vec![0, 3];
-            p.extend_from_slice(&block.to_be_bytes());
-            p.extend_from_slice(chunk);
-            c.send_to(&p, srv.addr).await.unwrap();
-            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ACK");
-            assert_eq!((from, d.as_slice()), (srv.addr, &ack(block)[..]));
+        for shared in MODES {
+            let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
+            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            c.send_to(&wrq("new.bin", &[]), srv.addr).await.unwrap();
+            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ACK 0");
+            assert_eq!((from, d.as_slice()), (srv.addr, &ack(0)[..]));
+            let data = content(3, 512 * 3 + 100);
+            for (i, chunk) in data.chunks(512).enumerate() {
+                let block = (i + 1) as u16;
+                let mut p = vec![0, 3];
+                p.extend_from_slice(&block.to_be_bytes());
+                p.extend_from_slice(chunk);
+                c.send_to(&p, srv.addr).await.unwrap();
+                let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ACK");
+                assert_eq!((from, d.as_slice()), (srv.addr, &ack(block)[..]));
+            }
+            assert_eq!(std::fs::read(srv.dir.path().join("new.bin")).unwrap(), data);
+            assert_eq!(srv.ended(1).await, 1);
         }
-        assert_eq!(std::fs::read(srv.dir.path().join("new.bin")).unwrap(), data);
-        assert_eq!(srv.ended(1).await, 1);
     });
 }
