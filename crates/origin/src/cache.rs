@@ -251,7 +251,7 @@ impl<O: Fetch> CachedOrigin<O> {
                 }
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by_key(|f| f.0);
         let mut state = State::default();
         for (_, key, name, size, validators) in found {
             state.clock += 1;

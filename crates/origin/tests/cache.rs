@@ -173,13 +173,15 @@ fn cached_files(dir: &Path) -> Vec<String> {
     v
 }
 
-/// `n` downloads of `name` at once; each reports its progress (bytes so far) on `tx`.
+type Downloads = Vec<tokio::task::JoinHandle<Result<Vec<u8>, ClientError>>>;
+
+/// `n` downloads of `name` at once; each reports (its index, bytes so far) on the channel.
 fn storm(
     addr: SocketAddr,
     name: &'static str,
     n: usize,
 ) -> (
-    Vec<tokio::task::JoinHandle<Result<Vec<u8>, ClientError>>>,
+    Downloads,
     tokio::sync::mpsc::UnboundedReceiver<(usize, u64)>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
