@@ -166,7 +166,8 @@ pub struct ServeArgs {
     /// With an origin (http://, https://, s3://): keep each fetched file in this directory
     /// (created if missing, owned by --user), revalidate it with the origin's ETag /
     /// Last-Modified on each request, and let concurrent requests for one file share one
-    /// origin fetch. The least recently used files go beyond --cache-size.
+    /// origin fetch. The least recently used files go beyond --cache-size. Ignored, with a
+    /// warning, when the root is a directory.
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
@@ -522,10 +523,8 @@ pub fn main(
             None => serve(args, origin, served, prologue),
         };
     }
-    if args.cache.is_some() {
-        return Err(CliError::Usage(
-            "--cache needs an origin (http://, https:// or s3://) as the root".into(),
-        ));
+    if let Some(c) = &args.cache {
+        tracing::warn!("{}", cache_ignored(c));
     }
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
@@ -583,6 +582,15 @@ struct Served {
     connect_tcp: Vec<u16>,
     /// The origin's `--cache` directory (absolute): read and written under Landlock.
     cache: Option<PathBuf>,
+}
+
+/// The warning for `--cache` with a directory root (a shared config file may set it).
+fn cache_ignored(dir: &std::path::Path) -> String {
+    format!(
+        "--cache {}: ignored, the root is a directory (the cache is for http://, https:// and \
+         s3:// origins)",
+        dir.display()
+    )
 }
 
 /// Creates the `--cache` directory if missing (mode 0750, owned by the account the server
@@ -871,11 +879,10 @@ fn check(args: &ServeArgs, source: &config::Source) -> Result<(), CliError> {
                 )));
             }
         }
-    } else if args.cache.is_some() {
-        return Err(CliError::Usage(
-            "--cache needs an origin (http://, https:// or s3://) as the root".into(),
-        ));
     } else {
+        if let Some(c) = &args.cache {
+            tracing::warn!("{}", cache_ignored(c));
+        }
         DirHandler::new(&args.dir)
             .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?;
     }

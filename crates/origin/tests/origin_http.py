@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small HTTP origin for crates/origin/tests/http.rs (standard library only).
 
-Serves files below --dir over HTTP/1.1 on 127.0.0.1 at a port the OS picks (written to
+Serves files below --dir over HTTP/1.1 on 127.0.0.1 (or --bind) at a port the OS picks (written to
 --port-file), and appends one JSON line per request to --log: the raw request path and the
 X-TFTP-* headers. PUT stores the body under --dir. Special paths: /forbidden/... -> 403, /broken -> 500; /slow.bin sends
 its headers and first half, logs "paused", waits (at most 120 s) until --release exists,
@@ -26,6 +26,7 @@ ap.add_argument("--log", required=True)
 ap.add_argument("--port-file", required=True)
 ap.add_argument("--release", required=True)
 ap.add_argument("--die")
+ap.add_argument("--bind", default="127.0.0.1", help="address to listen on (bench/fleet.sh)")
 args = ap.parse_args()
 root = os.path.realpath(args.dir)
 
@@ -121,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer((args.bind, 0), Handler)
 tmp = args.port_file + ".tmp"
 with open(tmp, "w") as f:
     f.write(str(server.server_address[1]))
