@@ -405,6 +405,9 @@ pub(crate) struct Confinement<'a> {
     /// Directories ([`open_dir`]) whose files may still be read (not listed): those of the
     /// `--config` and `--map` files, re-read on SIGHUP. Empty: none.
     pub reread: &'a [OwnedFd],
+    /// An origin's `--cache` directory ([`open_dir`]): files there may be read, created,
+    /// written, renamed and removed. `None`: no cache.
+    pub cache: Option<&'a OwnedFd>,
 }
 
 /// What [`confine`] achieved, for the log.
@@ -481,7 +484,14 @@ pub(crate) fn ruleset(
     writable: bool,
     reread: &[OwnedFd],
     connect_tcp: &[u16],
+    cache: Option<&OwnedFd>,
 ) -> Result<RulesetCreated, landlock::RulesetError> {
+    let cache_rights: BitFlags<AccessFs> = AccessFs::ReadFile
+        | AccessFs::ReadDir
+        | AccessFs::WriteFile
+        | AccessFs::MakeReg
+        | AccessFs::RemoveFile
+        | AccessFs::Truncate;
     let mut allowed: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
     if writable {
         allowed |=
@@ -503,6 +513,11 @@ pub(crate) fn ruleset(
             connect_tcp
                 .iter()
                 .map(|&p| Ok::<_, landlock::RulesetError>(NetPort::new(p, AccessNet::ConnectTcp))),
+        )?
+        .add_rules(
+            cache
+                .into_iter()
+                .map(|d| Ok::<_, landlock::RulesetError>(PathBeneath::new(d, cache_rights))),
         )
 }
 
@@ -533,7 +548,7 @@ pub(crate) fn confine(who: &Identity, c: &Confinement<'_>) -> Result<Confined, S
     prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
     let ruleset = if c.landlock {
         Some(
-            ruleset(c.root, c.writable, c.reread, c.connect_tcp)
+            ruleset(c.root, c.writable, c.reread, c.connect_tcp, c.cache)
                 .map_err(|e| format!("cannot build the Landlock ruleset: {e}"))?,
         )
     } else {
@@ -897,6 +912,7 @@ mod tests {
                 // libtest's main thread waits for this test's thread, unconfined.
                 foreign: &[std::process::id()],
                 reread: &[],
+                cache: None,
             },
         )
         .unwrap();

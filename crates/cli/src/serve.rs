@@ -16,7 +16,7 @@ use tftpx::{
     Acl, Cidr, DirHandler, Handler, LiveSettings, PortRange, Reloader, RemapRules, Server,
     ServerError,
 };
-use tftpx_origin::Origin;
+use tftpx_origin::{CachedOrigin, Origin};
 
 use crate::metrics::{self, Metrics};
 use crate::privileges::{self, Confinement, GateGuard, Identity};
@@ -162,6 +162,18 @@ pub struct ServeArgs {
     /// Bound before privileges are dropped; keep it on loopback or a management network.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+
+    /// With an origin (http://, https://, s3://): keep each fetched file in this directory
+    /// (created if missing, owned by --user), revalidate it with the origin's ETag /
+    /// Last-Modified on each request, and let concurrent requests for one file share one
+    /// origin fetch. The least recently used files go beyond --cache-size. Ignored, with a
+    /// warning, when the root is a directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// Most bytes --cache keeps (e.g. 512M, 10G; 4 KiB per file included).
+    #[arg(long, default_value = "1G", value_parser = parse_size, value_name = "BYTES")]
+    pub cache_size: u64,
 
     /// Single-port mode: every transfer answers from the listen address and port (no port
     /// per transfer), so transfers cross NATs without a TFTP helper and ECMP (anycast)
@@ -476,12 +488,19 @@ pub fn main(
                 tracing::warn!("origin {}: cannot resolve {host} now: {e}", site.label);
             }
         }
+        let cache = args
+            .cache
+            .as_deref()
+            .map(|dir| prepare_cache(dir, &who))
+            .transpose()
+            .map_err(failed)?;
         let served = Served {
             label: site.label.clone(),
             confine_to: PathBuf::from("/etc"),
             // Uploads are held in memory until they are sent: no file is written.
             writable: false,
             connect_tcp: site.ports,
+            cache: cache.clone(),
         };
         let prologue = Prologue {
             passed,
@@ -495,7 +514,17 @@ pub fn main(
             source,
             effective,
         };
-        return serve(args, origin, served, prologue);
+        return match cache {
+            Some(dir) => {
+                let cached = CachedOrigin::new(origin, &dir, args.cache_size)
+                    .map_err(|e| failed(format!("--cache {}: {e}", dir.display())))?;
+                serve(args, cached, served, prologue)
+            }
+            None => serve(args, origin, served, prologue),
+        };
+    }
+    if let Some(c) = &args.cache {
+        tracing::warn!("{}", cache_ignored(c));
     }
     let handler = DirHandler::new(&args.dir)
         .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?
@@ -508,6 +537,7 @@ pub fn main(
         confine_to: root,
         writable: args.allow_write || args.allow_create,
         connect_tcp: Vec::new(),
+        cache: None,
     };
     let prologue = Prologue {
         passed,
@@ -550,6 +580,41 @@ struct Served {
     writable: bool,
     /// TCP ports the server may connect to (an origin's).
     connect_tcp: Vec<u16>,
+    /// The origin's `--cache` directory (absolute): read and written under Landlock.
+    cache: Option<PathBuf>,
+}
+
+/// The warning for `--cache` with a directory root (a shared config file may set it).
+fn cache_ignored(dir: &std::path::Path) -> String {
+    format!(
+        "--cache {}: ignored, the root is a directory (the cache is for http://, https:// and \
+         s3:// origins)",
+        dir.display()
+    )
+}
+
+/// Creates the `--cache` directory if missing (mode 0750, owned by the account the server
+/// switches to) and returns it absolute; a directory the account cannot write is reported
+/// after the switch.
+fn prepare_cache(dir: &std::path::Path, who: &Identity) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| format!("--cache {}: cannot create it: {e}", dir.display()))?;
+        if let Identity::Switch(a) = who {
+            nix::unistd::chown(dir, Some(a.uid), Some(a.gid)).map_err(|e| {
+                format!(
+                    "--cache {}: cannot give it to {}: {e}",
+                    dir.display(),
+                    a.name
+                )
+            })?;
+        }
+    }
+    std::fs::canonicalize(dir).map_err(|e| format!("--cache {}: {e}", dir.display()))
 }
 
 /// Where an origin's requests go: for the log, name resolution and Landlock's TCP rules.
@@ -644,6 +709,13 @@ fn serve<H: Handler + Clone>(
     let root_fd = privileges::open_dir(&root)
         .map_err(|e| failed(format!("cannot serve {}: {e}", root.display())))?;
     let writable = served.writable;
+    let cache_fd = served
+        .cache
+        .as_deref()
+        .map(|d| {
+            privileges::open_dir(d).map_err(|e| failed(format!("--cache {}: {e}", d.display())))
+        })
+        .transpose()?;
     // SIGHUP re-reads these files: their directories stay readable under Landlock.
     let reread_dirs = reread_dirs([source.path(), args.map.as_deref()]);
     let reread = reread_dirs
@@ -685,12 +757,28 @@ fn serve<H: Handler + Clone>(
             landlock: !args.no_landlock,
             foreign: &[],
             reread: &reread,
+            cache: cache_fd.as_ref(),
         },
     )
     .map_err(|e| failed(format!("cannot drop privileges: {e}")))?;
     drop(gate);
     privileges::check_root_access(&who, &root_fd, &root, writable).map_err(failed)?;
     drop(root_fd);
+    if let (Some(fd), Some(dir)) = (&cache_fd, &served.cache) {
+        privileges::check_root_access(&who, fd, dir, true)
+            .map_err(|e| failed(e.replacen("cannot serve", "--cache: cannot use", 1)))?;
+        let landlock = if confined.landlock.is_some() {
+            "; Landlock lets the server read, write, create and remove files there"
+        } else {
+            ""
+        };
+        tracing::info!(
+            "cache: {} (at most {} bytes), revalidated with the origin on each request{landlock}",
+            dir.display(),
+            args.cache_size
+        );
+    }
+    drop(cache_fd);
 
     let origin = !served.connect_tcp.is_empty();
     let mode = if origin && (args.allow_create || args.allow_write) {
@@ -783,7 +871,18 @@ fn check(args: &ServeArgs, source: &config::Source) -> Result<(), CliError> {
     let root_arg = args.dir.to_string_lossy();
     if Origin::is_origin(&root_arg) {
         Origin::parse(&root_arg).map_err(|e| CliError::Usage(e.to_string()))?;
+        if let Some(dir) = &args.cache {
+            if dir.exists() && !dir.is_dir() {
+                return Err(failed(format!(
+                    "--cache {}: not a directory",
+                    dir.display()
+                )));
+            }
+        }
     } else {
+        if let Some(c) = &args.cache {
+            tracing::warn!("{}", cache_ignored(c));
+        }
         DirHandler::new(&args.dir)
             .map_err(|e| failed(format!("cannot serve {}: {e}", args.dir.display())))?;
     }

@@ -153,3 +153,97 @@ fn uploads_reach_the_origin_only_when_allowed() {
     assert!(!access.contains("ro.bin"), "{access}");
     assert_eq!(access.matches("\"event\": \"put\"").count(), 2, "{access}");
 }
+
+/// Files in a `--cache` directory, sorted (`.tmp-*` are fetches under way).
+fn cache_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| {
+                let e = e.unwrap();
+                let len = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn cache_serves_a_second_client_after_one_304_under_landlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = pseudo_random(700_000);
+    let origin = start_origin(dir.path(), &[("boot/vmlinuz", &kernel)]);
+    let url = format!("http://127.0.0.1:{}/", origin.port);
+    // Created by the server (it does not exist yet).
+    let cache = dir.path().join("cache/http");
+    let cache_arg = cache.to_str().unwrap().to_owned();
+    let server = Server::start(
+        Path::new(&url),
+        &["--cache", &cache_arg, "--cache-size", "100M"],
+    );
+    let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "cache: {cache_arg} (at most 104857600 bytes), revalidated"
+        )),
+        "{log}"
+    );
+    let key = "626f6f742f766d6c696e757a"; // hex of "boot/vmlinuz"
+    let mut outs = Vec::new();
+    for peer in [Peer::Curl, Peer::TftpHpa] {
+        let out = dir.path().join(format!("vmlinuz.{}", peer.name()));
+        download(peer, &server, "/boot/vmlinuz", &out, &Opts::default()).assert_success();
+        assert!(
+            std::fs::read(&out).unwrap() == kernel,
+            "{}: download differs",
+            peer.name()
+        );
+        outs.push(out);
+        // The whole file is renamed into place (4 KiB header + body) once fetched: under
+        // Landlock, the server could create, write and rename in --cache.
+        assert!(
+            wait_until(Duration::from_secs(30), || cache_files(&cache)
+                == [(key.to_owned(), 4096 + kernel.len() as u64)]),
+            "{:?}",
+            cache_files(&cache)
+        );
+    }
+    let access = std::fs::read_to_string(&origin.log).unwrap();
+    let requests: Vec<serde_json::Value> = access
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let full = requests
+        .iter()
+        .filter(|e| e["event"] == "request" && e["inm"].is_null())
+        .count();
+    let conditional = requests
+        .iter()
+        .filter(|e| e["event"] == "request" && !e["inm"].is_null())
+        .count();
+    let not_modified = requests
+        .iter()
+        .filter(|e| e["event"] == "not-modified")
+        .count();
+    assert_eq!(
+        (full, conditional, not_modified),
+        (1, 1, 1),
+        "one GET, then one conditional GET answered 304: {access}"
+    );
+    drop(server);
+
+    // With a directory root, --cache is ignored with a warning (a shared config may set it).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tftpx"))
+        .args(["serve", ".", "--cache", &cache_arg, "--check-config"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("ignored, the root is a directory"), "{text}");
+}

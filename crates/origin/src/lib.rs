@@ -11,6 +11,7 @@
 //! | [`Origin`] | either, chosen from a root string (what `tftpx serve ROOT` takes) |
 //! | [`origin_name`] | the check every name passes before it becomes a URL or a key |
 //! | [`OriginReader`] | the streamed body, with an idle timeout |
+//! | [`CachedOrigin`] | any of them with a local cache: one origin fetch per file, revalidated |
 //!
 //! These live in their own crate so that the `tftpx` library pulls no HTTP or S3 code.
 //!
@@ -40,6 +41,9 @@ use tftpx::{normalize_name, write_disabled, Handler, HandlerError, ReadFile, Req
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::StreamReader;
 use tracing::warn;
+
+mod cache;
+pub use cache::{CacheReader, CachedOrigin, DEFAULT_CACHE_SIZE};
 
 /// How long an origin may take to connect, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -161,6 +165,49 @@ impl AsyncRead for OriginReader {
             }
         }
     }
+}
+
+/// What identifies one version of an origin's file, for a conditional request
+/// (RFC 9110 section 8.8): the `ETag` and `Last-Modified` response headers, as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    /// The entity tag, quotes included (`"abc"`, `W/"abc"`); `None` if the origin sent none.
+    pub etag: Option<String>,
+    /// The HTTP date of the last modification; `None` if the origin sent none.
+    pub last_modified: Option<String>,
+}
+
+/// What [`Fetch::fetch`] got from the origin.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The origin's file still matches the validators given (HTTP 304, or S3's "not
+    /// modified"): the caller's copy is current.
+    NotModified,
+    /// The file's body, streamed.
+    Body {
+        /// The body.
+        reader: OriginReader,
+        /// Its length in bytes (`Content-Length` or the object's size), if known.
+        size: Option<u64>,
+        /// What identifies this version, for the next conditional request.
+        validators: Validators,
+    },
+}
+
+/// An origin that can fetch a file conditionally: what [`CachedOrigin`] needs.
+pub trait Fetch: Handler + Clone {
+    /// Fetches `name` (checked by [`origin_name`]) on behalf of the TFTP client `peer`;
+    /// with `known`, only if the origin's version no longer matches it.
+    ///
+    /// # Errors
+    /// As [`Handler::open_read`]: ERROR 1 not found, ERROR 2 forbidden or an invalid name,
+    /// ERROR 0 "Origin unavailable" for any other failure (the reason is logged).
+    fn fetch(
+        &self,
+        name: &[u8],
+        peer: SocketAddr,
+        known: Option<&Validators>,
+    ) -> impl Future<Output = Result<Fetched, HandlerError>> + Send;
 }
 
 /// Serves files from an HTTP(S) server: an RRQ for `NAME` is a `GET BASE/NAME`.
@@ -308,16 +355,40 @@ impl Handler for HttpOrigin {
         &self,
         req: &RequestInfo<'_>,
     ) -> Result<ReadFile<Self::Reader>, HandlerError> {
-        let (url, rel) = self.url_for(req.filename)?;
-        let request = self
+        match self.fetch(req.filename, req.peer, None).await? {
+            Fetched::Body { reader, size, .. } => Ok(ReadFile { reader, size }),
+            Fetched::NotModified => unreachable!("an unconditional GET is never 304"),
+        }
+    }
+}
+
+impl Fetch for HttpOrigin {
+    /// `GET BASE/NAME` with the X-TFTP-* headers of `peer`, and `If-None-Match` /
+    /// `If-Modified-Since` from `known` (RFC 9110 section 13.1): 304 is
+    /// [`Fetched::NotModified`].
+    async fn fetch(
+        &self,
+        name: &[u8],
+        peer: SocketAddr,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, HandlerError> {
+        let (url, rel) = self.url_for(name)?;
+        let mut request = self
             .client
             .get(url.clone())
-            .header("X-TFTP-Client-IP", client_ip(req.peer))
-            .header("X-TFTP-Client-Port", req.peer.port().to_string())
+            .header("X-TFTP-Client-IP", client_ip(peer))
+            .header("X-TFTP-Client-Port", peer.port().to_string())
             .header("X-TFTP-File", rel)
-            .header(reqwest::header::ACCEPT_ENCODING, "identity")
-            .send();
-        let response = match tokio::time::timeout(self.response_timeout, request).await {
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
+        if let Some(k) = known {
+            if let Some(etag) = &k.etag {
+                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+            }
+            if let Some(lm) = &k.last_modified {
+                request = request.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+            }
+        }
+        let response = match tokio::time::timeout(self.response_timeout, request.send()).await {
             Err(_) => {
                 let why = format!("no answer within {:?}", self.response_timeout);
                 return Err(origin_failed("GET", url.as_str(), &why));
@@ -328,6 +399,7 @@ impl Handler for HttpOrigin {
         let status = response.status();
         match status.as_u16() {
             200 => {}
+            304 if known.is_some() => return Ok(Fetched::NotModified),
             404 | 410 => return Err(HandlerError::not_found()),
             401 | 403 => return Err(HandlerError::access("Access denied")),
             _ => {
@@ -335,14 +407,26 @@ impl Handler for HttpOrigin {
                 return Err(origin_failed("GET", url.as_str(), &why));
             }
         }
+        let header = |h: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let validators = Validators {
+            etag: header(reqwest::header::ETAG),
+            last_modified: header(reqwest::header::LAST_MODIFIED),
+        };
         let size = response.content_length();
         let body = response
             .bytes_stream()
             .map_err(|e| io::Error::other(error_chain(&e)))
             .boxed();
-        Ok(ReadFile {
+        Ok(Fetched::Body {
             reader: OriginReader::new(body, self.idle_timeout),
             size,
+            validators,
         })
     }
 }
@@ -490,10 +574,33 @@ impl Handler for S3Origin {
         &self,
         req: &RequestInfo<'_>,
     ) -> Result<ReadFile<Self::Reader>, HandlerError> {
-        let key = self.key_for(req.filename)?;
+        match self.fetch(req.filename, req.peer, None).await? {
+            Fetched::Body { reader, size, .. } => Ok(ReadFile { reader, size }),
+            Fetched::NotModified => unreachable!("an unconditional GetObject is never 304"),
+        }
+    }
+}
+
+impl Fetch for S3Origin {
+    /// GetObject, conditional on the object's ETag (`If-None-Match`) when `known` has one;
+    /// "not modified" is [`Fetched::NotModified`]. `peer` is not sent.
+    async fn fetch(
+        &self,
+        name: &[u8],
+        _peer: SocketAddr,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, HandlerError> {
+        let key = self.key_for(name)?;
         let what = format!("s3://{}/{key}", self.bucket);
-        let got = match self.store.get(&key).await {
+        let options = object_store::GetOptions {
+            if_none_match: known.and_then(|k| k.etag.clone()),
+            ..Default::default()
+        };
+        let got = match self.store.get_opts(&key, options).await {
             Ok(g) => g,
+            Err(object_store::Error::NotModified { .. }) if known.is_some() => {
+                return Ok(Fetched::NotModified)
+            }
             Err(object_store::Error::NotFound { .. }) => return Err(HandlerError::not_found()),
             Err(
                 object_store::Error::PermissionDenied { .. }
@@ -502,13 +609,18 @@ impl Handler for S3Origin {
             Err(e) => return Err(origin_failed("GetObject", &what, &error_chain(&e))),
         };
         let size = got.meta.size;
+        let validators = Validators {
+            etag: got.meta.e_tag.clone(),
+            last_modified: None,
+        };
         let body = got
             .into_stream()
             .map_err(|e| io::Error::other(error_chain(&e)))
             .boxed();
-        Ok(ReadFile {
+        Ok(Fetched::Body {
             reader: OriginReader::new(body, self.idle_timeout),
             size: Some(size),
+            validators,
         })
     }
 }
@@ -581,6 +693,20 @@ impl Handler for Origin {
         match self {
             Self::Http(h) => h.open_read(req).await,
             Self::S3(s) => s.open_read(req).await,
+        }
+    }
+}
+
+impl Fetch for Origin {
+    async fn fetch(
+        &self,
+        name: &[u8],
+        peer: SocketAddr,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, HandlerError> {
+        match self {
+            Self::Http(h) => h.fetch(name, peer, known).await,
+            Self::S3(s) => s.fetch(name, peer, known).await,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tftpx::proto::ErrorCode;
 use tftpx::{Client, ClientError, Server};
-use tftpx_origin::S3Origin;
+use tftpx_origin::{CachedOrigin, S3Origin, DEFAULT_CACHE_SIZE};
 
 const MOTO_PYTHON: &str = "/opt/tftpx-peers/moto-venv/bin/python";
 
@@ -34,7 +34,7 @@ fn server_code(e: &ClientError) -> ErrorCode {
     }
 }
 
-async fn serve_and_client(origin: S3Origin) -> (Client, tftpx::CancellationToken) {
+async fn serve_and_client<H: tftpx::Handler>(origin: H) -> (Client, tftpx::CancellationToken) {
     let server = Server::builder(origin)
         .listen("127.0.0.1:0".parse().unwrap())
         .timeout(Duration::from_secs(1))
@@ -224,6 +224,50 @@ fn s3_objects_are_served_with_their_size_and_errors_map() {
             .await
             .unwrap_err();
         assert_eq!(server_code(&e), ErrorCode::FileNotFound, "no object");
+        token.cancel();
+
+        // Cached: one GetObject with a body, then one conditional on the ETag that moto
+        // answers 304 (its request log says which).
+        let moto_log = || std::fs::read_to_string(dir.path().join("moto.log")).unwrap();
+        let big_gets = |log: &str, status: &str| {
+            log.lines()
+                .filter(|l| {
+                    // werkzeug colours a 304's request line: no quote right after it.
+                    l.contains("GET /images/tftp/public/big.bin HTTP/1.1")
+                        && l.contains(&format!("\" {status} "))
+                })
+                .count()
+        };
+        let before = moto_log();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cached = CachedOrigin::new(
+            S3Origin::from_env("images", "tftp").unwrap(),
+            cache_dir.path(),
+            DEFAULT_CACHE_SIZE,
+        )
+        .unwrap();
+        let (c, token) = serve_and_client(cached.clone()).await;
+        for _ in 0..2 {
+            let mut got = Vec::new();
+            c.get("public/big.bin", &mut got, |_| {}).await.unwrap();
+            assert!(got == big, "cached download differs");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while cached.fetches_under_way() > 0 {
+                assert!(Instant::now() < deadline, "the fetch did not end in 30 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let s = cached.stats();
+        assert_eq!((s.fetches, s.not_modified, s.hits), (1, 1, 1), "{s:?}");
+        let after = moto_log();
+        assert_eq!(
+            (
+                big_gets(&after, "200") - big_gets(&before, "200"),
+                big_gets(&after, "304") - big_gets(&before, "304")
+            ),
+            (1, 1),
+            "{after}"
+        );
         token.cancel();
 
         // The store down: ERROR 0, promptly.
