@@ -473,6 +473,18 @@ pub fn main(
     let metrics_sink = metrics_listener
         .as_ref()
         .map(|_| Arc::new(OnceLock::<Arc<Metrics>>::new()));
+    let prologue = Prologue {
+        passed,
+        notifier,
+        old_umask,
+        nofile,
+        who,
+        map,
+        metrics_listener,
+        metrics_sink,
+        source,
+        effective,
+    };
     let root_arg = args.dir.to_string_lossy().into_owned();
     if Origin::is_origin(&root_arg) {
         // An upload becomes one PUT or PutObject after its last block, which creates or
@@ -491,7 +503,7 @@ pub fn main(
         let cache = args
             .cache
             .as_deref()
-            .map(|dir| prepare_cache(dir, &who))
+            .map(|dir| prepare_cache(dir, &prologue.who))
             .transpose()
             .map_err(failed)?;
         let served = Served {
@@ -501,18 +513,6 @@ pub fn main(
             writable: false,
             connect_tcp: site.ports,
             cache: cache.clone(),
-        };
-        let prologue = Prologue {
-            passed,
-            notifier,
-            old_umask,
-            nofile,
-            who,
-            map,
-            metrics_listener,
-            metrics_sink,
-            source,
-            effective,
         };
         return match cache {
             Some(dir) => {
@@ -538,18 +538,6 @@ pub fn main(
         writable: args.allow_write || args.allow_create,
         connect_tcp: Vec::new(),
         cache: None,
-    };
-    let prologue = Prologue {
-        passed,
-        notifier,
-        old_umask,
-        nofile,
-        who,
-        map,
-        metrics_listener,
-        metrics_sink,
-        source,
-        effective,
     };
     serve(args, handler, served, prologue)
 }

@@ -3,98 +3,17 @@
 //! fetched with the tftpx client.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tftpx::proto::ErrorCode;
 use tftpx::{CancellationToken, Client, ClientError, Server};
 use tftpx_origin::HttpOrigin;
 
-/// The Python origin, killed (by its own PID) when dropped.
-struct Origin {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    release: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/http_origin.rs"]
+mod http_origin;
+use http_origin::Origin;
 
 impl Origin {
-    /// Starts the origin serving `files`; waits (at most 30 s) until it listens.
-    fn start(files: &[(&str, &[u8])]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let www = dir.path().join("www");
-        std::fs::create_dir(&www).unwrap();
-        for (name, body) in files {
-            let p = www.join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, body).unwrap();
-        }
-        let (log, port_file, release) = (
-            dir.path().join("access.log"),
-            dir.path().join("port"),
-            dir.path().join("release"),
-        );
-        std::fs::write(&log, b"").unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/origin_http.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .arg("--dir")
-            .arg(&www)
-            .arg("--log")
-            .arg(&log)
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--release")
-            .arg(&release)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("python3 must be installed (bash .ci/install-peers.sh)");
-        let mut origin = Origin {
-            child,
-            port: 0,
-            log,
-            release,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                origin.port = p.trim().parse().unwrap();
-                return origin;
-            }
-            if let Some(status) = origin.child.try_wait().unwrap() {
-                panic!("the origin exited: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the origin did not start in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
-    }
-
-    /// The access log: one JSON object per line.
-    fn entries(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     fn requested_paths(&self) -> Vec<String> {
         self.entries()
             .iter()
@@ -340,7 +259,7 @@ async fn uploads_are_one_put_after_the_last_block_and_abandoned_ones_none() {
     c.put("in/new.bin", &body[..], Some(body.len() as u64), |_| {})
         .await
         .unwrap();
-    let stored = origin._dir.path().join("www/in/new.bin");
+    let stored = origin.www.join("in/new.bin");
     assert!(
         std::fs::read(&stored).unwrap() == body,
         "stored upload differs"
@@ -393,7 +312,7 @@ async fn uploads_are_one_put_after_the_last_block_and_abandoned_ones_none() {
             ("/forbidden/x.bin".to_owned(), 1)
         ]
     );
-    assert!(!origin._dir.path().join("www/in/abandoned.bin").exists());
+    assert!(!origin.www.join("in/abandoned.bin").exists());
     token.cancel();
 
     // Without allow_write: ERROR 2, and nothing reaches the origin.

@@ -95,12 +95,24 @@ pub(crate) async fn send_error(
     code: ErrorCode,
     message: &str,
 ) {
-    let mut buf = [0u8; 260];
-    let msg = &message.as_bytes()[..message.len().min(200)];
-    let p = Packet::Error { code, message: msg };
-    if let Ok(n) = p.encode(&mut buf) {
-        send(link, &buf[..n], to).await;
+    let mut buf = [0u8; ERROR_BUF];
+    if let Some(d) = encode_error(code, message, &mut buf) {
+        send(link, d, to).await;
     }
+}
+
+/// Room for an ERROR built by [`encode_error`].
+pub(crate) const ERROR_BUF: usize = 260;
+
+/// ERROR `code` with the first 200 bytes of `message` (RFC 1350 section 5), in `buf`.
+pub(crate) fn encode_error<'b>(
+    code: ErrorCode,
+    message: &str,
+    buf: &'b mut [u8; ERROR_BUF],
+) -> Option<&'b [u8]> {
+    let msg = &message.as_bytes()[..message.len().min(200)];
+    let n = Packet::Error { code, message: msg }.encode(buf).ok()?;
+    Some(&buf[..n])
 }
 
 enum Wake {

@@ -39,6 +39,11 @@ const INBOX_DATAGRAMS: usize = 256;
 /// from a running transfer's peer address can make the server hold.
 const INBOX_BYTES: usize = 1 << 20;
 
+/// True for an RRQ or WRQ (opcode 1 or 2, RFC 1350 section 5): what only the listener acts on.
+pub(crate) fn is_request(datagram: &[u8]) -> bool {
+    matches!(datagram.get(..2), Some([0, 1] | [0, 2]))
+}
+
 /// What one receive on a [`Link`] got.
 pub(crate) enum Recv {
     /// `len` bytes in the caller's buffer from `from`: one datagram, or (UDP GRO on a socket
@@ -127,6 +132,15 @@ impl ConnectedLink {
         })
     }
 
+    /// Hands `datagram` from `from` to the listener, as if it had arrived there.
+    fn forward(&self, datagram: Vec<u8>, from: SocketAddr) {
+        let _ = self.forward.send(Forwarded {
+            datagram,
+            from,
+            local: self.local,
+        });
+    }
+
     fn sock(&self) -> &UdpSocket {
         self.sock.as_ref().expect("open until dropped")
     }
@@ -140,14 +154,10 @@ impl ConnectedLink {
                 if from != self.peer {
                     // Taken between bind() and connect(), when the socket was a second
                     // listener: it was the listener's, and goes there.
-                    let _ = self.forward.send(Forwarded {
-                        datagram: d.to_vec(),
-                        from,
-                        local: self.local,
-                    });
+                    self.forward(d.to_vec(), from);
                     return None;
                 }
-                if matches!(d.get(..2), Some([0, 1] | [0, 2])) {
+                if is_request(d) {
                     if d == self.request.as_slice() {
                         return None;
                     }
@@ -184,12 +194,8 @@ impl Drop for ConnectedLink {
                     };
                     let d = &buf[..n];
                     if from != self.peer {
-                        let _ = self.forward.send(Forwarded {
-                            datagram: d.to_vec(),
-                            from,
-                            local: self.local,
-                        });
-                    } else if n < buf.len() && matches!(d.get(..2), Some([0, 1] | [0, 2])) {
+                        self.forward(d.to_vec(), from);
+                    } else if n < buf.len() && is_request(d) {
                         self.pending = Some(d.to_vec());
                     }
                 }
@@ -198,11 +204,7 @@ impl Drop for ConnectedLink {
             drop(sock);
         }
         if let Some(datagram) = self.pending.take() {
-            let _ = self.forward.send(Forwarded {
-                datagram,
-                from: self.peer,
-                local: self.local,
-            });
+            self.forward(datagram, self.peer);
         }
     }
 }

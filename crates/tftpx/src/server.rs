@@ -24,7 +24,7 @@ pub use crate::admission::RateLimit;
 use crate::admission::{Admission, ClientPrefix, Proof, Ticket, Verdict};
 use crate::budget::MemoryBudget;
 use crate::driver::{self, Tracker};
-use crate::endpoint::{ConnectedLink, ConnectedPeers, Forwarded, Link, Routed, Routes};
+use crate::endpoint::{self, ConnectedLink, ConnectedPeers, Forwarded, Link, Routed, Routes};
 use crate::handler::{Handler, HandlerError, RequestInfo, Upload};
 use crate::io::{LazyBufReader, Sink, Source};
 use crate::net::{self, SourceAddr};
@@ -961,7 +961,7 @@ async fn listen<H: Handler>(
         let datagram = &buf[..arrival.len];
         // Single-port mode: a running transfer's datagrams go to it (requests go on to
         // admission, which folds a repeated one and lets a new one take the peer over).
-        let is_request = matches!(datagram.get(..2), Some([0, 1] | [0, 2]));
+        let is_request = endpoint::is_request(datagram);
         if let Some(routes) = routes.as_mut() {
             if !is_request && routes.route(arrival.from, datagram) == Routed::Delivered {
                 continue;
@@ -1159,11 +1159,9 @@ impl Reply<'_> {
     /// Sends ERROR `code` with `message` (at most 200 bytes of it) to the peer, from the
     /// address its datagram was sent to.
     async fn error(&self, code: ErrorCode, message: &str) {
-        let mut buf = [0u8; 260];
-        let msg = &message.as_bytes()[..message.len().min(200)];
-        let p = Packet::Error { code, message: msg };
-        if let Ok(n) = p.encode(&mut buf) {
-            if let Err(e) = net::send_from(self.sock, &buf[..n], self.wire_to, self.source).await {
+        let mut buf = [0u8; driver::ERROR_BUF];
+        if let Some(d) = driver::encode_error(code, message, &mut buf) {
+            if let Err(e) = net::send_from(self.sock, d, self.wire_to, self.source).await {
                 debug!(to = %self.to, "send failed: {e}");
             }
         }
