@@ -257,6 +257,12 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
                 }
             }
         }
+        while let Some(ev) = tx.poll_event() {
+            tracker.record(ev);
+        }
+        // Before the replies leave: a server learns here that its peer answered (the
+        // admission's "heard"), which must hold before that peer can see the next DATA.
+        progress(&tx.stats(), tracker.negotiated.as_ref());
         let t = now();
         while let Some(b) = tx.poll_transmit_batch(t, net::GSO_MAX_SEGMENTS, net::GSO_MAX_BYTES) {
             if let Some(tr) = trace {
@@ -271,8 +277,8 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         while let Some(ev) = tx.poll_event() {
             tracker.record(ev);
         }
-        progress(&tx.stats(), tracker.negotiated.as_ref());
         if tx.is_finished() || cancelled {
+            progress(&tx.stats(), tracker.negotiated.as_ref());
             break;
         }
         let wake = waiter
@@ -330,6 +336,8 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             }
             tracker.record(ev);
         }
+        // Before the replies leave (see run_sender), and once more at the end.
+        progress(&rx.stats(), tracker.negotiated.as_ref());
         if rx.is_complete() || rx.is_finished() {
             break;
         }
@@ -339,7 +347,6 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             }
             send(link, out.payload, out.destination).await;
         }
-        progress(&rx.stats(), tracker.negotiated.as_ref());
         if rx.is_finished() {
             continue;
         }
