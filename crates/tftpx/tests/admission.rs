@@ -620,6 +620,37 @@ async fn free_descriptors(n: usize) -> Vec<std::fs::File> {
     }
 }
 
+/// How many descriptors this process could still open (at most 1,000; probed by opening
+/// them, so this works at the limit, where listing /proc/self/fd cannot).
+fn free_fds() -> usize {
+    (0..1000)
+        .map_while(|_| std::fs::File::open("/proc/self/status").ok())
+        .count()
+}
+
+/// Waits (at most 10 s) until at least `n` descriptors are free.
+async fn wait_free_fds_at_least(n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while free_fds() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors free, never rose to {n}",
+            free_fds()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Opens descriptors until the limit (at most 1,000), then closes one: exactly one is free.
+fn all_descriptors_but_one() -> Vec<std::fs::File> {
+    let mut files: Vec<_> = (0..1000)
+        .map_while(|_| std::fs::File::open("/proc/self/status").ok())
+        .collect();
+    assert!(!files.is_empty(), "no descriptor was free");
+    files.pop();
+    files
+}
+
 /// How the server answered one request in the descriptor test.
 #[derive(Debug, PartialEq)]
 enum Answer {
@@ -702,13 +733,16 @@ fn out_of_descriptors_answers_server_busy() {
 
         // 2. One descriptor free: the transfer socket opens, the file does not.
         let ended = srv.summaries.lock().unwrap().len();
+        let free_at_limit = free_fds();
         c.send_to(b"\x00\x05\x00\x00stop\x00", held.remove(0))
             .await
             .unwrap();
         assert_eq!(srv.ended(ended + 1).await, ended + 1);
         // The summary can be reported a moment before the transfer's socket and file are
-        // closed: wait until two descriptors are free, then keep one.
-        let spare = free_descriptors(2).await.pop().unwrap();
+        // closed: wait until both are, then take every free descriptor but one (at the
+        // limit one may already have been free: the count is odd).
+        wait_free_fds_at_least(free_at_limit + 2).await;
+        let spare = all_descriptors_but_one();
         let mut second = Vec::new();
         for i in 40..45 {
             second.push(ask(&c, srv.addr, &format!("f{i}"), &held).await);
