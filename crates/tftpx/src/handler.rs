@@ -1,5 +1,6 @@
 //! What the server serves: the [`Handler`] trait, and [`DirHandler`], a directory on disk.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -11,8 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use nix::errno::Errno;
@@ -308,6 +309,31 @@ pub struct DirHandler {
     /// Uploads use `O_TMPFILE` where the file system has it (false: always the named
     /// fallback; unit tests exercise it this way).
     tmpfile: bool,
+    /// Files open for reading, shared by every transfer of the same file (see [`DirFile`]).
+    open_files: OpenFiles,
+}
+
+/// Files open for reading by (device, inode number): one descriptor per file however many
+/// transfers read it. Entries are removed when their last reader ends.
+type OpenFiles = Arc<Mutex<HashMap<(u64, u64), Weak<SharedFile>>>>;
+
+/// One open file and its entry in [`OpenFiles`], which it removes when the last transfer
+/// reading it ends.
+#[derive(Debug)]
+struct SharedFile {
+    file: std::fs::File,
+    key: (u64, u64),
+    open_files: OpenFiles,
+}
+
+impl Drop for SharedFile {
+    fn drop(&mut self) {
+        let mut map = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        // A later open of the same inode may already have put a live entry there.
+        if map.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// Flags for resolving names below the root: no escape, no /proc magic links.
@@ -383,6 +409,7 @@ impl DirHandler {
             allow_create: false,
             allow_hard_links: false,
             tmpfile: true,
+            open_files: OpenFiles::default(),
         })
     }
 
@@ -586,7 +613,35 @@ impl DirHandler {
         openat2(dir, name, how).map_err(walk_error)
     }
 
-    fn open_read_blocking(&self, rel: &Path) -> Result<(std::fs::File, u64), HandlerError> {
+    /// Opens `rel` for reading and returns it with its size in bytes: the descriptor a
+    /// running transfer of the same file (same device and inode) already holds, if any
+    /// (the one just opened is closed at once), else the new one, now shared.
+    fn open_read_blocking(&self, rel: &Path) -> Result<(Arc<SharedFile>, u64), HandlerError> {
+        let (file, meta) = self.open_read_file(rel)?;
+        let (key, size) = ((meta.dev(), meta.ino()), meta.len());
+        let mut map = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok((shared, size));
+        }
+        let shared = Arc::new(SharedFile {
+            file,
+            key,
+            open_files: self.open_files.clone(),
+        });
+        map.insert(key, Arc::downgrade(&shared));
+        Ok((shared, size))
+    }
+
+    /// Number of files open for reading (each shared by all its transfers).
+    pub fn open_files(&self) -> usize {
+        let map = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    fn open_read_file(
+        &self,
+        rel: &Path,
+    ) -> Result<(std::fs::File, std::fs::Metadata), HandlerError> {
         // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
         let fd = self.open_beneath(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)?;
         let file = std::fs::File::from(fd);
@@ -599,7 +654,7 @@ impl DirHandler {
                 "Refused: the file has several hard links",
             ));
         }
-        Ok((file, meta.len()))
+        Ok((file, meta))
     }
 
     fn open_write_blocking(&self, rel: &Path) -> Result<DirUpload, HandlerError> {
@@ -889,28 +944,40 @@ fn link_fd(fd: BorrowedFd<'_>, dir: &OwnedFd, at: &OsStr) -> nix::Result<()> {
     }
 }
 
-/// A file a [`DirHandler`] serves. Reads are plain `read(2)` calls made on the runtime's
-/// thread, as tftpd-hpa and dnsmasq make them: served files live in the page cache, where a
-/// read costs a microsecond or two, while handing each read to tokio's blocking pool costs
-/// two context switches and a second buffer per transfer (memory that counts when ten
-/// thousand transfers run at once). A read that misses the cache blocks its worker thread
-/// for the disk's latency.
+/// A file a [`DirHandler`] serves, read from the start to its end.
+///
+/// Every transfer of one file shares one descriptor (files are told apart by device and
+/// inode: a file replaced by an upload is a new one), and reads are positioned
+/// (`pread(2)`), so ten thousand transfers of one boot image hold one descriptor, not ten
+/// thousand. Reads are plain system calls made on the runtime's thread, as tftpd-hpa and
+/// dnsmasq make them: served files live in the page cache, where a read costs a
+/// microsecond or two, while handing each read to tokio's blocking pool costs two context
+/// switches and a second buffer per transfer (memory that counts when ten thousand
+/// transfers run at once). A read that misses the cache blocks its worker thread for the
+/// disk's latency.
 #[derive(Debug)]
 pub struct DirFile {
-    file: std::fs::File,
+    shared: Arc<SharedFile>,
+    /// Offset of the next read, in bytes.
+    pos: u64,
 }
 
 impl AsyncRead for DirFile {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        use std::io::Read;
+        use std::os::unix::fs::FileExt;
         loop {
-            match (&self.file).read(buf.initialize_unfilled()) {
+            match self
+                .shared
+                .file
+                .read_at(buf.initialize_unfilled(), self.pos)
+            {
                 Ok(n) => {
                     buf.advance(n);
+                    self.pos += n as u64;
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -930,11 +997,11 @@ impl Handler for DirHandler {
     ) -> Result<ReadFile<Self::Reader>, HandlerError> {
         let rel = self.relative(req.filename)?;
         let this = self.clone();
-        let (file, size) = tokio::task::spawn_blocking(move || this.open_read_blocking(&rel))
+        let (shared, size) = tokio::task::spawn_blocking(move || this.open_read_blocking(&rel))
             .await
             .map_err(|e| HandlerError::new(ErrorCode::NotDefined, e.to_string()))??;
         Ok(ReadFile {
-            reader: DirFile { file },
+            reader: DirFile { shared, pos: 0 },
             size: Some(size),
         })
     }
@@ -1130,6 +1197,65 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("new.bin")).unwrap(), b"fresh");
         assert_eq!(mode_of(&dir.path().join("new.bin")), 0o644 & !umask());
         assert_eq!(names(dir.path()), ["new.bin", "old.bin"]);
+    }
+
+    /// Every transfer of one file shares one descriptor and reads it at its own offset; a
+    /// file replaced under the same name is a new file; the entry goes with the last reader.
+    #[tokio::test]
+    async fn transfers_of_one_file_share_one_descriptor() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("boot.img"), &content).unwrap();
+        let h = DirHandler::new(dir.path()).unwrap().allow_write(true);
+        // Descriptors of this process open on files in `dir` (other tests run beside).
+        let fds = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.starts_with(dir.path()))
+                .count()
+        };
+        let before = fds();
+        let mut readers = Vec::new();
+        for name in ["boot.img", "/boot.img", "./boot.img"] {
+            readers.push(h.open_read(&req(name)).await.unwrap().reader);
+        }
+        assert_eq!(h.open_files(), 1);
+        assert_eq!(fds(), before + 1, "three transfers, one descriptor");
+        // Interleaved reads of different sizes: each reader sees the whole file in order.
+        let mut got = vec![Vec::new(); readers.len()];
+        for round in 0..200 {
+            for (i, r) in readers.iter_mut().enumerate() {
+                let mut buf = vec![0u8; 300 + 211 * i + round % 7];
+                let n = r.read(&mut buf).await.unwrap();
+                got[i].extend_from_slice(&buf[..n]);
+            }
+        }
+        for (i, r) in readers.iter_mut().enumerate() {
+            r.read_to_end(&mut got[i]).await.unwrap();
+            assert!(got[i] == content, "reader {i}: {} bytes", got[i].len());
+        }
+
+        // An upload replaces the file: new requests read the new one, the old ones go on.
+        let mut up = h.open_write(&req("boot.img"), None).await.unwrap();
+        up.write_all(b"new image").await.unwrap();
+        up.commit().await.unwrap();
+        let mut new = h.open_read(&req("boot.img")).await.unwrap().reader;
+        assert_eq!(h.open_files(), 2);
+        let mut text = Vec::new();
+        new.read_to_end(&mut text).await.unwrap();
+        assert_eq!(text, b"new image");
+
+        drop(readers);
+        assert_eq!(h.open_files(), 1);
+        drop(new);
+        assert_eq!(h.open_files(), 0);
+        assert!(
+            h.open_files.lock().unwrap().is_empty(),
+            "no entry left behind"
+        );
+        assert_eq!(fds(), before);
     }
 
     #[tokio::test]

@@ -665,7 +665,12 @@ enum Answer {
 /// Sends an RRQ for `name` from `c` and returns the answer, skipping retransmissions from
 /// the transfers in `held`.
 async fn ask(c: &UdpSocket, server: SocketAddr, name: &str, held: &[SocketAddr]) -> Answer {
-    c.send_to(&rrq(name, &[]), server).await.unwrap();
+    ask_with(c, server, &rrq(name, &[]), held).await
+}
+
+/// [`ask`] with the request datagram given.
+async fn ask_with(c: &UdpSocket, server: SocketAddr, req: &[u8], held: &[SocketAddr]) -> Answer {
+    c.send_to(req, server).await.unwrap();
     for _ in 0..10 {
         let Some((d, from)) = recv_one(c, Duration::from_secs(3)).await else {
             return Answer::Other("no answer".into());
@@ -802,5 +807,56 @@ fn out_of_descriptors_answers_server_busy() {
                 .unwrap();
             assert_eq!(back, vec![i as u8; 100]);
         }
+    });
+}
+
+/// Transfers of one file share one descriptor (issue 14: ten thousand transfers of a boot
+/// image must not need twenty thousand): with room for 24 descriptors, about 22 transfers
+/// of one file run at once (a socket each, one file), where transfers of distinct files
+/// stop at about 12 (see `out_of_descriptors_answers_server_busy`).
+#[test]
+fn transfers_of_one_file_share_one_descriptor() {
+    if !in_child("transfers_of_one_file_share_one_descriptor", false) {
+        return;
+    }
+    runtime().block_on(async {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let srv = start("127.0.0.1:0", |b| {
+            b.rate_limit(None)
+                .max_transfers_per_client(None)
+                .timeout(Duration::from_secs(5))
+        })
+        .await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let soft = open_fds() + 24;
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        let mut held: Vec<SocketAddr> = Vec::new();
+        let mut busy = 0;
+        for i in 0..30 {
+            // An unknown option makes each request differ (one repeated from the same port
+            // would be a retransmission); the server ignores it.
+            let req = rrq("f7", &[("x-seq", &i.to_string())]);
+            match ask_with(&c, srv.addr, &req, &held).await {
+                Answer::Data(tid) if busy == 0 => held.push(tid),
+                Answer::Busy { .. } => busy += 1,
+                a => panic!("{a:?} after {} transfers and {busy} busy", held.len()),
+            }
+        }
+        eprintln!(
+            "RLIMIT_NOFILE {soft}: {} transfers of one file running, {busy} busy",
+            held.len()
+        );
+        assert!(
+            held.len() >= 20,
+            "{} transfers of one file with room for 24 descriptors",
+            held.len()
+        );
+        let ended = srv.summaries.lock().unwrap().len();
+        for tid in &held {
+            c.send_to(b"\x00\x05\x00\x00stop\x00", tid).await.unwrap();
+        }
+        let want = ended + held.len();
+        assert_eq!(srv.ended(want).await, want);
     });
 }
