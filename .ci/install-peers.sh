@@ -13,7 +13,9 @@
 # for crates/cli/tests/fleet.rs and bench/fleet.sh; python3 drives a hand-made client there.
 # Origins (crates/origin/tests, crates/cli/tests/origin.rs): python3 runs the HTTP test
 # origin (standard library only); moto's S3 server (PyPI `moto[server]`, pinned, with boto3)
-# goes into a virtualenv of Debian's python3 under /opt/tftpx-peers/moto-venv.
+# goes into a virtualenv of Debian's python3 under /opt/tftpx-peers/moto-venv. nginx (Debian's,
+# with its dav module) is the real HTTP origin of crates/origin/tests/nginx.rs: GET with ETags,
+# and PUT for uploads; the test runs its own instance (no service is started here).
 #
 # Runs as root on Debian 12 with apt and cargo reaching their registries. Idempotent: a rerun
 # installs nothing that is already there. The tests start every server themselves, on 127.0.0.1
@@ -44,7 +46,7 @@ pkg_missing() {
 # machine has none of its own.
 # systemd: systemd-socket-activate and systemd-analyze for crates/cli/tests/systemd.rs.
 apt_pkgs=(tftp-hpa atftp curl busybox tftpd-hpa dnsmasq-base iproute2 util-linux libwrap0 libpcre2-8-0 systemd python3-seccomp
-    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client nftables python3-venv)
+    lintian man-db groff-base dpkg-dev adduser python3 python3-prometheus-client nftables python3-venv nginx)
 if pkg_missing "${apt_pkgs[@]}"; then
     apt-get update -qq
     own_policy=0
@@ -66,6 +68,7 @@ fi
 # binds port 69, which the tests never use outside their own network namespace.
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl disable --now tftpd-hpa >/dev/null 2>&1 || true
+    systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 
 # atftpd: unpacked, not installed (apt would remove tftpd-hpa). Its libraries (libwrap0,
