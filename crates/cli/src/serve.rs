@@ -625,15 +625,12 @@ impl OriginSite {
                 }
             }
             Origin::S3(s) => {
-                // The endpoint's port (AWS_ENDPOINT_URL / AWS_ENDPOINT), else HTTPS; without
-                // keys in the environment also port 80 (instance or container credentials).
-                let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-                    .iter()
-                    .find_map(|v| std::env::var(v).ok())
-                    .and_then(|e| reqwest_free_parse(&e));
+                // The endpoint's port (environment or profile file), else HTTPS; without
+                // keys also port 80 (instance or container credentials).
+                let endpoint = s.endpoint().and_then(reqwest_free_parse);
                 let (host, port) = endpoint.unwrap_or((None, 443));
                 let mut ports = vec![port];
-                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && port != 80 {
+                if !s.has_static_keys() && port != 80 {
                     ports.push(80);
                 }
                 Self {

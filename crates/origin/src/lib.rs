@@ -43,6 +43,7 @@ use tokio_util::io::StreamReader;
 use tracing::warn;
 
 mod cache;
+mod profile;
 pub use cache::{CacheReader, CachedOrigin, DEFAULT_CACHE_SIZE};
 
 /// How long an origin may take to connect, by default.
@@ -449,9 +450,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Configuration comes from the standard AWS environment variables, as `object_store` reads
 /// them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or
 /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`), web identity and container
-/// credentials, or the instance metadata service. With an endpoint, requests are
-/// path-style (`ENDPOINT/BUCKET/KEY`), and an `http://` endpoint is allowed. Profile files
-/// (`~/.aws/config`, `AWS_PROFILE`) are not read: `object_store` has no support for them.
+/// credentials, or the instance metadata service; then, for what the environment leaves
+/// unset, the shared files as the AWS CLI reads them: profile `AWS_PROFILE` (else
+/// `default`) in `AWS_SHARED_CREDENTIALS_FILE` (else `~/.aws/credentials`:
+/// `aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`) and `AWS_CONFIG_FILE`
+/// (else `~/.aws/config`, section `[profile NAME]`: the same keys, `region`,
+/// `endpoint_url`). With an endpoint, requests are path-style (`ENDPOINT/BUCKET/KEY`), and
+/// an `http://` endpoint is allowed. Other profile features (`source_profile`, SSO,
+/// `credential_process`) are not supported.
 ///
 /// `NAME` passes [`origin_name`] and must be UTF-8 (object keys are); `tsize` is the
 /// object's size. Failed requests are retried at most twice within 10 s before ERROR 0.
@@ -462,6 +468,11 @@ pub struct S3Origin {
     prefix: String,
     idle_timeout: Duration,
     allow_write: bool,
+    /// The endpoint URL from the environment or a profile file, if any.
+    endpoint: Option<String>,
+    /// Keys came from the environment or a profile file (no instance or container
+    /// credentials will be fetched).
+    static_keys: bool,
 }
 
 impl S3Origin {
@@ -470,7 +481,8 @@ impl S3Origin {
     ///
     /// # Errors
     /// [`OriginError::Invalid`] for an empty bucket or a prefix with `.`/`..` components;
-    /// [`OriginError::Client`] when the store cannot be configured (a malformed variable).
+    /// [`OriginError::Client`] when the store cannot be configured (a malformed variable, or
+    /// a profile file that cannot be read or parsed).
     pub fn from_env(bucket: &str, prefix: &str) -> Result<Self, OriginError> {
         if bucket.is_empty() || bucket.contains('/') {
             return Err(OriginError::Invalid(format!(
@@ -484,8 +496,35 @@ impl S3Origin {
         {
             return Err(OriginError::Invalid(format!("invalid prefix {prefix:?}")));
         }
-        let builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // The environment first, then the profile files (as the AWS SDKs order them).
+        let profile = profile::load(&|k| std::env::var(k).ok())
+            .map_err(|e| OriginError::Client(format!("AWS profile files: {e}")))?;
+        let env_set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if !env_set("AWS_ACCESS_KEY_ID") {
+            if let (Some(id), Some(secret)) = (profile.access_key_id, profile.secret_access_key) {
+                builder = builder
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
+                if let Some(token) = profile.session_token {
+                    builder = builder.with_token(token);
+                }
+            }
+        }
+        if let Some(region) = profile.region {
+            if !env_set("AWS_REGION") && !env_set("AWS_DEFAULT_REGION") {
+                builder = builder.with_region(region);
+            }
+        }
+        if let Some(endpoint) = profile.endpoint_url {
+            if !env_set("AWS_ENDPOINT_URL") && !env_set("AWS_ENDPOINT") {
+                builder = builder.with_endpoint(endpoint);
+            }
+        }
         let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        let static_keys = builder
+            .get_config_value(&AmazonS3ConfigKey::AccessKeyId)
+            .is_some();
         let allow_http = endpoint
             .as_deref()
             .is_some_and(|e| e.starts_with("http://"))
@@ -513,7 +552,22 @@ impl S3Origin {
             prefix: prefix.to_owned(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             allow_write: false,
+            endpoint,
+            static_keys,
         })
+    }
+
+    /// The endpoint URL requests go to, when one was configured (environment or profile
+    /// file); `None`: AWS itself, over HTTPS.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// True when access keys were configured (environment or profile file); false when
+    /// credentials will come from web identity, a container or the instance metadata
+    /// service (HTTP, port 80).
+    pub fn has_static_keys(&self) -> bool {
+        self.static_keys
     }
 
     /// How long the body may send nothing while the server waits for it (default 30 s).

@@ -270,6 +270,56 @@ fn s3_objects_are_served_with_their_size_and_errors_map() {
         );
         token.cancel();
 
+        // The same store configured by profile files alone (no AWS_* credential, region or
+        // endpoint variable): the key in AWS_SHARED_CREDENTIALS_FILE's `[boot]`, the region
+        // and endpoint in AWS_CONFIG_FILE's `[profile boot]`; `[default]` holds a wrong key.
+        let (creds, config) = (dir.path().join("credentials"), dir.path().join("config"));
+        std::fs::write(
+            &creds,
+            format!(
+                "[default]\naws_access_key_id = AKIAWRONGWRONGWRONG1\naws_secret_access_key = x\n\n\
+                 [boot]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                info["key_id"].as_str().unwrap(),
+                info["secret"].as_str().unwrap()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            // Both profiles name the local store: nothing here may reach AWS itself.
+            format!(
+                "[default]\nregion = us-east-1\nendpoint_url = http://127.0.0.1:{port}\n\n\
+                 [profile boot]\nregion = us-east-1\nendpoint_url = http://127.0.0.1:{port}\n"
+            ),
+        )
+        .unwrap();
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_ENDPOINT_URL",
+        ] {
+            std::env::remove_var(k);
+        }
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &creds);
+        std::env::set_var("AWS_CONFIG_FILE", &config);
+        std::env::set_var("AWS_PROFILE", "boot");
+        let (c, token) = serve_and_client(S3Origin::from_env("images", "tftp").unwrap()).await;
+        let mut got = Vec::new();
+        c.get("public/big.bin", &mut got, |_| {}).await.unwrap();
+        assert!(got == big, "download with profile files differs");
+        token.cancel();
+        // The default profile's key is refused by the store (ERROR 2): the profile chosen is
+        // the one used, never silently another identity.
+        std::env::remove_var("AWS_PROFILE");
+        let (c, token) = serve_and_client(S3Origin::from_env("images", "tftp").unwrap()).await;
+        let e = c
+            .get("public/big.bin", Vec::new(), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(server_code(&e), ErrorCode::AccessViolation, "{e}");
+        token.cancel();
+
         // The store down: ERROR 0, promptly.
         drop(moto);
         let (c, token) = serve_and_client(S3Origin::from_env("images", "tftp").unwrap()).await;
