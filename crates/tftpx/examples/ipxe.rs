@@ -1,32 +1,13 @@
-//! A dynamic handler: every client gets an iPXE script naming its own address.
-//! `cargo run -p tftpx --example ipxe` then `curl tftp://127.0.0.1:6969/boot.ipxe`.
-
-use std::io::Cursor;
-use tftpx::{Handler, HandlerError, NoUpload, ReadFile, RequestInfo, Server};
-
-struct Ipxe;
-
-impl Handler for Ipxe {
-    type Reader = Cursor<Vec<u8>>;
-    type Writer = NoUpload;
-    async fn open_read(
-        &self,
-        req: &RequestInfo<'_>,
-    ) -> Result<ReadFile<Cursor<Vec<u8>>>, HandlerError> {
-        let ip = req.peer.ip().to_canonical();
-        let script = format!("#!ipxe\nchain http://boot.example/{ip}/menu.ipxe\n").into_bytes();
-        Ok(ReadFile {
-            size: Some(script.len() as u64),
-            reader: Cursor::new(script),
-        })
-    }
-}
+//! Every client gets an iPXE script naming its own address (a dynamic handler).
+//! `cargo run -p tftpx --example ipxe`, then `curl tftp://127.0.0.1:6969/boot.ipxe`.
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let server = Server::builder(Ipxe)
-        .listen("127.0.0.1:6969".parse()?)
-        .bind()?;
-    server.run().await;
+async fn main() -> Result<(), tftpx::ServerError> {
+    let handler = tftpx::from_fn(|req| {
+        let ip = req.peer.ip().to_canonical();
+        Ok(format!("#!ipxe\nchain http://boot.example/{ip}/menu.ipxe\n").into_bytes())
+    });
+    let server = tftpx::Server::builder(handler).listen("127.0.0.1:6969".parse().unwrap());
+    server.bind()?.run().await;
     Ok(())
 }

@@ -181,6 +181,55 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// A read-only [`Handler`] made of a function that returns each file's whole content,
+/// generated per request (an iPXE script naming the client, a switch's configuration):
+/// see [`from_fn`].
+#[derive(Clone)]
+pub struct FnHandler<F>(F);
+
+impl<F> std::fmt::Debug for FnHandler<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnHandler")
+    }
+}
+
+/// A read-only [`Handler`] that answers an RRQ with the bytes `f` returns for it (`tsize`
+/// is their length), or with `f`'s [`HandlerError`] (ERROR 1 for an unknown name, say);
+/// every WRQ gets ERROR 2 "Writing is disabled on this server". `f` runs on the server's
+/// runtime: it must not block (for I/O, implement [`Handler`] with an async `open_read`).
+///
+/// ```
+/// let handler = tftpx::from_fn(|req| {
+///     Ok(format!("#!ipxe\nchain http://boot.example/{}\n", req.peer.ip()).into_bytes())
+/// });
+/// let server = tftpx::Server::builder(handler).listen("127.0.0.1:0".parse().unwrap());
+/// ```
+pub fn from_fn<F>(f: F) -> FnHandler<F>
+where
+    F: Fn(&RequestInfo<'_>) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+{
+    FnHandler(f)
+}
+
+impl<F> Handler for FnHandler<F>
+where
+    F: Fn(&RequestInfo<'_>) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+{
+    type Reader = io::Cursor<Vec<u8>>;
+    type Writer = NoUpload;
+
+    async fn open_read(
+        &self,
+        req: &RequestInfo<'_>,
+    ) -> Result<ReadFile<Self::Reader>, HandlerError> {
+        let bytes = (self.0)(req)?;
+        Ok(ReadFile {
+            size: Some(bytes.len() as u64),
+            reader: io::Cursor::new(bytes),
+        })
+    }
+}
+
 /// ERROR 2 "Writing is disabled on this server": what a read-only handler answers a WRQ.
 pub fn write_disabled() -> HandlerError {
     HandlerError::access("Writing is disabled on this server")

@@ -37,8 +37,8 @@ mod trace;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
 pub use handler::{
-    normalize_name, write_disabled, DirFile, DirHandler, DirUpload, Handler, HandlerError,
-    NoUpload, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN, MAX_NAME_LEN,
+    from_fn, normalize_name, write_disabled, DirFile, DirHandler, DirUpload, FnHandler, Handler,
+    HandlerError, NoUpload, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN, MAX_NAME_LEN,
 };
 pub use policy::{Acl, Cidr, PolicyStats, PortRange};
 pub use reload::{LiveSettings, Reloader};

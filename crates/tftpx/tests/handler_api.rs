@@ -151,3 +151,54 @@ fn normalize_name_is_the_directory_handlers_check() {
     assert!(normalize_name(&[b'a'; 256]).is_err());
     assert!(normalize_name(&[b'a'; 1025]).is_err());
 }
+
+/// `from_fn`: a handler that is one function (examples/ipxe.rs): its bytes with tsize, its
+/// errors as they are, WRQ refused.
+#[tokio::test]
+async fn a_handler_made_of_a_function() {
+    let handler = tftpx::from_fn(|req| match normalize_name(req.filename)?.as_slice() {
+        b"boot.ipxe" => {
+            Ok(format!("#!ipxe\nchain http://boot.example/{}\n", req.peer.ip()).into_bytes())
+        }
+        _ => Err(HandlerError::new(ErrorCode::FileNotFound, "No such script")),
+    });
+    let server = Server::builder(handler)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .timeout(Duration::from_millis(500))
+        .rate_limit(None)
+        .bind()
+        .unwrap();
+    let addr: SocketAddr = server.local_addrs()[0];
+    let token = server.shutdown_token();
+    let task = tokio::spawn(server.run());
+    let client = Client::builder(addr)
+        .timeout(Duration::from_millis(500))
+        .tsize(true)
+        .build();
+    let mut got = Vec::new();
+    let report = client.get("/boot.ipxe", &mut got, |_| {}).await.unwrap();
+    let want = b"#!ipxe\nchain http://boot.example/127.0.0.1\n";
+    assert_eq!(got, want);
+    assert_eq!(report.negotiated.tsize, Some(want.len() as u64));
+    for (result, code, text) in [
+        (
+            client.get("other", &mut Vec::new(), |_| {}).await,
+            ErrorCode::FileNotFound,
+            "No such script",
+        ),
+        (
+            client.put("boot.ipxe", &b"x"[..], Some(1), |_| {}).await,
+            ErrorCode::AccessViolation,
+            "Writing is disabled on this server",
+        ),
+    ] {
+        match result.unwrap_err() {
+            ClientError::Server { code: c, message } => {
+                assert_eq!((c, message.as_str()), (code, text));
+            }
+            other => panic!("{other}"),
+        }
+    }
+    token.cancel();
+    task.await.unwrap();
+}
