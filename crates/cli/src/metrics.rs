@@ -4,7 +4,9 @@
 //!
 //! Finished transfers are counted from their [`TransferSummary`] (the server's
 //! `on_transfer_end` hook); refusals before a transfer, ERRORs sent and running transfers
-//! are read from [`ServerStats`] at each scrape.
+//! are read from [`ServerStats`] at each scrape; with an origin and `--cache`, so are the
+//! cache's counters (`tftpx_cache_*`: hits, fetches, not_modified, shared, stale_served,
+//! evicted; `tftpx_cache_bytes` held).
 //!
 //! Outcome labels of `tftpx_transfers_total`, from [`TransferSummary::outcome_name`]:
 //!
@@ -43,6 +45,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tftpx::proto::transfer::TransferError;
 use tftpx::{Kind, Outcome, Refusal, ServerStats, TransferSummary};
+use tftpx_origin::CacheStats;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -82,7 +85,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     /// Metrics of a server whose live counters are `stats`. Every label value is present
     /// from the start (at 0), so a rate over a new label never starts mid-way.
-    pub(crate) fn new(stats: ServerStats) -> Self {
+    pub(crate) fn new(stats: ServerStats, cache: Option<CacheSource>) -> Self {
         let mut registry = Registry::default();
         let transfers = Family::<TransferLabels, Counter>::default();
         for kind in ["rrq", "wrq"] {
@@ -121,6 +124,9 @@ impl Metrics {
             duration.clone(),
         );
         registry.register_collector(Box::new(Live(stats.clone())));
+        if let Some(cache) = cache {
+            registry.register_collector(Box::new(CacheLive(cache)));
+        }
         Self {
             registry,
             transfers,
@@ -235,6 +241,68 @@ impl Collector for Live {
             "Transfers running now",
             None,
             active.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Reads an origin cache's counters and the bytes it holds (`--cache`), at each scrape.
+pub(crate) type CacheSource = Arc<dyn Fn() -> (CacheStats, u64) + Send + Sync>;
+
+/// The `--cache` counters: `tftpx_cache_*`.
+struct CacheLive(CacheSource);
+
+impl std::fmt::Debug for CacheLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheLive")
+    }
+}
+
+impl Collector for CacheLive {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (s, used) = (self.0)();
+        for (name, help, value) in [
+            (
+                "tftpx_cache_hits",
+                "Requests served from a complete --cache file (the origin said not modified, \
+                 or failed)",
+                s.hits,
+            ),
+            (
+                "tftpx_cache_fetches",
+                "Bodies fetched from the origin in full into --cache",
+                s.fetches,
+            ),
+            (
+                "tftpx_cache_not_modified",
+                "Revalidations the origin answered not modified (HTTP 304)",
+                s.not_modified,
+            ),
+            (
+                "tftpx_cache_shared",
+                "Requests that joined an origin fetch or revalidation already under way",
+                s.shared,
+            ),
+            (
+                "tftpx_cache_stale_served",
+                "Requests served from --cache because the origin failed to revalidate",
+                s.stale_served,
+            ),
+            (
+                "tftpx_cache_evicted",
+                "Files removed from --cache to stay within --cache-size",
+                s.evicted,
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let held = ConstGauge::new(i64::try_from(used).unwrap_or(i64::MAX));
+        held.encode(encoder.encode_descriptor(
+            "tftpx_cache",
+            "Bytes --cache holds (a 4 KiB header per file included)",
+            Some(&Unit::Bytes),
+            held.metric_type(),
         )?)?;
         Ok(())
     }

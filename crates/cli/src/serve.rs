@@ -506,18 +506,21 @@ pub fn main(
             .map(|dir| prepare_cache(dir, &prologue.who))
             .transpose()
             .map_err(failed)?;
-        let served = Served {
+        let mut served = Served {
             label: site.label.clone(),
             confine_to: PathBuf::from("/etc"),
             // Uploads are held in memory until they are sent: no file is written.
             writable: false,
             connect_tcp: site.ports,
             cache: cache.clone(),
+            cache_stats: None,
         };
         return match cache {
             Some(dir) => {
                 let cached = CachedOrigin::new(origin, &dir, args.cache_size)
                     .map_err(|e| failed(format!("--cache {}: {e}", dir.display())))?;
+                let read = cached.clone();
+                served.cache_stats = Some(Arc::new(move || (read.stats(), read.used_bytes())));
                 serve(args, cached, served, prologue)
             }
             None => serve(args, origin, served, prologue),
@@ -538,6 +541,7 @@ pub fn main(
         writable: args.allow_write || args.allow_create,
         connect_tcp: Vec::new(),
         cache: None,
+        cache_stats: None,
     };
     serve(args, handler, served, prologue)
 }
@@ -570,6 +574,8 @@ struct Served {
     connect_tcp: Vec<u16>,
     /// The origin's `--cache` directory (absolute): read and written under Landlock.
     cache: Option<PathBuf>,
+    /// The cache's counters, for `--metrics`.
+    cache_stats: Option<metrics::CacheSource>,
 }
 
 /// The warning for `--cache` with a directory root (a shared config file may set it).
@@ -724,7 +730,7 @@ fn serve<H: Handler + Clone>(
     };
     let metrics_server = match (metrics_listener, &metrics_sink) {
         (Some(l), Some(sink)) => {
-            let m = Arc::new(Metrics::new(server.stats()));
+            let m = Arc::new(Metrics::new(server.stats(), served.cache_stats.clone()));
             let _ = sink.set(m.clone());
             let _enter = rt.enter();
             let l = tokio::net::TcpListener::from_std(l)

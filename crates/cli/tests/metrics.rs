@@ -15,46 +15,10 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Layout, Opts, Peer, Server};
+use common::{http_get, metrics_port, Layout, Opts, Peer, Server};
 
 /// Bound on every wait for a condition.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The port of `metrics at http://127.0.0.1:PORT/metrics ...` in the server's log.
-fn metrics_port(srv: &Server) -> u16 {
-    let needle = "metrics at http://127.0.0.1:";
-    assert!(
-        common::wait_until(WAIT, || srv.log().contains(needle)),
-        "no metrics line in the log:\n{}",
-        srv.log()
-    );
-    let log = srv.log();
-    let rest = &log[log.find(needle).unwrap() + needle.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().expect("metrics port")
-}
-
-/// One HTTP/1.1 GET (Connection: close): status code, head, body.
-fn http_get(port: u16, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to --metrics");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.set_write_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the HTTP response");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head and body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {head}"));
-    (status, head.to_owned(), body.to_owned())
-}
 
 /// One sample as the parser read it.
 #[derive(Debug, Clone, PartialEq)]

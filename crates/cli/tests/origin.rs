@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{download, pseudo_random, wait_until, Opts, Peer, Server};
+use common::{download, http_get, metrics_port, pseudo_random, wait_until, Opts, Peer, Server};
 
 struct HttpOrigin {
     child: Child,
@@ -181,7 +181,14 @@ fn cache_serves_a_second_client_after_one_304_under_landlock() {
     let cache_arg = cache.to_str().unwrap().to_owned();
     let server = Server::start(
         Path::new(&url),
-        &["--cache", &cache_arg, "--cache-size", "100M"],
+        &[
+            "--cache",
+            &cache_arg,
+            "--cache-size",
+            "100M",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
     );
     let log = server.log();
     assert!(
@@ -232,6 +239,23 @@ fn cache_serves_a_second_client_after_one_304_under_landlock() {
         (1, 1, 1),
         "one GET, then one conditional GET answered 304: {access}"
     );
+    // The same in --metrics: one fetch, one 304, one hit; the bytes held.
+    let (status, _, body) = http_get(metrics_port(&server), "/metrics");
+    assert_eq!(status, 200);
+    let sample = |name: &str| -> String {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    };
+    for (name, want) in [
+        ("tftpx_cache_fetches_total", "1".to_owned()),
+        ("tftpx_cache_not_modified_total", "1".to_owned()),
+        ("tftpx_cache_hits_total", "1".to_owned()),
+        ("tftpx_cache_shared_total", "0".to_owned()),
+        ("tftpx_cache_bytes", (4096 + kernel.len()).to_string()),
+    ] {
+        assert_eq!(sample(name), want, "{name}");
+    }
     drop(server);
 
     // With a directory root, --cache is ignored with a warning (a shared config may set it).

@@ -44,7 +44,7 @@ use tracing::warn;
 
 mod cache;
 mod profile;
-pub use cache::{CacheReader, CachedOrigin, DEFAULT_CACHE_SIZE};
+pub use cache::{CacheReader, CacheStats, CachedOrigin, DEFAULT_CACHE_SIZE};
 
 /// How long an origin may take to connect, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

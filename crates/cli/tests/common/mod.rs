@@ -763,3 +763,39 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
         stderr: t_err.join().expect("stderr reader"),
     }
 }
+
+/// The port of `metrics at http://127.0.0.1:PORT/metrics ...` in the server's log.
+pub fn metrics_port(srv: &Server) -> u16 {
+    let needle = "metrics at http://127.0.0.1:";
+    assert!(
+        wait_until(Duration::from_secs(20), || srv.log().contains(needle)),
+        "no metrics line in the log:\n{}",
+        srv.log()
+    );
+    let log = srv.log();
+    let rest = &log[log.find(needle).unwrap() + needle.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().expect("metrics port")
+}
+
+/// One HTTP/1.1 GET (Connection: close): status code, head, body.
+pub fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to --metrics");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_fmt(
+        &mut s,
+        format_args!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the HTTP response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head and body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {head}"));
+    (status, head.to_owned(), body.to_owned())
+}
