@@ -399,12 +399,6 @@ enum SenderState {
 /// a full window before acknowledging acknowledges the first flight at its timeout.
 pub const FIRST_FLIGHT_BYTES: usize = 96 * 1024;
 
-/// Partial ACKs in one window round after which a sender takes its peer for one that
-/// acknowledges blocks one by one (a receiver that ignores the window, or an ACK train sent
-/// without reading). An RFC 7440 receiver sends one partial ACK per gap, so a round sees one
-/// or two; a go-back per round to a per-block ACKer would resend nearly a window per window.
-const PER_BLOCK_ACKS: u32 = 4;
-
 /// Shortest pause between two bursts of a paced window (see [`Sender`], "Loss-adaptive
 /// window"): about a timer tick, so a pause is never shorter than the driver can sleep.
 const PACE_MIN: Duration = Duration::from_millis(1);
@@ -424,11 +418,11 @@ const LOST_AGAIN_ACKS: u32 = 2;
 ///
 /// Egress (RFC 7440 §4 windows, RFC 1123 §4.2.3.1): an ACK that acknowledges part of what
 /// was sent means the receiver lost the next block, and the sender resends from there at
-/// once, but only once per window round (until the blocks sent before that resend are
-/// acknowledged); further partial ACKs in that round only slide the window, and a peer seen
-/// to acknowledge block by block is never sent back again by a partial ACK. So an ACK train
-/// (ACK 1, 2, 3, ... sent without reading) draws little more than one DATA per ACK, and a
-/// duplicate ACK draws nothing.
+/// once, in a burst of `cwnd` blocks, which each such go-back halves. So an ACK train (ACK
+/// 1, 2, 3, ... sent without reading) draws at most about one and a half DATA per ACK once
+/// `cwnd` is down to one or two, and a duplicate ACK draws nothing, except in a window
+/// where the ACK before the window comes twice more, each a round trip after its first
+/// block last left: that block was lost again and is resent.
 ///
 /// Loss-adaptive window: a congestion window `cwnd`, in blocks, 1..=windowsize, sizes the
 /// bursts in which a window leaves. It starts as the first flight (see
@@ -470,14 +464,6 @@ pub struct Sender {
     filled: u64,
     /// The last block of the file, once the driver filled a short one.
     last: Option<u64>,
-    /// Partial ACKs below this block do not send the sender back again (one go-back per
-    /// window round).
-    recover: u64,
-    /// Partial ACKs since the last go-back (see [`PER_BLOCK_ACKS`]).
-    partials: u32,
-    /// The peer acknowledges (nearly) every block instead of every window: partial ACKs
-    /// only slide the window from now on, and timeouts alone cause resends.
-    per_block_acks: bool,
     /// Resends of the first block answered to a repeated ACK 0 of an unproven peer.
     early_resends: u32,
     /// No block from this one on is sent (an unproven peer's retransmission is one block).
@@ -545,9 +531,6 @@ impl Sender {
             high: 1,
             filled: 0,
             last: None,
-            recover: 0,
-            partials: 0,
-            per_block_acks: false,
             early_resends: 0,
             hold: None,
             sent_at: None,
@@ -893,7 +876,8 @@ impl Sender {
             // rs-tftpc acknowledge every block from beyond a gap; windows only, RFC 7440
             // §4). Go back to it. A copy of an ACK (one per ACK), or an ACK drawn by a block
             // sent before that block's last transmission, draws nothing (RFC 1123 §4.2.3.1).
-            if self.windowsize > 1 && !self.link.unproven() && self.next > self.base && self.cap > 0 {
+            if self.windowsize > 1 && !self.link.unproven() && self.next > self.base && self.cap > 0
+            {
                 let late = self.slot_sent[self.slot_index(self.base)]
                     .is_some_and(|(t, _)| now.saturating_duration_since(t) >= self.pace());
                 if late {
@@ -952,20 +936,12 @@ impl Sender {
         }
         if a + 1 < self.next {
             // Part of what was sent is acknowledged: the receiver lost block a + 1 (RFC 7440
-            // §4). Resend from there, once per window round: a partial ACK for a block sent
-            // before the last resend only slides the window.
-            if a >= self.recover || self.paced() || self.cwnd < self.windowsize {
-                self.stats.retransmits += self.next - (a + 1);
-                self.recover = self.high;
-                self.next = a + 1;
-                self.partials = 0;
-                self.cut();
-            } else {
-                self.partials += 1;
-                if self.partials >= PER_BLOCK_ACKS {
-                    self.per_block_acks = true;
-                }
-            }
+            // §4). Resend from there at once, in a burst of the halved cwnd: what a go-back
+            // costs halves with each one, so a peer that acknowledges block by block (an
+            // ACK train sent without reading) soon draws one block per ACK.
+            self.stats.retransmits += self.next - (a + 1);
+            self.next = a + 1;
+            self.cut();
         }
         if self.base == self.next {
             self.deadline = None;
@@ -1000,7 +976,6 @@ impl Sender {
                         self.next - self.base
                     };
                     self.stats.retransmits += resend;
-                    self.recover = self.high;
                     self.next = self.base;
                     if self.link.unproven() {
                         self.hold = Some(self.base + 1);
