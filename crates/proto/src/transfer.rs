@@ -403,10 +403,10 @@ pub const FIRST_FLIGHT_BYTES: usize = 96 * 1024;
 /// window"): about a timer tick, so a pause is never shorter than the driver can sleep.
 const PACE_MIN: Duration = Duration::from_millis(1);
 
-/// Repeats of the ACK before the window's first block, each a round trip or more after that
-/// block was last sent, that make a windowed sender take the block for lost again and
-/// resend it at once. Two, so that a network that duplicates every ACK (one copy each) never
-/// draws a resend (Sorcerer's Apprentice, RFC 1123 §4.2.3.1).
+/// Repeats of the ACK before the window's first block, beyond those the blocks sent before
+/// that block's last transmission account for, that make a windowed sender take the block
+/// for lost again and resend it at once. Two, so that a network that duplicates every ACK
+/// (one copy each) never draws a resend (Sorcerer's Apprentice, RFC 1123 §4.2.3.1).
 const LOST_AGAIN_ACKS: u32 = 2;
 
 /// The side that sends DATA: a server answering an RRQ, or a client that sent a WRQ.
@@ -430,8 +430,8 @@ const LOST_AGAIN_ACKS: u32 = 2;
 /// 64), opens to the whole window at the first ACK of DATA (the peer is proven and nothing
 /// was lost: a loss-free transfer is never slowed), is halved (never below 1) on a loss (a
 /// partial ACK that sends the sender back, a timeout, an ACK that moves back; once per
-/// flight, every timeout), and doubles, up to the window, each time an ACK acknowledges
-/// everything sent since the last halving. While `cwnd` is below the window, the window
+/// flight, every timeout), and grows by one block, up to the window, each time an ACK
+/// acknowledges everything sent, some of it after the last halving. While `cwnd` is below the window, the window
 /// still goes out whole (an RFC 7440 receiver acknowledges only the end of the window it
 /// expects, or a gap, or at its timeout: atftp, rs-tftpc, U-Boot and tftpx all count the
 /// window from their last ACK, so a sender that stopped short would stall them until their
@@ -486,6 +486,10 @@ pub struct Sender {
     /// Repeats of the ACK of `base - 1` since the window last moved (see
     /// [`LOST_AGAIN_ACKS`]).
     dup_acks: u32,
+    /// Repeats of the ACK of `base - 1` still expected from blocks sent beyond `base`
+    /// before it was last resent: the receiver answers each with that ACK, which says
+    /// nothing about the resent block.
+    stale_acks: u64,
     /// Ring capacity in blocks (0 until the first block is read); block `b` lives in slot
     /// `b % cap`.
     cap: u64,
@@ -540,6 +544,7 @@ impl Sender {
             cut_mark: 0,
             min_rtt: None,
             dup_acks: 0,
+            stale_acks: 0,
             cap: 0,
             slots: Vec::new(),
             slot_len: Vec::new(),
@@ -640,11 +645,18 @@ impl Sender {
         }
     }
 
+    /// Sends again from `block` (the oldest not acknowledged, or the one after a partial
+    /// ACK): each block already sent beyond it may still draw a repeat of the ACK before it.
+    fn go_back(&mut self, block: u64) {
+        self.stale_acks = self.next.saturating_sub(block + 1);
+        self.dup_acks = 0;
+        self.next = block;
+    }
+
     /// A loss: halves `cwnd` (never below 1) and starts the next burst at once.
     fn cut(&mut self) {
         self.cwnd = (self.cwnd / 2).max(1);
         self.cut_mark = self.high;
-        self.dup_acks = 0;
         self.burst_left = self.cwnd;
         self.pace_at = None;
     }
@@ -870,23 +882,25 @@ impl Sender {
                 self.deadline = None;
                 return;
             }
-            // A proven peer repeating its ACK of base - 1, twice, each a round trip (the
-            // pace) or more after block `base` last left, lost that block again: the
-            // receiver repeats its gap ACK while the gap stays open (tftpx's receiver and
-            // rs-tftpc acknowledge every block from beyond a gap; windows only, RFC 7440
-            // §4). Go back to it. A copy of an ACK (one per ACK), or an ACK drawn by a block
-            // sent before that block's last transmission, draws nothing (RFC 1123 §4.2.3.1).
-            if self.windowsize > 1 && !self.link.unproven() && self.next > self.base && self.cap > 0
-            {
+            // A proven peer repeating its ACK of base - 1 lost block `base` again: the
+            // receiver repeats its gap ACK for every block from beyond the gap (tftpx's
+            // receiver and rs-tftpc do; windows only, RFC 7440 §4). Repeats drawn by blocks
+            // sent before `base` was last resent say nothing and are counted off; two more
+            // (one copy of each ACK the network duplicated is not enough) send the sender
+            // back to `base` (RFC 1123 §4.2.3.1 still holds: a copy never resends).
+            if self.windowsize > 1 && !self.link.unproven() && self.next > self.base {
+                // A repeat a round trip (the pace) after `base` last left cannot come from
+                // an older block, however many of those were lost.
                 let late = self.slot_sent[self.slot_index(self.base)]
                     .is_some_and(|(t, _)| now.saturating_duration_since(t) >= self.pace());
-                if late {
+                if self.stale_acks > 0 && !late {
+                    self.stale_acks -= 1;
+                } else {
                     self.dup_acks += 1;
                 }
                 if self.dup_acks >= LOST_AGAIN_ACKS {
-                    self.dup_acks = 0;
                     self.stats.retransmits += self.next - self.base;
-                    self.next = self.base;
+                    self.go_back(self.base);
                     self.cut();
                 }
             }
@@ -911,10 +925,13 @@ impl Sender {
             self.cwnd = self.windowsize;
         } else if a + 1 == self.high && a >= self.cut_mark {
             // Everything sent, some of it after the last loss, is acknowledged.
-            self.cwnd = (self.cwnd * 2).min(self.windowsize);
+            // Additive increase: doubling overflowed atftp's default receive buffer again at
+            // 65464 x 16 within a few windows.
+            self.cwnd = (self.cwnd + 1).min(self.windowsize);
         }
         // An ACK that moves the window releases the next burst.
         self.dup_acks = 0;
+        self.stale_acks = 0;
         self.burst_left = self.cwnd;
         self.pace_at = None;
         for b in self.base..=a {
@@ -940,7 +957,7 @@ impl Sender {
             // costs halves with each one, so a peer that acknowledges block by block (an
             // ACK train sent without reading) soon draws one block per ACK.
             self.stats.retransmits += self.next - (a + 1);
-            self.next = a + 1;
+            self.go_back(a + 1);
             self.cut();
         }
         if self.base == self.next {
@@ -976,7 +993,7 @@ impl Sender {
                         self.next - self.base
                     };
                     self.stats.retransmits += resend;
-                    self.next = self.base;
+                    self.go_back(self.base);
                     if self.link.unproven() {
                         self.hold = Some(self.base + 1);
                     } else {
