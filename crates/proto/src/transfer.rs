@@ -419,10 +419,10 @@ const LOST_AGAIN_ACKS: u32 = 2;
 /// Egress (RFC 7440 §4 windows, RFC 1123 §4.2.3.1): an ACK that acknowledges part of what
 /// was sent means the receiver lost the next block, and the sender resends from there at
 /// once, in a burst of `cwnd` blocks, which each such go-back halves. So an ACK train (ACK
-/// 1, 2, 3, ... sent without reading) draws at most about one and a half DATA per ACK once
-/// `cwnd` is down to one or two, and a duplicate ACK draws nothing, except in a window
-/// where the ACK before the window comes twice more, each a round trip after its first
-/// block last left: that block was lost again and is resent.
+/// 1, 2, 3, ... sent without reading) draws about one and a half DATA per ACK once `cwnd`
+/// is down to one or two, and a duplicate ACK draws nothing, except in a window where the
+/// ACK before the window comes twice more than the blocks sent before the window's first
+/// block was last resent account for: that block was lost again and is resent.
 ///
 /// Loss-adaptive window: a congestion window `cwnd`, in blocks, 1..=windowsize, sizes the
 /// bursts in which a window leaves. It starts as the first flight (see
@@ -431,18 +431,21 @@ const LOST_AGAIN_ACKS: u32 = 2;
 /// was lost: a loss-free transfer is never slowed), is halved (never below 1) on a loss (a
 /// partial ACK that sends the sender back, a timeout, an ACK that moves back; once per
 /// flight, every timeout), and grows by one block, up to the window, each time an ACK
-/// acknowledges everything sent, some of it after the last halving. While `cwnd` is below the window, the window
-/// still goes out whole (an RFC 7440 receiver acknowledges only the end of the window it
-/// expects, or a gap, or at its timeout: atftp, rs-tftpc, U-Boot and tftpx all count the
-/// window from their last ACK, so a sender that stopped short would stall them until their
-/// timeout), but paced: `cwnd` blocks, then a pause of two round trips (the shortest seen,
-/// at least 1 ms, at most a quarter of the timeout) or until the next ACK that moves the
-/// window, whichever comes first. A block lost in a burst then draws the receiver's gap ACK
-/// before the next burst leaves, and the sender goes back having sent at most `cwnd` blocks
-/// past the gap instead of the rest of the window: at 20 % loss and windowsize 64 a window
-/// round no longer sends 64 blocks to deliver four. Round trips are timed on blocks sent
-/// once (Karn), from the `now` the driver passes in: the machine has no clock of its own and
-/// is deterministic.
+/// acknowledges everything sent, some of it after the last halving (additive increase:
+/// doubling overflowed atftp's default receive buffer again at 65464 x 16).
+///
+/// While `cwnd` is below the window, the window still goes out whole, but paced: `cwnd`
+/// blocks, then a pause of two round trips (the shortest seen, at least 1 ms, at most a
+/// quarter of the timeout) or until the next ACK that moves the window, whichever comes
+/// first. A window never stops short: RFC 7440 receivers acknowledge the end of the window
+/// they expect, counted from their last ACK, or a gap, or at their timeout (atftp and
+/// rs-tftpc do, and tftpx's receiver past its first window), so a sub-window would stall
+/// them until their timeout. A block lost in a burst draws the receiver's gap ACK before
+/// the next burst leaves, and the sender goes back having sent at most `cwnd` blocks past
+/// the gap instead of the rest of the window: at 20 % loss and windowsize 64 a window round
+/// no longer sends 64 blocks to deliver four. Round trips are timed on blocks sent once
+/// (Karn), from the `now` the driver passes in: the machine has no clock of its own and is
+/// deterministic.
 pub struct Sender {
     link: Link,
     state: SenderState,
@@ -925,8 +928,6 @@ impl Sender {
             self.cwnd = self.windowsize;
         } else if a + 1 == self.high && a >= self.cut_mark {
             // Everything sent, some of it after the last loss, is acknowledged.
-            // Additive increase: doubling overflowed atftp's default receive buffer again at
-            // 65464 x 16 within a few windows.
             self.cwnd = (self.cwnd + 1).min(self.windowsize);
         }
         // An ACK that moves the window releases the next burst.
