@@ -399,11 +399,15 @@ enum SenderState {
 /// a full window before acknowledging acknowledges the first flight at its timeout.
 pub const FIRST_FLIGHT_BYTES: usize = 96 * 1024;
 
-/// Partial ACKs in one window round after which a sender takes its peer for one that
-/// acknowledges blocks one by one (a receiver that ignores the window, or an ACK train sent
-/// without reading). An RFC 7440 receiver sends one partial ACK per gap, so a round sees one
-/// or two; a go-back per round to a per-block ACKer would resend nearly a window per window.
-const PER_BLOCK_ACKS: u32 = 4;
+/// Shortest pause between two bursts of a paced window (see [`Sender`], "Loss-adaptive
+/// window"): about a timer tick, so a pause is never shorter than the driver can sleep.
+const PACE_MIN: Duration = Duration::from_millis(1);
+
+/// Repeats of the ACK before the window's first block, beyond those the blocks sent before
+/// that block's last transmission account for, that make a windowed sender take the block
+/// for lost again and resend it at once. Two, so that a network that duplicates every ACK
+/// (one copy each) never draws a resend (Sorcerer's Apprentice, RFC 1123 §4.2.3.1).
+const LOST_AGAIN_ACKS: u32 = 2;
 
 /// The side that sends DATA: a server answering an RRQ, or a client that sent a WRQ.
 ///
@@ -414,11 +418,34 @@ const PER_BLOCK_ACKS: u32 = 4;
 ///
 /// Egress (RFC 7440 §4 windows, RFC 1123 §4.2.3.1): an ACK that acknowledges part of what
 /// was sent means the receiver lost the next block, and the sender resends from there at
-/// once, but only once per window round (until the blocks sent before that resend are
-/// acknowledged); further partial ACKs in that round only slide the window, and a peer seen
-/// to acknowledge block by block is never sent back again by a partial ACK. So an ACK train
-/// (ACK 1, 2, 3, ... sent without reading) draws little more than one DATA per ACK, and a
-/// duplicate ACK draws nothing.
+/// once, in a burst of `cwnd` blocks, which each such go-back halves. So an ACK train (ACK
+/// 1, 2, 3, ... sent without reading) draws about one and a half DATA per ACK once `cwnd`
+/// is down to one or two, and a duplicate ACK draws nothing, except in a window where the
+/// ACK before the window comes twice more than the blocks sent before the window's first
+/// block was last resent account for: that block was lost again and is resent.
+///
+/// Loss-adaptive window: a congestion window `cwnd`, in blocks, 1..=windowsize, sizes the
+/// bursts in which a window leaves. It starts as the first flight (see
+/// [`FIRST_FLIGHT_BYTES`]: the whole window for blocks of up to 1468 bytes at windowsize
+/// 64), opens to the whole window at the first ACK of DATA (the peer is proven and nothing
+/// was lost: a loss-free transfer is never slowed), is halved (never below 1) on a loss (a
+/// partial ACK that sends the sender back, a timeout, an ACK that moves back; once per
+/// flight, every timeout), and grows by one block, up to the window, each time an ACK
+/// acknowledges everything sent, some of it after the last halving (additive increase:
+/// doubling overflowed atftp's default receive buffer again at 65464 x 16).
+///
+/// While `cwnd` is below the window, the window still goes out whole, but paced: `cwnd`
+/// blocks, then a pause of two round trips (the shortest seen, at least 1 ms, at most a
+/// quarter of the timeout) or until the next ACK that moves the window, whichever comes
+/// first. A window never stops short: RFC 7440 receivers acknowledge the end of the window
+/// they expect, counted from their last ACK, or a gap, or at their timeout (atftp and
+/// rs-tftpc do, and tftpx's receiver past its first window), so a sub-window would stall
+/// them until their timeout. A block lost in a burst draws the receiver's gap ACK before
+/// the next burst leaves, and the sender goes back having sent at most `cwnd` blocks past
+/// the gap instead of the rest of the window: at 20 % loss and windowsize 64 a window round
+/// no longer sends 64 blocks to deliver four. Round trips are timed on blocks sent once
+/// (Karn), from the `now` the driver passes in: the machine has no clock of its own and is
+/// deterministic.
 pub struct Sender {
     link: Link,
     state: SenderState,
@@ -440,25 +467,40 @@ pub struct Sender {
     filled: u64,
     /// The last block of the file, once the driver filled a short one.
     last: Option<u64>,
-    /// Partial ACKs below this block do not send the sender back again (one go-back per
-    /// window round).
-    recover: u64,
-    /// Partial ACKs since the last go-back (see [`PER_BLOCK_ACKS`]).
-    partials: u32,
-    /// The peer acknowledges (nearly) every block instead of every window: partial ACKs
-    /// only slide the window from now on, and timeouts alone cause resends.
-    per_block_acks: bool,
     /// Resends of the first block answered to a repeated ACK 0 of an unproven peer.
     early_resends: u32,
     /// No block from this one on is sent (an unproven peer's retransmission is one block).
     hold: Option<u64>,
     /// When DATA last left.
     sent_at: Option<Instant>,
+    /// Congestion window in blocks, 1..=windowsize: the size of a burst (see "Loss-adaptive
+    /// window" above).
+    cwnd: u64,
+    /// Blocks the current burst may still send while the window is paced.
+    burst_left: u64,
+    /// When the next burst of a paced window may leave (an ACK that moves the window
+    /// releases it sooner).
+    pace_at: Option<Instant>,
+    /// `high` when `cwnd` was last halved: a loss reported for a block sent before it does
+    /// not halve it again, and `cwnd` grows only once a block sent after it is acknowledged.
+    cut_mark: u64,
+    /// Shortest round trip seen (ACK of a block sent once).
+    min_rtt: Option<Duration>,
+    /// Repeats of the ACK of `base - 1` since the window last moved (see
+    /// [`LOST_AGAIN_ACKS`]).
+    dup_acks: u32,
+    /// Repeats of the ACK of `base - 1` still expected from blocks sent beyond `base`
+    /// before it was last resent: the receiver answers each with that ACK, which says
+    /// nothing about the resent block.
+    stale_acks: u64,
     /// Ring capacity in blocks (0 until the first block is read); block `b` lives in slot
     /// `b % cap`.
     cap: u64,
     slots: Vec<u8>,
     slot_len: Vec<u32>,
+    /// When each slot's block last left, and whether it was sent only once (Karn: a resent
+    /// block's ACK does not time a round trip).
+    slot_sent: Vec<Option<(Instant, bool)>>,
     deadline: Option<Instant>,
     retries: u32,
     events: VecDeque<Event>,
@@ -474,6 +516,7 @@ impl fmt::Debug for Sender {
             .field("next", &self.next)
             .field("filled", &self.filled)
             .field("cap", &self.cap)
+            .field("cwnd", &self.cwnd)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -495,15 +538,20 @@ impl Sender {
             high: 1,
             filled: 0,
             last: None,
-            recover: 0,
-            partials: 0,
-            per_block_acks: false,
             early_resends: 0,
             hold: None,
             sent_at: None,
+            cwnd: 1,
+            burst_left: 0,
+            pace_at: None,
+            cut_mark: 0,
+            min_rtt: None,
+            dup_acks: 0,
+            stale_acks: 0,
             cap: 0,
             slots: Vec::new(),
             slot_len: Vec::new(),
+            slot_sent: Vec::new(),
             deadline: None,
             retries: 0,
             events: VecDeque::new(),
@@ -559,6 +607,13 @@ impl Sender {
         self.negotiated_timeout = n.timeout;
         let stride = (DATA_HEADER_LEN + self.blksize) as u64;
         self.first_flight = (FIRST_FLIGHT_BYTES as u64 / stride).clamp(1, self.windowsize);
+        // The first flight is the initial cwnd where the peer's address may be forged; a
+        // client's server (its TID answered our request) gets the window at once, as before.
+        self.cwnd = if self.link.guarded {
+            self.first_flight
+        } else {
+            self.windowsize
+        };
         self.events.push_back(Event::Negotiated(n));
     }
 
@@ -574,6 +629,50 @@ impl Sender {
             self.first_flight
         } else {
             self.windowsize
+        }
+    }
+
+    /// True while the window leaves in paced bursts of `cwnd` blocks (after a loss).
+    fn paced(&self) -> bool {
+        self.cwnd < self.limit()
+    }
+
+    /// The pause between two bursts of a paced window: two of the shortest round trips
+    /// seen, at least [`PACE_MIN`], at most a quarter of the timeout (an eighth before any
+    /// round trip was timed).
+    fn pace(&self) -> Duration {
+        let t = self.timeout();
+        match self.min_rtt {
+            Some(rtt) => (rtt * 2).min(t / 4).max(PACE_MIN),
+            None => (t / 8).max(PACE_MIN),
+        }
+    }
+
+    /// Sends again from `block` (the oldest not acknowledged, or the one after a partial
+    /// ACK): each block already sent beyond it may still draw a repeat of the ACK before it.
+    fn go_back(&mut self, block: u64) {
+        self.stale_acks = self.next.saturating_sub(block + 1);
+        self.dup_acks = 0;
+        self.next = block;
+    }
+
+    /// A loss: halves `cwnd` (never below 1) and starts the next burst at once.
+    fn cut(&mut self) {
+        self.cwnd = (self.cwnd / 2).max(1);
+        self.cut_mark = self.high;
+        self.burst_left = self.cwnd;
+        self.pace_at = None;
+    }
+
+    /// Bookkeeping after DATA `block` left at `now`: round-trip timing (Karn) and the pace.
+    fn note_sent(&mut self, block: u64, now: Instant) {
+        let i = self.slot_index(block);
+        self.slot_sent[i] = Some((now, block >= self.high));
+        if self.paced() {
+            self.burst_left = self.burst_left.saturating_sub(1);
+            if self.burst_left == 0 {
+                self.pace_at = Some(now + self.pace());
+            }
         }
     }
 
@@ -616,16 +715,19 @@ impl Sender {
         let stride = DATA_HEADER_LEN + self.blksize;
         let mut slots = vec![0u8; stride * cap as usize];
         let mut slot_len = vec![0u32; cap as usize];
+        let mut slot_sent = vec![None; cap as usize];
         if self.cap > 0 {
             for b in self.base..=self.filled {
                 let from = self.slot_range(b);
                 let j = (b % cap) as usize;
                 slots[j * stride..(j + 1) * stride].copy_from_slice(&self.slots[from]);
                 slot_len[j] = self.slot_len[self.slot_index(b)];
+                slot_sent[j] = self.slot_sent[self.slot_index(b)];
             }
         }
         self.slots = slots;
         self.slot_len = slot_len;
+        self.slot_sent = slot_sent;
         self.cap = cap;
     }
 
@@ -701,7 +803,9 @@ impl Sender {
     fn release(&mut self) {
         self.slots = Vec::new();
         self.slot_len = Vec::new();
+        self.slot_sent = Vec::new();
         self.cap = 0;
+        self.pace_at = None;
     }
 
     /// Feeds a datagram that arrived from `from` at `now`.
@@ -779,6 +883,29 @@ impl Sender {
                 self.next = self.base;
                 self.hold = Some(self.base + 1);
                 self.deadline = None;
+                return;
+            }
+            // A proven peer repeating its ACK of base - 1 lost block `base` again: the
+            // receiver repeats its gap ACK for every block from beyond the gap (tftpx's
+            // receiver and rs-tftpc do; windows only, RFC 7440 §4). Repeats drawn by blocks
+            // sent before `base` was last resent say nothing and are counted off; two more
+            // (one copy of each ACK the network duplicated is not enough) send the sender
+            // back to `base` (RFC 1123 §4.2.3.1 still holds: a copy never resends).
+            if self.windowsize > 1 && !self.link.unproven() && self.next > self.base {
+                // A repeat a round trip (the pace) after `base` last left cannot come from
+                // an older block, however many of those were lost.
+                let late = self.slot_sent[self.slot_index(self.base)]
+                    .is_some_and(|(t, _)| now.saturating_duration_since(t) >= self.pace());
+                if self.stale_acks > 0 && !late {
+                    self.stale_acks -= 1;
+                } else {
+                    self.dup_acks += 1;
+                }
+                if self.dup_acks >= LOST_AGAIN_ACKS {
+                    self.stats.retransmits += self.next - self.base;
+                    self.go_back(self.base);
+                    self.cut();
+                }
             }
             return;
         }
@@ -786,8 +913,28 @@ impl Sender {
         if delta >= 0x8000 || a >= self.high {
             // An ACK from before the window (moving back), or for a block not sent yet.
             self.stats.duplicates += 1;
+            if delta >= 0x8000 && !self.link.unproven() && self.base >= self.cut_mark {
+                // Moving back: the network reorders or loses; once per flight.
+                self.cut();
+            }
             return;
         }
+        if let Some((t, true)) = self.slot_sent[self.slot_index(a)] {
+            let rtt = now.saturating_duration_since(t);
+            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        }
+        if self.stats.blocks == 0 {
+            // The first ACK of DATA: the peer is proven and the window opens whole.
+            self.cwnd = self.windowsize;
+        } else if a + 1 == self.high && a >= self.cut_mark {
+            // Everything sent, some of it after the last loss, is acknowledged.
+            self.cwnd = (self.cwnd + 1).min(self.windowsize);
+        }
+        // An ACK that moves the window releases the next burst.
+        self.dup_acks = 0;
+        self.stale_acks = 0;
+        self.burst_left = self.cwnd;
+        self.pace_at = None;
         for b in self.base..=a {
             let i = self.slot_index(b);
             self.stats.bytes += u64::from(self.slot_len[i]) - DATA_HEADER_LEN as u64;
@@ -807,19 +954,12 @@ impl Sender {
         }
         if a + 1 < self.next {
             // Part of what was sent is acknowledged: the receiver lost block a + 1 (RFC 7440
-            // §4). Resend from there, once per window round: a partial ACK for a block sent
-            // before the last resend only slides the window.
-            if a >= self.recover && !self.per_block_acks {
-                self.stats.retransmits += self.next - (a + 1);
-                self.recover = self.high;
-                self.next = a + 1;
-                self.partials = 0;
-            } else {
-                self.partials += 1;
-                if self.partials >= PER_BLOCK_ACKS {
-                    self.per_block_acks = true;
-                }
-            }
+            // §4). Resend from there at once, in a burst of the halved cwnd: what a go-back
+            // costs halves with each one, so a peer that acknowledges block by block (an
+            // ACK train sent without reading) soon draws one block per ACK.
+            self.stats.retransmits += self.next - (a + 1);
+            self.go_back(a + 1);
+            self.cut();
         }
         if self.base == self.next {
             self.deadline = None;
@@ -828,6 +968,10 @@ impl Sender {
 
     /// Feeds the passage of time; call when [`Sender::poll_timeout`]'s instant is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.pace_at.is_some_and(|p| now >= p) {
+            self.pace_at = None;
+            self.burst_left = self.cwnd;
+        }
         let Some(d) = self.deadline else { return };
         if now < d {
             return;
@@ -850,10 +994,11 @@ impl Sender {
                         self.next - self.base
                     };
                     self.stats.retransmits += resend;
-                    self.recover = self.high;
-                    self.next = self.base;
+                    self.go_back(self.base);
                     if self.link.unproven() {
                         self.hold = Some(self.base + 1);
+                    } else {
+                        self.cut();
                     }
                 }
             }
@@ -878,6 +1023,7 @@ impl Sender {
             && self.next <= self.filled
             && self.next < self.base + self.limit()
             && self.hold.is_none_or(|h| self.next < h)
+            && (self.burst_left > 0 || !self.paced())
     }
 
     /// The next datagram to send, if any. Call until it returns `None`.
@@ -895,6 +1041,7 @@ impl Sender {
             return None;
         }
         let block = self.next;
+        self.note_sent(block, now);
         self.next += 1;
         self.high = self.high.max(self.next);
         self.sent_at = Some(now);
@@ -949,7 +1096,9 @@ impl Sender {
             }
             let len = self.slot_len[self.slot_index(b)] as usize;
             end = r.start + len;
+            self.note_sent(b, now);
             self.next += 1;
+            self.high = self.high.max(self.next);
             count += 1;
             if len < stride {
                 break; // a short block ends a GSO batch (it can only be the file's last)
@@ -967,9 +1116,13 @@ impl Sender {
         })
     }
 
-    /// When the sender next wants [`Sender::handle_timeout`], if ever.
+    /// When the sender next wants [`Sender::handle_timeout`], if ever: the retransmission
+    /// timeout, or the end of a pause between two bursts of a paced window.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        match (self.deadline, self.pace_at) {
+            (Some(d), Some(p)) => Some(d.min(p)),
+            (d, p) => d.or(p),
+        }
     }
 
     /// The next event, if any.
@@ -1013,7 +1166,6 @@ pub struct Receiver {
     /// What follows 65535: 0, or 1 once a peer is seen to wrap to 1.
     wrap_to: u16,
     in_window: u32,
-    gap_acked: bool,
     deadline: Option<Instant>,
     retries: u32,
     events: VecDeque<Event>,
@@ -1049,7 +1201,6 @@ impl Receiver {
             received: 0,
             wrap_to: 0,
             in_window: 0,
-            gap_acked: false,
             deadline: None,
             retries: 0,
             events: VecDeque::new(),
@@ -1266,8 +1417,11 @@ impl Receiver {
         if !in_order {
             if block.wrapping_sub(self.expected) < 0x8000 {
                 // A block from the future: something in between was lost.
-                if !self.gap_acked && (self.received > 0 || self.client_options.is_some()) {
-                    self.gap_acked = true;
+                // Every block from beyond the gap draws an ACK of the last block in order
+                // (RFC 7440; rs-tftpc does the same): a lost gap ACK then costs the sender a
+                // block, not the rest of the window and a timeout. The sender takes a repeat
+                // for a new loss only a round trip after it resent the missing block.
+                if self.received > 0 || self.client_options.is_some() {
                     self.in_window = 0;
                     self.link.set_ack(self.last_wire);
                     self.stats.retransmits += 1;
@@ -1296,7 +1450,6 @@ impl Receiver {
         self.stats.blocks += 1;
         self.stats.bytes += payload.len() as u64;
         self.retries = 0;
-        self.gap_acked = false;
         self.in_window += 1;
         self.link.proven = true;
         self.deadline = Some(now + backoff(self.timeout(), self.retries));
