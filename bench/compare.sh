@@ -4,6 +4,7 @@
 #
 #   bash bench/compare.sh [--size 100M] [--lockstep-size SIZE/4] [--reps 3] [--quick]
 #                         [--rows LIST] [--no-install] [--no-scale] [--large] [--timeout SECS]
+#                         [--storm-n 200]
 #
 # Every row runs every server x client pair that supports its setting, with the repetitions
 # interleaved (rep 1 of every pair, then rep 2, ...), so only ratios within one run matter. Each
@@ -19,6 +20,14 @@
 #   65464x16  download, blksize 65464, windowsize 16                   file: --size
 #   up65464   upload, blksize 65464, lock-step                         file: --size
 #   conc200   200 simultaneous 1 MiB downloads from one load generator (every server)
+#   storm512  boot storm: --storm-n (200) busybox processes started at once, each fetching
+#             1 MiB at blksize 512, lock-step (every server)
+#   storm1468 the same at blksize 1468
+#   stormhpa  the same with tftp-hpa client processes (no options: 512, lock-step)
+#   storm1000 1,000 simulated lock-step clients at once (tftpx-loadgen, every server)
+#   Storm rows report per round the wall time (first start to last exit), the 50th/99th
+#   percentile completion, server CPU and the server's peak RSS (VmHWM, reset before each
+#   round; a forking server's children are not in it), and the spread between rounds.
 # Servers: tftpx, tftpx-sp (tftpx --single-port: its ratio is to tftpx with the same client),
 # tftpd-hpa, atftpd, dnsmasq, rs-tftpd, async-tftp.
 # then, unless --no-scale, tftpx only: 1,000 simultaneous 1 MiB downloads, and 10,000 slow
@@ -35,7 +44,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 SIZE=100M
 LOCKSTEP_SIZE=
 REPS=3
-ROWS="512,1468,65464,1468x64,65464x16,up65464,conc200"
+ROWS="512,1468,65464,1468x64,65464x16,up65464,conc200,storm512,storm1468,stormhpa,storm1000"
+STORM_N=200
 INSTALL=1
 SCALE=1
 LARGE=0
@@ -54,7 +64,8 @@ while [ $# -gt 0 ]; do
     --no-scale) SCALE=0 ;;
     --large) LARGE=1 ;;
     --timeout) TMO=$2; shift ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    --storm-n) STORM_N=$2; shift ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -396,6 +407,70 @@ if [ "$SCALE" = 1 ] && [ -n "${SRV_PID[tftpx]:-}" ]; then
         --file 1m.bin --probe small.bin --verify-probe "$W/src/small.bin"
 fi
 
+# ---------------------------------------------------------------- boot storms
+STORM_TSV=$W/storm.tsv
+: >"$STORM_TSV"
+# STORM_N real client processes started at once, each fetching 1m.bin lock-step; one TSV line
+# per round: label server rep ok n wall p50 p99 server_cpu peak_rss_mib.
+storm_row() { # label server client blksize rep
+    local label=$1 s=$2 c=$3 b=$4 rep=$5 n=$STORM_N
+    local port=${SRV_PORT[$s]} pid=${SRV_PID[$s]} pre=() pids=() i
+    [ -n "${SRV_NS[$s]:-}" ] && pre=(ip netns exec "${SRV_NS[$s]}")
+    rm -rf "$W/storm" && mkdir -p "$W/storm"
+    echo 5 >"/proc/$pid/clear_refs" 2>/dev/null # resets the peak RSS (VmHWM)
+    local k0 k1 t0
+    k0=$(server_ns "$s")
+    t0=$(date +%s%N)
+    for i in $(seq "$n"); do
+        client_cmd "$c" get "$port" 1m.bin "$W/storm/$i.bin" "$b" 1
+        (
+            timeout -k 2 120 "${pre[@]}" "${CMD[@]}" </dev/null >/dev/null 2>&1
+            echo "$? $(date +%s%N)" >"$W/storm/$i.end"
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    sleep 0.05 # let a forking server's children exit
+    k1=$(server_ns "$s")
+    local hwm ok=0 rc end stats cpu
+    hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null)
+    : >"$W/storm/times"
+    for i in $(seq "$n"); do
+        read -r rc end <"$W/storm/$i.end" 2>/dev/null || continue
+        if { [ "$rc" = 0 ] || [ "$c" = tftp-hpa ]; } && cmp -s "$W/storm/$i.bin" "$W/src/1m.bin"; then
+            ok=$((ok + 1))
+        fi
+        echo $(((end - t0) / 1000000)) >>"$W/storm/times" # ms
+    done
+    stats=$(sort -n "$W/storm/times" | awk '{ a[NR] = $1 }
+        END { p50 = int((NR + 1) / 2); p99 = int(NR * 0.99 + 0.999); if (p99 < 1) p99 = 1
+              printf "%.3f\t%.3f\t%.3f", a[NR] / 1000, a[p50] / 1000, a[p99] / 1000 }')
+    cpu=$(awk -v a="$k0" -v b="$k1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$s" "$rep" "$ok" "$n" "$stats" "$cpu" "${hwm:-?}" >>"$STORM_TSV"
+    log "$label $s rep $rep: $ok/$n ok, wall/p50/p99 $(tr '\t' / <<<"$stats") s, server ${cpu}s CPU, peak RSS ${hwm:-?} MiB"
+    rm -rf "$W/storm"
+}
+declare -A STORM_SETTING=([storm512]="busybox 512" [storm1468]="busybox 1468" [stormhpa]="tftp-hpa 512")
+for st in "${ROW_LIST[@]}"; do
+    [ -n "${STORM_SETTING[$st]:-}" ] || continue
+    read -r c b <<<"${STORM_SETTING[$st]}"
+    log "row $st: $STORM_N $c processes at once, blksize $b, x $REPS rounds per server"
+    for rep in $(seq "$REPS"); do
+        for s in "${SERVERS[@]}"; do
+            [ -n "${SRV_PID[$s]:-}" ] || continue
+            storm_row "$st" "$s" "$c" "$b" "$rep"
+        done
+    done
+done
+if [[ ",$ROWS," == *",storm1000,"* ]]; then
+    for rep in $(seq "$REPS"); do
+        for s in "${SERVERS[@]}"; do
+            [ -n "${SRV_PID[$s]:-}" ] || continue
+            loadgen_row "storm1000" "$s" --concurrent 1000 --file 1m.bin --verify "$W/src/1m.bin"
+        done
+    done
+fi
+
 # ---------------------------------------------------------------- 4 GiB at blksize 512
 LARGE_OUT=""
 if [ "$LARGE" = 1 ] && [ -n "${SRV_PID[tftpx]:-}" ]; then
@@ -453,6 +528,42 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "| --- | --- | --- | --- |"
         awk -F'\t' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $4, $3 }' "$SCALE_TSV"
     fi
+    if [ -s "$STORM_TSV" ]; then
+        echo
+        echo "Boot storms: $STORM_N client processes started at once, each fetching 1 MiB lock-step; $REPS rounds per server, interleaved. wall = first start to last exit; p50/p99 = completion percentiles; medians over rounds, (min-max) of wall between rounds. speed = the best peer server's median wall / this server's (tftpx and tftpx-sp lines; > 1 is faster). Peak RSS: VmHWM of the server process (tftpd-hpa forks per transfer: its children are not counted)."
+        echo
+        echo "| storm | server | ok | wall s (min-max) | p50 s | p99 s | server CPU s | peak RSS MiB | speed |"
+        echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        awk -F'\t' '
+            function med(list,   n, v, i, j, t) {
+                n = split(list, v, " ")
+                for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+            }
+            function lo(list,   n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
+            function hi(list,   n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
+            {
+                k = $1 SUBSEP $2
+                if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+                ok[k] += $4; n[k] += $5
+                wall[k] = wall[k] " " $6; p50[k] = p50[k] " " $7; p99[k] = p99[k] " " $8
+                cpu[k] = cpu[k] " " $9; rss[k] = rss[k] " " $10
+            }
+            END {
+                for (i = 1; i <= nk; i++) {
+                    split(order[i], a, SUBSEP)
+                    m = med(wall[order[i]])
+                    if (a[2] != "tftpx" && a[2] != "tftpx-sp" && ok[order[i]] == n[order[i]])
+                        if (!(a[1] in best) || m < best[a[1]]) best[a[1]] = m
+                }
+                for (i = 1; i <= nk; i++) {
+                    k = order[i]; split(k, a, SUBSEP)
+                    m = med(wall[k]); speed = ""
+                    if ((a[2] == "tftpx" || a[2] == "tftpx-sp") && (a[1] in best) && m > 0) speed = sprintf("%.2fx", best[a[1]] / m)
+                    printf "| %s | %s | %d/%d | %.2f (%.2f-%.2f) | %.2f | %.2f | %.2f | %s | %s |\n", a[1], a[2], ok[k], n[k], m, lo(wall[k]), hi(wall[k]), med(p50[k]), med(p99[k]), med(cpu[k]), med(rss[k]), speed
+                }
+            }' "$STORM_TSV"
+    fi
     if [ -n "$LARGE_OUT" ]; then
         echo
         echo "| large file | result | time | memory |"
@@ -461,5 +572,6 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     fi
 } >"$MD"
 cp "$SCALE_TSV" "${TSV%.tsv}-scale.tsv" 2>/dev/null
+[ -s "$STORM_TSV" ] && cp "$STORM_TSV" "${TSV%.tsv}-storm.tsv"
 cat "$MD"
 log "written: $MD (raw samples: $TSV)"

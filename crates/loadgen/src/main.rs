@@ -4,7 +4,8 @@
 //! tokio task. Two modes:
 //!
 //! - `--concurrent N --file F`: N downloads of F started at once; all must complete (length and
-//!   FNV-1a checksum against `--verify LOCAL` when given). Reports wall time and failures.
+//!   FNV-1a checksum against `--verify LOCAL` when given). Reports wall time, the 50th and
+//!   99th percentile completion times (from the start of all), and failures.
 //! - `--slow N --ack-interval 100ms --duration 30s --file F --probe P`: times a download of P on
 //!   an idle server, then opens N downloads of F that send at most one ACK per interval (so
 //!   each holds a transfer open), and once all are open times P again while they run for
@@ -359,25 +360,39 @@ async fn concurrent(args: &Args, n: usize) -> Result<String, String> {
     let base = plan(args, &args.file, args.blksize);
     let t0 = Instant::now();
     let tasks: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(download(base.clone())))
+        .map(|_| {
+            let plan = base.clone();
+            tokio::spawn(async move {
+                let o = download(plan).await;
+                (o, t0.elapsed().as_secs_f64())
+            })
+        })
         .collect();
     let mut failures = 0;
     let mut first_error = None;
     let mut bytes = 0;
+    // Completion time of each download, seconds from the start of all.
+    let mut done = Vec::with_capacity(n);
     for t in tasks {
-        let o = t.await.map_err(|e| e.to_string())?;
+        let (o, at) = t.await.map_err(|e| e.to_string())?;
         bytes += o.bytes;
+        done.push(at);
         if let Err(e) = check(&o, want) {
             failures += 1;
             first_error.get_or_insert(e);
         }
     }
     let wall = t0.elapsed().as_secs_f64();
+    done.sort_by(f64::total_cmp);
+    let pct = |p: usize| done.get((done.len() * p / 100).min(done.len().saturating_sub(1)));
     let mut s = format!(
         "{}/{n} ok, wall {wall:.2} s, {:.1} MB/s aggregate",
         n - failures,
         bytes as f64 / wall / 1e6
     );
+    if let (Some(p50), Some(p99)) = (pct(50), pct(99)) {
+        s += &format!(", done p50 {p50:.2} s p99 {p99:.2} s");
+    }
     if args.server_pid.is_some() {
         s += &format!(", server peak PSS {:.1} MiB", sampler.peak_mib());
     }
