@@ -16,6 +16,7 @@
 #   512       download, blksize 512, lock-step (what PXE ROMs do)     file: --lockstep-size
 #   1468      download, blksize 1468, lock-step                        file: --lockstep-size
 #   65464     download, blksize 65464, lock-step                       file: --size
+#   1468x4    download, blksize 1468, windowsize 4 (UEFI's setting)    file: --size
 #   1468x64   download, blksize 1468, windowsize 64                    file: --size
 #   65464x16  download, blksize 65464, windowsize 16                   file: --size
 #   up65464   upload, blksize 65464, lock-step                         file: --size
@@ -44,7 +45,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 SIZE=100M
 LOCKSTEP_SIZE=
 REPS=3
-ROWS="512,1468,65464,1468x64,65464x16,up65464,conc200,storm512,storm1468,stormhpa,storm1000"
+ROWS="512,1468,65464,1468x4,1468x64,65464x16,up65464,conc200,storm512,storm1468,stormhpa,storm1000"
 STORM_N=200
 INSTALL=1
 SCALE=1
@@ -213,6 +214,7 @@ declare -A SETTING=(
     [512]="get 512 1 small.bin"
     [1468]="get 1468 1 small.bin"
     [65464]="get 65464 1 big.bin"
+    [1468x4]="get 1468 4 big.bin"
     [1468x64]="get 1468 64 big.bin"
     [65464x16]="get 65464 16 big.bin"
     [up65464]="put 65464 1 big.bin"
@@ -221,6 +223,7 @@ declare -A ROW_TITLE=(
     [512]="download, blksize 512, lock-step"
     [1468]="download, blksize 1468, lock-step"
     [65464]="download, blksize 65464, lock-step"
+    [1468x4]="download, blksize 1468, windowsize 4"
     [1468x64]="download, blksize 1468, windowsize 64"
     [65464x16]="download, blksize 65464, windowsize 16"
     [up65464]="upload, blksize 65464, lock-step"
