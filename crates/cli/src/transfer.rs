@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tftpx::proto::transfer::Stats;
 use tftpx::proto::Mode;
 use tftpx::{CancellationToken, Client, ClientError, PacketTrace, Progress, Report};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -343,6 +344,9 @@ struct Servers<'a> {
     max_size: Option<u64>,
     cancel: &'a CancellationToken,
     verbose: u8,
+    /// The counters of the transfer that ran last (its final progress report), for `-v`
+    /// after a failure.
+    last_stats: std::sync::Mutex<Option<Stats>>,
 }
 
 impl<'a> Servers<'a> {
@@ -369,6 +373,18 @@ impl<'a> Servers<'a> {
             max_size,
             cancel: &ctx.cancel,
             verbose: ctx.verbose,
+            last_stats: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// With `-v`, after a failed transfer: its counters (as after a successful one).
+    fn report_failure(&self, r: &Result<Report, ClientError>) {
+        if self.verbose == 0 || r.is_ok() {
+            return;
+        }
+        let last = *self.last_stats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = last {
+            eprintln!("{}", counters(&st));
         }
     }
 
@@ -443,8 +459,11 @@ impl<'a> Servers<'a> {
     ) -> Result<Report, ClientError> {
         loop {
             let (client, heard) = self.client();
-            let r = client.get(remote, &mut *out, on_progress(pb)).await;
+            let r = client
+                .get(remote, &mut *out, on_progress(pb, &self.last_stats))
+                .await;
             if !self.move_on(&r, &heard) {
+                self.report_failure(&r);
                 return r;
             }
         }
@@ -461,8 +480,11 @@ impl<'a> Servers<'a> {
     ) -> Result<Report, ClientError> {
         loop {
             let (client, heard) = self.client();
-            let r = client.put(remote, &mut *input, size, on_progress(pb)).await;
+            let r = client
+                .put(remote, &mut *input, size, on_progress(pb, &self.last_stats))
+                .await;
             if !self.move_on(&r, &heard) {
+                self.report_failure(&r);
                 return r;
             }
         }
@@ -512,8 +534,12 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     pb
 }
 
-fn on_progress(pb: &ProgressBar) -> impl FnMut(Progress) + Send + '_ {
+fn on_progress<'a>(
+    pb: &'a ProgressBar,
+    last: &'a std::sync::Mutex<Option<Stats>>,
+) -> impl FnMut(Progress) + Send + 'a {
     move |p: Progress| {
+        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.stats);
         if let Some(t) = p.total {
             if pb.length() != Some(t) {
                 pb.set_length(t);
@@ -608,20 +634,21 @@ fn details(opts: &TransferOpts, mode: Mode, tsize: Option<u64>, r: &Report) -> S
     if let Some(t) = n.tsize {
         granted.push(format!("tsize {t}"));
     }
-    let st = &r.stats;
     format!(
         "tftpx: options asked: {}\n\
-         tftpx: options in force: {}\n\
-         tftpx: counters: {} blocks, {} retransmissions, {} timeouts, {} duplicates, \
-         {} strangers, {} ignored",
+         tftpx: options in force: {}\n{}",
         asked.join(", "),
         granted.join(", "),
-        st.blocks,
-        st.retransmits,
-        st.timeouts,
-        st.duplicates,
-        st.strangers,
-        st.ignored
+        counters(&r.stats)
+    )
+}
+
+/// The `-v` counters line of a transfer (proto `Stats`), after success or failure.
+fn counters(st: &Stats) -> String {
+    format!(
+        "tftpx: counters: {} blocks, {} retransmissions, {} timeouts, {} duplicates, \
+         {} strangers, {} ignored",
+        st.blocks, st.retransmits, st.timeouts, st.duplicates, st.strangers, st.ignored
     )
 }
 

@@ -228,6 +228,56 @@ fn verbose_upload_shows_options_and_counters() {
     assert!(!err.contains("tftpx: sent WRQ"), "{err}");
 }
 
+/// `-v` after a failed transfer still shows its counters: a server that sends DATA 1 and
+/// falls silent leaves the client with 1 block and its timeouts.
+#[test]
+fn verbose_shows_counters_of_a_failed_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = listen.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (_rrq, client) = recv(&listen);
+        // No OACK (options ignored, RFC 2347): DATA 1, a full block, then silence.
+        let tid = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tid.send_to(&data(1, &[7u8; 512]), client).unwrap();
+        wait_ack(&tid, 1);
+        tid
+    });
+    let target = format!("127.0.0.1:{port}");
+    let (code, err) = tftpx(
+        &[
+            "get",
+            "-v",
+            "--timeout",
+            "1s",
+            "--retries",
+            "1",
+            &target,
+            "f.bin",
+            "-o",
+            "out.bin",
+        ],
+        dir.path(),
+    );
+    drop(server.join().expect("fake server"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!dir.path().join("out.bin").exists(), "no partial file");
+    let counters = err
+        .lines()
+        .find(|l| l.starts_with("tftpx: counters: "))
+        .unwrap_or_else(|| panic!("no counters after the failure: {err}"));
+    assert!(
+        counters.starts_with("tftpx: counters: 1 blocks, "),
+        "{counters}"
+    );
+    let timeouts: u64 = counters
+        .split(", ")
+        .find_map(|f| f.strip_suffix(" timeouts"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{counters}"));
+    assert!(timeouts >= 1, "{counters}");
+}
+
 #[test]
 fn family_flags_refuse_literals_of_the_other_family() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,13 +20,17 @@ use crate::io::{Sink, Source};
 use crate::net;
 use crate::trace::{PacketTrace, Tracer};
 
-/// How far a transfer has come, for progress display.
+/// How far a transfer has come, for progress display. The last one a transfer reports
+/// comes after it ended, successfully or not, with its final counters: a failed transfer's
+/// retransmissions and timeouts are in it (its [`ClientError`] carries none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     /// Payload bytes moved so far (as they go on the wire).
     pub bytes: u64,
     /// The total in bytes, when known (from `tsize`).
     pub total: Option<u64>,
+    /// Counters so far (blocks, retransmissions, timeouts, duplicates, ...).
+    pub stats: Stats,
 }
 
 /// What a completed transfer did.
@@ -390,6 +394,7 @@ impl Client {
                 progress(Progress {
                     bytes: st.bytes,
                     total,
+                    stats: *st,
                 })
             },
             trace.as_ref(),
@@ -419,6 +424,7 @@ impl Client {
         progress(Progress {
             bytes: stats.bytes,
             total,
+            stats,
         });
         let outcome = tracker.outcome();
         // The final ACK (or our ERROR) leaves now, then the dally (if any) runs here: a
@@ -504,12 +510,18 @@ impl Client {
                 progress(Progress {
                     bytes: st.bytes,
                     total: size,
+                    stats: *st,
                 })
             },
             trace.as_ref(),
         )
         .await;
         let stats = tx.stats();
+        progress(Progress {
+            bytes: stats.bytes,
+            total: size,
+            stats,
+        });
         match tracker.outcome() {
             Ok(()) => Ok(Report {
                 bytes: stats.bytes,
