@@ -748,7 +748,7 @@ impl DirHandler {
         }
         let (file, temp, mode) = self.create_upload(&dir, &name, existing)?;
         Ok(DirUpload {
-            file: BufWriter::with_capacity(UPLOAD_BUFFER, tokio::fs::File::from_std(file)),
+            file: BufWriter::with_capacity(UPLOAD_BUFFER, UploadFile(file)),
             dir,
             temp: Some(temp),
             name,
@@ -1082,7 +1082,7 @@ impl Handler for DirHandler {
 /// On file systems without `O_TMPFILE` it is a named `.NAME.XXXXXXXX.tftpx-part` file
 /// (mode 0600) instead, renamed over the target by the commit and removed if dropped.
 pub struct DirUpload {
-    file: BufWriter<tokio::fs::File>,
+    file: BufWriter<UploadFile>,
     dir: OwnedFd,
     /// Where the bytes are; `None` once committed.
     temp: Option<Temp>,
@@ -1139,11 +1139,51 @@ impl AsyncWrite for DirUpload {
     }
 }
 
+/// The file an upload writes: plain `write(2)` calls on the runtime's thread, as
+/// [`DirFile`] reads. A write goes to the page cache (tens of microseconds for a 64 KiB
+/// block); handing each to tokio's blocking pool (`tokio::fs::File`) cost four futex calls
+/// and two thread switches per block, which is what the upload path spent most of its
+/// system time on. A write the kernel throttles (dirty pages over the limit on a slow disk)
+/// blocks its worker thread meanwhile; the sync before the commit runs on the blocking pool.
+#[derive(Debug)]
+struct UploadFile(std::fs::File);
+
+impl AsyncWrite for UploadFile {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        use std::io::Write;
+        loop {
+            match (&self.0).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl Upload for DirUpload {
     async fn commit(mut self) -> io::Result<()> {
         self.file.flush().await?;
-        self.file.get_mut().sync_data().await?;
-        let file = self.file.get_ref();
+        // fsync can take long on a real disk: not on the runtime's thread, unless no
+        // descriptor is left for the copy that thread needs.
+        match self.file.get_ref().0.try_clone() {
+            Ok(copy) => tokio::task::spawn_blocking(move || copy.sync_data())
+                .await
+                .map_err(io::Error::other)??,
+            Err(_) => self.file.get_ref().0.sync_data()?,
+        }
+        let file = &self.file.get_ref().0;
         fchmod(file, nix::sys::stat::Mode::from_bits_truncate(self.mode))?;
         match self
             .temp
