@@ -7,12 +7,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tftpx::proto::ErrorCode;
-use tftpx::{CancellationToken, Client, ClientError, Server};
+use tftpx::ClientError;
 use tftpx_origin::{CachedOrigin, HttpOrigin, DEFAULT_CACHE_SIZE};
 
 #[path = "support/http_origin.rs"]
 mod http_origin;
 use http_origin::Origin;
+#[path = "support/tftp.rs"]
+mod tftp;
+use tftp::{client, serve, settle};
 
 impl Origin {
     /// (unconditional GETs, conditional GETs, 304 answers) for `path`.
@@ -30,28 +33,6 @@ impl Origin {
     }
 }
 
-fn serve<H: tftpx::Handler>(handler: H) -> (SocketAddr, CancellationToken) {
-    let server = Server::builder(handler)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .timeout(Duration::from_secs(1))
-        .rate_limit(None)
-        .max_transfers_per_client(None)
-        .bind()
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    let token = server.shutdown_token();
-    tokio::spawn(server.run());
-    (addr, token)
-}
-
-fn client(addr: SocketAddr) -> Client {
-    Client::builder(addr)
-        .timeout(Duration::from_secs(2))
-        .tsize(true)
-        .blksize(1428)
-        .build()
-}
-
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 1428) as u8 ^ salt).collect()
 }
@@ -67,14 +48,6 @@ async fn get(
     let r = client(addr).get(name, &mut got, |_| {}).await;
     settle(cache).await;
     r.map(|_| got)
-}
-
-async fn settle(cache: &CachedOrigin<HttpOrigin>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cache.fetches_under_way() > 0 {
-        assert!(Instant::now() < deadline, "a fetch did not end in 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Files in the cache directory (names starting with `.tmp-` are partial fetches).

@@ -2,16 +2,18 @@
 //! library only: `tests/origin_http.py`), served by a real `tftpx::Server` on loopback and
 //! fetched with the tftpx client.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tftpx::proto::ErrorCode;
-use tftpx::{CancellationToken, Client, ClientError, Server};
+use tftpx::ClientError;
 use tftpx_origin::HttpOrigin;
 
 #[path = "support/http_origin.rs"]
 mod http_origin;
 use http_origin::Origin;
+#[path = "support/tftp.rs"]
+mod tftp;
+use tftp::{client, serve, serve_reporting, server_code};
 
 impl Origin {
     fn requested_paths(&self) -> Vec<String> {
@@ -23,47 +25,9 @@ impl Origin {
     }
 }
 
-/// A TFTP server in front of `handler` on 127.0.0.1 (OS-picked port).
-fn serve<H: tftpx::Handler>(handler: H) -> (SocketAddr, CancellationToken) {
-    serve_reporting(handler, |_| {})
-}
-
-/// [`serve`], calling `ended` with each finished transfer's file name.
-fn serve_reporting<H: tftpx::Handler>(
-    handler: H,
-    ended: impl Fn(String) + Send + Sync + 'static,
-) -> (SocketAddr, CancellationToken) {
-    let server = Server::builder(handler)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .timeout(Duration::from_secs(1))
-        .rate_limit(None)
-        .on_transfer_end(move |s| ended(s.filename.clone()))
-        .bind()
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    let token = server.shutdown_token();
-    tokio::spawn(server.run());
-    (addr, token)
-}
-
-fn client(addr: SocketAddr) -> Client {
-    Client::builder(addr)
-        .timeout(Duration::from_secs(1))
-        .tsize(true)
-        .blksize(1428)
-        .build()
-}
-
 /// Bytes that differ from block to block (a shifted or repeated block shows).
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 1428) as u8).collect()
-}
-
-fn server_code(e: &ClientError) -> ErrorCode {
-    match e {
-        ClientError::Server { code, .. } => *code,
-        other => panic!("not a server ERROR: {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,16 @@
 //! client. Python's http.server (the other tests) sends no ETag; nginx does, so this is
 //! where revalidation by `If-None-Match` meets a real server.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tftpx::proto::ErrorCode;
-use tftpx::{CancellationToken, Client, ClientError, Server};
 use tftpx_origin::{CachedOrigin, HttpOrigin};
+
+#[path = "support/tftp.rs"]
+mod tftp;
+use tftp::{client, serve, server_code, settle};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -151,48 +153,9 @@ impl Nginx {
     }
 }
 
-/// A TFTP server in front of `handler` on 127.0.0.1 (OS-picked port).
-fn serve<H: tftpx::Handler>(handler: H) -> (SocketAddr, CancellationToken) {
-    let server = Server::builder(handler)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .timeout(Duration::from_secs(1))
-        .rate_limit(None)
-        .bind()
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    let token = server.shutdown_token();
-    tokio::spawn(server.run());
-    (addr, token)
-}
-
-fn client(addr: SocketAddr) -> Client {
-    Client::builder(addr)
-        .timeout(Duration::from_secs(1))
-        .tsize(true)
-        .blksize(1428)
-        .build()
-}
-
 /// Bytes that differ from block to block (a shifted or repeated block shows).
 fn pattern(len: usize, seed: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 1428 + seed) as u8).collect()
-}
-
-fn server_code(e: &ClientError) -> ErrorCode {
-    match e {
-        ClientError::Server { code, .. } => *code,
-        other => panic!("not a server ERROR: {other}"),
-    }
-}
-
-/// Waits (at most 30 s) until no origin request of `cache` is under way (a request that
-/// comes while one is joins it instead of asking the origin).
-async fn settle(cache: &CachedOrigin<HttpOrigin>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cache.fetches_under_way() > 0 {
-        assert!(Instant::now() < deadline, "a fetch did not end in 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// nginx logs a request once it has answered: waits (at most 10 s) until `n` are logged.

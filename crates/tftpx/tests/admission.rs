@@ -596,6 +596,26 @@ impl FloorBoundary for str {
     }
 }
 
+/// A server without rate or per-client limits and a 5 s timeout (the descriptor tests).
+async fn start_unlimited() -> Srv {
+    start("127.0.0.1:0", |b| {
+        b.rate_limit(None)
+            .max_transfers_per_client(None)
+            .timeout(Duration::from_secs(5))
+    })
+    .await
+}
+
+/// Lowers this process's soft RLIMIT_NOFILE to the descriptors open now plus `room`, and
+/// returns it.
+fn room_for_descriptors(room: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let soft = open_fds() + room;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    soft
+}
+
 /// Number of descriptors this process has open.
 fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
@@ -701,18 +721,10 @@ fn out_of_descriptors_answers_server_busy() {
     }
     let log = LogBuf::install();
     runtime().block_on(async {
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let srv = start("127.0.0.1:0", |b| {
-            b.rate_limit(None)
-                .max_transfers_per_client(None)
-                .timeout(Duration::from_secs(5))
-        })
-        .await;
+        let srv = start_unlimited().await;
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // Room for about 12 transfers (a socket and a file each).
-        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let soft = open_fds() + 24;
-        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        let soft = room_for_descriptors(24);
 
         // 1. Transfers until the limit, then more requests.
         let t0 = Instant::now();
@@ -820,17 +832,9 @@ fn transfers_of_one_file_share_one_descriptor() {
         return;
     }
     runtime().block_on(async {
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let srv = start("127.0.0.1:0", |b| {
-            b.rate_limit(None)
-                .max_transfers_per_client(None)
-                .timeout(Duration::from_secs(5))
-        })
-        .await;
+        let srv = start_unlimited().await;
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let soft = open_fds() + 24;
-        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        let soft = room_for_descriptors(24);
         let mut held: Vec<SocketAddr> = Vec::new();
         let mut busy = 0;
         for i in 0..30 {

@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tftpx::proto::ErrorCode;
+use tokio::task::JoinHandle;
+
 use tftpx::{
-    normalize_name, Client, ClientError, Handler, HandlerError, NoUpload, ReadFile, RequestInfo,
-    Server,
+    normalize_name, CancellationToken, Client, ClientError, Handler, HandlerError, NoUpload,
+    ReadFile, RequestInfo, Server,
 };
 
 /// What the handler was told: peer, local address, normalised name, options.
@@ -56,18 +58,24 @@ impl Handler for Script {
     }
 }
 
-#[tokio::test]
-async fn read_only_handler_sees_local_address_and_options_and_refuses_writes() {
-    let handler = Script::default();
-    let server = Server::builder(handler.clone())
+/// A server for `handler` on 127.0.0.1 (OS-picked port, 500 ms timeout, no rate limit):
+/// its address, shutdown token and task.
+fn serve<H: Handler>(handler: H) -> (SocketAddr, CancellationToken, JoinHandle<()>) {
+    let server = Server::builder(handler)
         .listen("127.0.0.1:0".parse().unwrap())
         .timeout(Duration::from_millis(500))
         .rate_limit(None)
         .bind()
         .unwrap();
-    let addr: SocketAddr = server.local_addrs()[0];
+    let addr = server.local_addrs()[0];
     let token = server.shutdown_token();
-    let task = tokio::spawn(server.run());
+    (addr, token, tokio::spawn(server.run()))
+}
+
+#[tokio::test]
+async fn read_only_handler_sees_local_address_and_options_and_refuses_writes() {
+    let handler = Script::default();
+    let (addr, token, task) = serve(handler.clone());
     let client = Client::builder(addr)
         .timeout(Duration::from_millis(500))
         .blksize(1024)
@@ -162,15 +170,7 @@ async fn a_handler_made_of_a_function() {
         }
         _ => Err(HandlerError::new(ErrorCode::FileNotFound, "No such script")),
     });
-    let server = Server::builder(handler)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .timeout(Duration::from_millis(500))
-        .rate_limit(None)
-        .bind()
-        .unwrap();
-    let addr: SocketAddr = server.local_addrs()[0];
-    let token = server.shutdown_token();
-    let task = tokio::spawn(server.run());
+    let (addr, token, task) = serve(handler);
     let client = Client::builder(addr)
         .timeout(Duration::from_millis(500))
         .tsize(true)
