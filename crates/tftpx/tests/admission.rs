@@ -643,9 +643,12 @@ async fn free_descriptors(n: usize) -> Vec<std::fs::File> {
 /// How many descriptors this process could still open (at most 1,000; probed by opening
 /// them, so this works at the limit, where listing /proc/self/fd cannot).
 fn free_fds() -> usize {
-    (0..1000)
+    // Collected, so each stays open until all are counted (counting as they are opened
+    // would drop each at once and reuse one descriptor: 0 or 1,000).
+    let files: Vec<_> = (0..1000)
         .map_while(|_| std::fs::File::open("/proc/self/status").ok())
-        .count()
+        .collect();
+    files.len()
 }
 
 /// Waits (at most 10 s) until at least `n` descriptors are free.
