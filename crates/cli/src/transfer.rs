@@ -504,6 +504,10 @@ fn build_client(
         .tsize(!opts.no_tsize)
         .max_size(max_size)
         .cancel_token(cancel.clone())
+        // The command's runtime runs this transfer and the signal handler only: waiting in
+        // the receive call saves the event loop's per-packet work (lock-step level with
+        // tftp-hpa and busybox; see bench/README).
+        .blocking_wait(true)
         // The command ends when the file is complete and in place, as curl, busybox and
         // tftp-hpa do; `--dally` brings back the RFC 1350 linger.
         .dally(opts.dally.unwrap_or(Duration::ZERO));

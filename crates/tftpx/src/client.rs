@@ -159,6 +159,7 @@ pub struct Client {
     config: TransferConfig,
     cancel: CancellationToken,
     trace: Option<Tracer>,
+    blocking_wait: bool,
 }
 
 /// Builds a [`Client`].
@@ -253,6 +254,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Waits for each datagram in the receive system call, on the runtime's thread, instead
+    /// of through the runtime's event loop: a lock-step block then costs two system calls
+    /// (the send and a blocking receive) instead of four, and no scheduler work, which on
+    /// loopback brings `tftpx get` at blksize 512 level with tftp-hpa's and busybox's
+    /// clients (about 6% faster than the event loop, a sixth of its user CPU). The thread
+    /// is blocked up to 100 ms at a time; then the runtime runs its other tasks once (a
+    /// signal's handler, say), so cancellation is seen within 100 ms.
+    ///
+    /// Only for a thread that runs nothing else while the transfer does, such as a
+    /// current-thread runtime running one transfer, as the `tftpx` command does: any other
+    /// task on that thread waits up to 100 ms at a time. Sends may block while the socket's
+    /// send buffer is full. Default false.
+    pub fn blocking_wait(mut self, on: bool) -> Self {
+        self.client.blocking_wait = on;
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Client {
         self.client
@@ -278,6 +296,7 @@ impl Client {
                 },
                 cancel: CancellationToken::new(),
                 trace: None,
+                blocking_wait: false,
             },
         }
     }
@@ -293,6 +312,15 @@ impl Client {
 
     fn window_bytes(&self) -> usize {
         usize::from(self.blksize.unwrap_or(512)) * usize::from(self.windowsize.unwrap_or(1))
+    }
+
+    /// The transfer's link on `sock`, blocking when [`ClientBuilder::blocking_wait`] asks.
+    fn link(&self, sock: tokio::net::UdpSocket) -> io::Result<Link> {
+        let link = Link::from(sock);
+        if self.blocking_wait {
+            link.set_blocking()?;
+        }
+        Ok(link)
     }
 
     fn idle(&self) -> Duration {
@@ -354,7 +382,7 @@ impl Client {
             // A window may arrive as one GSO train: take it in one receive.
             net::enable_gro(&sock);
         }
-        let mut link = Link::from(sock);
+        let mut link = self.link(sock)?;
         let mut rx = Receiver::client(
             self.server,
             remote.as_bytes(),
@@ -501,7 +529,7 @@ impl Client {
         )?;
         let mut src = Source::new(input, self.mode);
         let tracker = driver::run_sender(
-            &mut Link::from(sock),
+            &mut self.link(sock)?,
             &mut tx,
             &mut src,
             &self.cancel,

@@ -138,15 +138,59 @@ struct Waiter {
     token: CancellationToken,
     /// Control-message room for the GRO segment size.
     cmsg: Vec<u8>,
+    /// The link waits in the receive system call ([`Link::is_blocking`]).
+    blocking: bool,
+    /// The receive timeout last set on a blocking link.
+    rcvtimeo: Option<Duration>,
 }
 
+/// The longest a blocking wait stays in the receive system call before the runtime runs its
+/// other tasks once (a signal handler's, which cancels the transfer): bounds how late a
+/// Ctrl-C is seen when the signal lands on another thread.
+const BLOCKING_SLICE: Duration = Duration::from_millis(100);
+
 impl Waiter {
-    fn new(cancel: &CancellationToken) -> Self {
+    fn new(cancel: &CancellationToken, link: &Link) -> Self {
         Self {
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             cancelled: Box::pin(cancel.clone().cancelled_owned()),
             token: cancel.clone(),
             cmsg: net::segments_cmsg(),
+            blocking: link.is_blocking(),
+            rcvtimeo: None,
+        }
+    }
+
+    /// [`Waiter::wait`] on a blocking link: two system calls per lock-step block (the send
+    /// and this receive) where the event loop needs four, and no scheduler work per packet.
+    async fn wait_blocking(
+        &mut self,
+        link: &mut Link,
+        buf: &mut [u8],
+        at: std::time::Instant,
+    ) -> Wake {
+        // Bounded by the deadline: each pass waits up to BLOCKING_SLICE or returns.
+        loop {
+            if self.token.is_cancelled() {
+                return Wake::Cancelled;
+            }
+            let now = std::time::Instant::now();
+            if at <= now {
+                return Wake::Timer;
+            }
+            let slice = (at - now).min(BLOCKING_SLICE);
+            match link.recv_blocking(buf, &mut self.cmsg, slice, &mut self.rcvtimeo) {
+                Recv::Datagram { len, from, segment } => {
+                    return Wake::Datagram { len, from, segment }
+                }
+                Recv::Superseded => return Wake::Superseded,
+                // Time up or a signal: let the runtime run the others (the signal's task).
+                Recv::Empty => tokio::task::yield_now().await,
+                Recv::Error(e) => {
+                    tracing::debug!("recv failed: {e}");
+                    return Wake::Timer;
+                }
+            }
         }
     }
 
@@ -169,6 +213,9 @@ impl Waiter {
         };
         if at <= now {
             return Wake::Timer;
+        }
+        if self.blocking {
+            return self.wait_blocking(link, buf, at.into_std()).await;
         }
         // Fast path: a datagram already queued needs no task wake-up.
         match link.try_recv(buf, &mut self.cmsg) {
@@ -236,7 +283,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     // message is cut, which is harmless).
     let mut buf = vec![0u8; MIN_RECEIVE_BUFFER];
     let mut cancelled = false;
-    let mut waiter = Waiter::new(cancel);
+    let mut waiter = Waiter::new(cancel, link);
     // UDP GSO for windows, until the kernel says no.
     let mut gso = true;
     loop {
@@ -323,7 +370,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     trace: Option<&Tracer>,
 ) {
     let mut buf = vec![0u8; receiver_buffer_len(link, rx.blksize())];
-    let mut waiter = Waiter::new(cancel);
+    let mut waiter = Waiter::new(cancel, link);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
     loop {
@@ -410,7 +457,7 @@ pub(crate) async fn finish_receiver(
     trace: Option<&Tracer>,
 ) {
     let mut buf = vec![0u8; receiver_buffer_len(link, rx.blksize())];
-    let mut waiter = Waiter::new(cancel);
+    let mut waiter = Waiter::new(cancel, link);
     loop {
         flush_receiver(link, rx, trace).await;
         while let Some(ev) = rx.poll_event() {

@@ -305,6 +305,53 @@ impl Link {
         }
     }
 
+    /// Switches a socket of its own to blocking receives ([`Link::recv_blocking`]): for a
+    /// client whose thread runs nothing else. Other links keep the event loop.
+    pub fn set_blocking(&self) -> io::Result<()> {
+        match self {
+            Link::Own(s) => net::set_blocking(s),
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only a socket of its own can block",
+            )),
+        }
+    }
+
+    /// True for a socket of its own in blocking mode (one `fcntl(2)`).
+    pub fn is_blocking(&self) -> bool {
+        matches!(self, Link::Own(s) if net::is_blocking(s))
+    }
+
+    /// Waits at most `timeout` in the receive system call (see
+    /// [`net::recv_segments_blocking`]; `current` is the receive timeout last set).
+    /// [`Recv::Empty`] when the time is up or a signal came; only for a link that
+    /// [`Link::is_blocking`].
+    pub fn recv_blocking(
+        &mut self,
+        buf: &mut [u8],
+        cmsg: &mut [u8],
+        timeout: std::time::Duration,
+        current: &mut Option<std::time::Duration>,
+    ) -> Recv {
+        let Link::Own(s) = self else {
+            return Recv::Empty;
+        };
+        match net::recv_segments_blocking(s, buf, cmsg, timeout, current) {
+            Ok((len, from, segment)) => Recv::Datagram { len, from, segment },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Recv::Empty
+            }
+            Err(e) => Recv::Error(e),
+        }
+    }
+
     /// Sizes the socket's buffers for a window of `window_bytes` (see [`net::fit_window`]).
     /// A shared socket is sized once, at start.
     pub fn fit_window(&self, window_bytes: usize) {

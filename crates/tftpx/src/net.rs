@@ -517,6 +517,38 @@ pub(crate) async fn recv_segments(
         .await
 }
 
+/// Puts a transfer socket in blocking mode (clears `O_NONBLOCK`; its tokio registration
+/// stays, unused for receives) for [`recv_segments_blocking`]. Sends may then block while
+/// the socket's send buffer is full.
+pub(crate) fn set_blocking(sock: &UdpSocket) -> io::Result<()> {
+    socket2::SockRef::from(sock).set_nonblocking(false)
+}
+
+/// True when `sock` is in blocking mode ([`set_blocking`]); one `fcntl(2)`.
+pub(crate) fn is_blocking(sock: &UdpSocket) -> bool {
+    nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_GETFL)
+        .is_ok_and(|f| f & nix::libc::O_NONBLOCK == 0)
+}
+
+/// [`try_recv_segments`] on a socket in blocking mode: waits in `recvmsg(2)` itself, at
+/// most `timeout` (at least 1 ms; `SO_RCVTIMEO`, set only when it differs from `current`,
+/// the value last set). `WouldBlock` when the time is up, `Interrupted` on a signal.
+pub(crate) fn recv_segments_blocking(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+    timeout: std::time::Duration,
+    current: &mut Option<std::time::Duration>,
+) -> io::Result<(usize, SocketAddr, usize)> {
+    // Zero would mean "no timeout".
+    let timeout = timeout.max(std::time::Duration::from_millis(1));
+    if *current != Some(timeout) {
+        socket2::SockRef::from(sock).set_read_timeout(Some(timeout))?;
+        *current = Some(timeout);
+    }
+    recv_segments_raw(sock, buf, cmsg)
+}
+
 fn recv_segments_raw(
     sock: &UdpSocket,
     buf: &mut [u8],

@@ -102,6 +102,32 @@ async fn get(c: &Client, name: &str) -> Result<(Vec<u8>, tftpx::Report), ClientE
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_option_combination_both_directions() {
     let srv = start(|h| h.allow_create(true), |b| b).await;
+    every_combination(srv.addr, srv.dir.path(), false).await;
+    srv.stop().await;
+}
+
+/// The same with [`tftpx::ClientBuilder::blocking_wait`]: each client transfer waits in the
+/// receive call, on a thread and current-thread runtime of its own (as `tftpx get` runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_combination_with_blocking_waits() {
+    let srv = start(|h| h.allow_create(true), |b| b).await;
+    let (addr, dir) = (srv.addr, srv.dir.path().to_owned());
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(every_combination(addr, &dir, true))
+    })
+    .await
+    .unwrap();
+    srv.stop().await;
+}
+
+/// Uploads then downloads files of the sizes around each blksize, for every blksize x
+/// windowsize x tsize, to the server at `addr` serving `dir`; asserts the bytes, the options
+/// in force and that a clean loopback needs no retransmission.
+async fn every_combination(addr: SocketAddr, dir: &Path, blocking: bool) {
     let blksizes = [None, Some(8), Some(512), Some(1468), Some(65464)];
     let windows = [None, Some(1), Some(4), Some(16)];
     let mut case = 0u64;
@@ -114,10 +140,11 @@ async fn every_option_combination_both_directions() {
                     case += 1;
                     let data = content(len, case);
                     let name = format!("f{case}.bin");
-                    let c = Client::builder(srv.addr)
+                    let c = Client::builder(addr)
                         .timeout(Duration::from_millis(200))
                         .dally(Duration::ZERO)
-                        .tsize(tsize);
+                        .tsize(tsize)
+                        .blocking_wait(blocking);
                     let c = match blksize {
                         Some(n) => c.blksize(n),
                         None => c,
@@ -135,7 +162,7 @@ async fn every_option_combination_both_directions() {
                     assert_eq!(up.negotiated.blksize as usize, bs);
                     assert_eq!(up.negotiated.windowsize, windowsize.unwrap_or(1));
                     assert_eq!(
-                        std::fs::read(srv.path(&name)).unwrap(),
+                        std::fs::read(dir.join(&name)).unwrap(),
                         data,
                         "{name} on disk"
                     );
@@ -147,7 +174,50 @@ async fn every_option_combination_both_directions() {
             }
         }
     }
-    srv.stop().await;
+}
+
+/// A blocking-wait client still retransmits on its timer, gives up after its retries, and
+/// ends at once when cancelled from another thread (not at its 60 s timeout).
+#[test]
+fn blocking_wait_retransmits_times_out_and_is_cancelled() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let c = Client::builder(silent.local_addr().unwrap())
+        .timeout(Duration::from_millis(50))
+        .retries(2)
+        .blocking_wait(true)
+        .build();
+    let mut out = Vec::new();
+    let r = rt.block_on(c.get("x", &mut out, |_| {}));
+    assert!(
+        matches!(r, Err(ClientError::TimedOut { retries: 2 })),
+        "{r:?}"
+    );
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 600];
+    let mut n = 0;
+    while silent.recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 3, "the request and two retransmissions");
+
+    let token = tftpx::CancellationToken::new();
+    let c = Client::builder(silent.local_addr().unwrap())
+        .timeout(Duration::from_secs(60))
+        .retries(1)
+        .cancel_token(token.clone())
+        .blocking_wait(true)
+        .build();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        token.cancel();
+    });
+    let r = rt.block_on(c.put("y", &b"data"[..], Some(4), |_| {}));
+    canceller.join().unwrap();
+    assert!(matches!(r, Err(ClientError::Cancelled)), "{r:?}");
 }
 
 #[tokio::test]
