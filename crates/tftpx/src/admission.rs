@@ -220,7 +220,10 @@ impl Proof {
     /// its client (never past the burst); and the transfer can no longer be evicted.
     /// Idempotent: one refund per request.
     pub fn heard(&self) {
-        if self.state.heard.swap(true, Ordering::Relaxed) {
+        // Called per block: a plain load once heard (a swap would write the line each time).
+        if self.state.heard.load(Ordering::Relaxed)
+            || self.state.heard.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());

@@ -142,6 +142,8 @@ struct Waiter {
     blocking: bool,
     /// The receive timeout last set on a blocking link.
     rcvtimeo: Option<Duration>,
+    /// Calls of [`Waiter::wait`] so far (wrapping).
+    waits: u32,
 }
 
 /// The longest a blocking wait stays in the receive system call before the runtime runs its
@@ -158,6 +160,7 @@ impl Waiter {
             cmsg: net::segments_cmsg(),
             blocking: link.is_blocking(),
             rcvtimeo: None,
+            waits: 0,
         }
     }
 
@@ -203,7 +206,11 @@ impl Waiter {
         fallback: Duration,
         now: std::time::Instant,
     ) -> Wake {
-        if self.token.is_cancelled() {
+        // `is_cancelled` takes a lock: look every 32 waits (the first included). A wait that
+        // blocks polls the cancellation future below anyway; this bounds how long a peer
+        // whose datagrams are always already queued keeps a cancelled transfer going.
+        self.waits = self.waits.wrapping_add(1);
+        if self.waits % 32 == 1 && self.token.is_cancelled() {
             return Wake::Cancelled;
         }
         let now = Instant::from_std(now);
@@ -232,9 +239,10 @@ impl Waiter {
         if at < self.sleep.deadline() || self.sleep.is_elapsed() {
             self.sleep.as_mut().reset(at);
         }
+        // The datagram first: a wake-up by it then returns without polling the
+        // cancellation future (a lock), which is polled when the others are pending.
         tokio::select! {
             biased;
-            _ = self.cancelled.as_mut() => Wake::Cancelled,
             r = link.recv(buf, &mut self.cmsg) => match r {
                 Recv::Datagram { len, from, segment } => Wake::Datagram { len, from, segment },
                 Recv::Superseded => Wake::Superseded,
@@ -246,6 +254,7 @@ impl Waiter {
                 }
             },
             _ = self.sleep.as_mut() => Wake::Timer,
+            _ = self.cancelled.as_mut() => Wake::Cancelled,
         }
     }
 
@@ -255,9 +264,8 @@ impl Waiter {
         &mut self,
         fut: impl std::future::Future<Output = T>,
     ) -> Option<T> {
-        if self.token.is_cancelled() {
-            return None;
-        }
+        // A ready `fut` (a buffered read) wins without a look at the token (a lock); the
+        // next wait sees a cancellation.
         tokio::select! {
             biased;
             r = fut => Some(r),
