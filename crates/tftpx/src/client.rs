@@ -258,7 +258,8 @@ impl ClientBuilder {
     /// of through the runtime's event loop: a lock-step block then costs two system calls
     /// (the send and a blocking receive) instead of four, and no scheduler work, which on
     /// loopback brings `tftpx get` at blksize 512 level with tftp-hpa's and busybox's
-    /// clients (about 6% faster than the event loop, a sixth of its user CPU). The thread
+    /// clients (measured on loopback, 25 MB: 3% less wall time and 40% of the user CPU of
+    /// the event loop). The thread
     /// is blocked up to 100 ms at a time; then the runtime runs its other tasks once (a
     /// signal's handler, say), so cancellation is seen within 100 ms.
     ///
