@@ -506,7 +506,7 @@ fn build_client(
         .cancel_token(cancel.clone())
         // The command's runtime runs this transfer and the signal handler only: waiting in
         // the receive call saves the event loop's per-packet work (lock-step level with
-        // tftp-hpa and busybox; see bench/README).
+        // tftp-hpa and busybox; see the README's Benchmarks).
         .blocking_wait(true)
         // The command ends when the file is complete and in place, as curl, busybox and
         // tftp-hpa do; `--dally` brings back the RFC 1350 linger.

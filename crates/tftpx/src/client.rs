@@ -317,11 +317,11 @@ impl Client {
 
     /// The transfer's link on `sock`, blocking when [`ClientBuilder::blocking_wait`] asks.
     fn link(&self, sock: tokio::net::UdpSocket) -> io::Result<Link> {
-        let link = Link::from(sock);
         if self.blocking_wait {
-            link.set_blocking()?;
+            Link::blocking(sock)
+        } else {
+            Ok(Link::from(sock))
         }
-        Ok(link)
     }
 
     fn idle(&self) -> Duration {

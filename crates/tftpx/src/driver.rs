@@ -138,7 +138,7 @@ struct Waiter {
     token: CancellationToken,
     /// Control-message room for the GRO segment size.
     cmsg: Vec<u8>,
-    /// The link waits in the receive system call ([`Link::is_blocking`]).
+    /// The link waits in the receive system call ([`Link::Blocking`]).
     blocking: bool,
     /// The receive timeout last set on a blocking link.
     rcvtimeo: Option<Duration>,
@@ -158,7 +158,7 @@ impl Waiter {
             cancelled: Box::pin(cancel.clone().cancelled_owned()),
             token: cancel.clone(),
             cmsg: net::segments_cmsg(),
-            blocking: link.is_blocking(),
+            blocking: matches!(link, Link::Blocking(_)),
             rcvtimeo: None,
             waits: 0,
         }

@@ -3,6 +3,8 @@
 //!
 //! - [`Link::Own`]: a socket of the transfer's own, on a new port (its TID, RFC 1350
 //!   section 4). The kernel routes the peer's datagrams to it.
+//! - [`Link::Blocking`]: a client's socket of its own in blocking mode: it waits in the
+//!   receive call itself ([`Link::recv_blocking`]), not through the event loop.
 //! - [`Link::Connected`]: single-port mode, as a rule. A socket of the transfer's own, bound
 //!   to the listen address and port beside the listen socket (SO_REUSEADDR) and connected
 //!   to the peer: the kernel hands it the peer's datagrams (a connected socket matches the
@@ -67,6 +69,9 @@ pub(crate) enum Recv {
 pub(crate) enum Link {
     /// A socket of its own.
     Own(UdpSocket),
+    /// A socket of its own in blocking mode ([`Link::blocking`]): waits go through
+    /// [`Link::recv_blocking`] only.
+    Blocking(UdpSocket),
     /// A socket of its own on the listen address and port, connected to the peer
     /// (single-port mode).
     Connected(ConnectedLink),
@@ -232,7 +237,7 @@ impl Link {
     /// Sends one datagram to `to`.
     pub async fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
         match self {
-            Link::Own(s) => s.send_to(payload, to).await.map(|_| ()),
+            Link::Own(s) | Link::Blocking(s) => s.send_to(payload, to).await.map(|_| ()),
             Link::Connected(c) => c.sock().send_to(payload, to).await.map(|_| ()),
             Link::Shared(l) => net::send_from(&l.sock, payload, l.wire(to), l.source).await,
         }
@@ -245,7 +250,7 @@ impl Link {
         gso: &mut bool,
     ) -> io::Result<()> {
         match self {
-            Link::Own(s) => net::send_batch(s, batch, gso).await,
+            Link::Own(s) | Link::Blocking(s) => net::send_batch(s, batch, gso).await,
             Link::Connected(c) => net::send_batch(c.sock(), batch, gso).await,
             Link::Shared(l) => {
                 let to = l.wire(batch.destination);
@@ -267,6 +272,8 @@ impl Link {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Recv::Empty,
                 Err(e) => Recv::Error(e),
             },
+            // A receive on it would wait: its waits are `recv_blocking`.
+            Link::Blocking(_) => Recv::Empty,
             Link::Connected(c) => {
                 // Bounded: each folded repeat is one datagram the peer sent.
                 for _ in 0..64 {
@@ -292,6 +299,9 @@ impl Link {
                 Ok((len, from, segment)) => Recv::Datagram { len, from, segment },
                 Err(e) => Recv::Error(e),
             },
+            // Its waits are `recv_blocking`: to the event loop it is never readable (the
+            // caller's timer or cancellation ends such a wait, never a busy loop).
+            Link::Blocking(_) => std::future::pending().await,
             Link::Connected(c) => loop {
                 let r = net::recv_segments(c.sock(), buf, cmsg).await;
                 if let Some(r) = c.filter(r, buf) {
@@ -305,27 +315,17 @@ impl Link {
         }
     }
 
-    /// Switches a socket of its own to blocking receives ([`Link::recv_blocking`]): for a
-    /// client whose thread runs nothing else. Other links keep the event loop.
-    pub fn set_blocking(&self) -> io::Result<()> {
-        match self {
-            Link::Own(s) => net::set_blocking(s),
-            _ => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "only a socket of its own can block",
-            )),
-        }
-    }
-
-    /// True for a socket of its own in blocking mode (one `fcntl(2)`).
-    pub fn is_blocking(&self) -> bool {
-        matches!(self, Link::Own(s) if net::is_blocking(s))
+    /// A link on `sock` put in blocking mode ([`net::set_blocking`]), for a client whose
+    /// thread runs nothing else.
+    pub fn blocking(sock: UdpSocket) -> io::Result<Self> {
+        net::set_blocking(&sock)?;
+        Ok(Link::Blocking(sock))
     }
 
     /// Waits at most `timeout` in the receive system call (see
     /// [`net::recv_segments_blocking`]; `current` is the receive timeout last set).
-    /// [`Recv::Empty`] when the time is up or a signal came; only for a link that
-    /// [`Link::is_blocking`].
+    /// [`Recv::Empty`] when the time is up or a signal came, or at once for a link that is
+    /// not [`Link::Blocking`].
     pub fn recv_blocking(
         &mut self,
         buf: &mut [u8],
@@ -333,7 +333,7 @@ impl Link {
         timeout: std::time::Duration,
         current: &mut Option<std::time::Duration>,
     ) -> Recv {
-        let Link::Own(s) = self else {
+        let Link::Blocking(s) = self else {
             return Recv::Empty;
         };
         match net::recv_segments_blocking(s, buf, cmsg, timeout, current) {
@@ -356,7 +356,7 @@ impl Link {
     /// A shared socket is sized once, at start.
     pub fn fit_window(&self, window_bytes: usize) {
         match self {
-            Link::Own(s) => net::fit_window(s, window_bytes),
+            Link::Own(s) | Link::Blocking(s) => net::fit_window(s, window_bytes),
             Link::Connected(c) => net::fit_window(c.sock(), window_bytes),
             Link::Shared(_) => {}
         }
@@ -366,7 +366,7 @@ impl Link {
     /// by one.
     pub fn enable_gro(&self) {
         match self {
-            Link::Own(s) => {
+            Link::Own(s) | Link::Blocking(s) => {
                 net::enable_gro(s);
             }
             Link::Connected(c) => {
@@ -379,7 +379,7 @@ impl Link {
     /// The receive buffer for DATA of `blksize` bytes (see [`net::receive_buffer_len`]).
     pub fn receive_buffer_len(&self, blksize: usize) -> usize {
         match self {
-            Link::Own(s) => net::receive_buffer_len(s, blksize),
+            Link::Own(s) | Link::Blocking(s) => net::receive_buffer_len(s, blksize),
             Link::Connected(c) => net::receive_buffer_len(c.sock(), blksize),
             Link::Shared(_) => blksize + tftpx_proto::wire::DATA_HEADER_LEN + 1,
         }

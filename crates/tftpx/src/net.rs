@@ -524,12 +524,6 @@ pub(crate) fn set_blocking(sock: &UdpSocket) -> io::Result<()> {
     socket2::SockRef::from(sock).set_nonblocking(false)
 }
 
-/// True when `sock` is in blocking mode ([`set_blocking`]); one `fcntl(2)`.
-pub(crate) fn is_blocking(sock: &UdpSocket) -> bool {
-    nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_GETFL)
-        .is_ok_and(|f| f & nix::libc::O_NONBLOCK == 0)
-}
-
 /// [`try_recv_segments`] on a socket in blocking mode: waits in `recvmsg(2)` itself, at
 /// most `timeout` (at least 1 ms; `SO_RCVTIMEO`, set only when it differs from `current`,
 /// the value last set). `WouldBlock` when the time is up, `Interrupted` on a signal.
