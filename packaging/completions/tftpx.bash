@@ -87,7 +87,7 @@ _tftpx() {
             return 0
             ;;
         tftpx__subcmd__get)
-            opts="-o -4 -6 -v -q -h -V --output --max-size --blksize --windowsize --tsize --no-tsize --timeout --retries --mode --dally --ipv4 --ipv6 --verbose --quiet --help --version"
+            opts="-o -4 -6 -v -q -h -V --output --max-size --blksize --windowsize --tsize --no-tsize --timeout --retries --mode --dally --busy-poll --ipv4 --ipv6 --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -126,6 +126,10 @@ _tftpx() {
                     return 0
                     ;;
                 --dally)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --busy-poll)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -221,7 +225,7 @@ _tftpx() {
             return 0
             ;;
         tftpx__subcmd__put)
-            opts="-4 -6 -v -q -h -V --each --blksize --windowsize --tsize --no-tsize --timeout --retries --mode --dally --ipv4 --ipv6 --verbose --quiet --help --version"
+            opts="-4 -6 -v -q -h -V --each --blksize --windowsize --tsize --no-tsize --timeout --retries --mode --dally --busy-poll --ipv4 --ipv6 --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -251,6 +255,10 @@ _tftpx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --busy-poll)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -259,7 +267,7 @@ _tftpx() {
             return 0
             ;;
         tftpx__subcmd__serve)
-            opts="-l -v -q -h -V --listen --allow-write --allow-create --allow-hard-links --timeout --retries --max-blksize --max-windowsize --max-upload-size --max-transfers --max-transfers-per-client --rate-limit --max-unanswered-retries --max-timeout --max-memory --client-prefix-v4 --client-prefix-v6 --user --group --no-landlock --map --allow --deny --allow-write-from --refuse --umask --port-range --metrics --cache --cache-size --single-port --log-format --log-filter --drain --config --check-config --verbose --quiet --help --version"
+            opts="-l -v -q -h -V --listen --allow-write --allow-create --allow-hard-links --timeout --retries --max-blksize --max-windowsize --max-upload-size --max-transfers --max-transfers-per-client --rate-limit --max-unanswered-retries --busy-poll --max-timeout --max-memory --client-prefix-v4 --client-prefix-v6 --user --group --no-landlock --map --allow --deny --allow-write-from --refuse --umask --port-range --metrics --cache --cache-size --single-port --log-format --log-filter --drain --config --check-config --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -306,6 +314,10 @@ _tftpx() {
                     return 0
                     ;;
                 --max-unanswered-retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --busy-poll)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

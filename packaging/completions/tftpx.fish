@@ -45,6 +45,7 @@ complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l max-transfers -d '
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l max-transfers-per-client -d 'Transfers running at once for one client IP address; 0 = no limit' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l rate-limit -d 'Requests per second accepted from one source IP address (bursts of twice that); beyond it requests are dropped and the source is told once per 10 s. 0 = no limit' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l max-unanswered-retries -d 'Retransmissions to a client that has not yet acknowledged DATA (or sent DATA): its address may be forged, so this bounds how much a spoofed request can reflect' -r
+complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l busy-poll -d 'How long a transfer waiting for its client polls its socket before it sleeps, e.g. 100us, 50us; 0 = never. Saves the sleep and wake-up per block of lock-step transfers on quiet (above all virtual) machines; only while the server runs at most half as many transfers as it has CPUs, and polls that miss back off' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l max-timeout -d 'Longest timeout a client may negotiate (RFC 2349 allows up to 255 s); a longer one is left out of the OACK' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l max-memory -d 'Memory for transfer buffers, all transfers together (e.g. 256M, 1G); when spent, new transfers get a smaller blksize x windowsize instead of a refusal' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand serve" -l client-prefix-v4 -d 'IPv4 addresses sharing this many leading bits count as one client for --rate-limit and --max-transfers-per-client' -r
@@ -84,6 +85,7 @@ complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l timeout -d 'Retransm
 complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l retries -d 'Retransmissions before giving up' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l mode -d 'Transfer mode: octet (bytes as they are) or netascii (text, CR LF on the wire)' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l dally -d 'After a download\'s final ACK, linger this long to re-acknowledge a repeated last DATA (RFC 1350 section 6), e.g. 1s; the command (and a regular file\'s rename into place) ends after it [default: 0, the command ends when the file is complete and in place, as curl and tftp-hpa do]' -r
+complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l busy-poll -d 'How long a wait for the server polls the socket before it sleeps, e.g. 100us; 0 = never. Saves a sleep and wake-up per block in lock-step on quiet (above all virtual) machines; polls that miss back off [default: 100us]' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l tsize -d 'Ask for (get) or announce (put) the transfer size [default: on]'
 complete -c tftpx -n "__fish_tftpx_using_subcommand get" -l no-tsize -d 'Do not send the tsize option'
 complete -c tftpx -n "__fish_tftpx_using_subcommand get" -s 4 -l ipv4 -d 'Use IPv4 addresses only: a host name\'s IPv6 addresses are skipped, an IPv6 literal is refused'
@@ -100,6 +102,7 @@ complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l timeout -d 'Retrans
 complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l retries -d 'Retransmissions before giving up' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l mode -d 'Transfer mode: octet (bytes as they are) or netascii (text, CR LF on the wire)' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l dally -d 'After a download\'s final ACK, linger this long to re-acknowledge a repeated last DATA (RFC 1350 section 6), e.g. 1s; the command (and a regular file\'s rename into place) ends after it [default: 0, the command ends when the file is complete and in place, as curl and tftp-hpa do]' -r
+complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l busy-poll -d 'How long a wait for the server polls the socket before it sleeps, e.g. 100us; 0 = never. Saves a sleep and wake-up per block in lock-step on quiet (above all virtual) machines; polls that miss back off [default: 100us]' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l tsize -d 'Ask for (get) or announce (put) the transfer size [default: on]'
 complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -l no-tsize -d 'Do not send the tsize option'
 complete -c tftpx -n "__fish_tftpx_using_subcommand pull" -s 4 -l ipv4 -d 'Use IPv4 addresses only: a host name\'s IPv6 addresses are skipped, an IPv6 literal is refused'
@@ -114,6 +117,7 @@ complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l timeout -d 'Retransm
 complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l retries -d 'Retransmissions before giving up' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l mode -d 'Transfer mode: octet (bytes as they are) or netascii (text, CR LF on the wire)' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l dally -d 'After a download\'s final ACK, linger this long to re-acknowledge a repeated last DATA (RFC 1350 section 6), e.g. 1s; the command (and a regular file\'s rename into place) ends after it [default: 0, the command ends when the file is complete and in place, as curl and tftp-hpa do]' -r
+complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l busy-poll -d 'How long a wait for the server polls the socket before it sleeps, e.g. 100us; 0 = never. Saves a sleep and wake-up per block in lock-step on quiet (above all virtual) machines; polls that miss back off [default: 100us]' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l each -d 'Every file after SERVER is a LOCAL sent under its base name, even when there are exactly two'
 complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l tsize -d 'Ask for (get) or announce (put) the transfer size [default: on]'
 complete -c tftpx -n "__fish_tftpx_using_subcommand put" -l no-tsize -d 'Do not send the tsize option'
@@ -129,6 +133,7 @@ complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l timeout -d 'Retrans
 complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l retries -d 'Retransmissions before giving up' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l mode -d 'Transfer mode: octet (bytes as they are) or netascii (text, CR LF on the wire)' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l dally -d 'After a download\'s final ACK, linger this long to re-acknowledge a repeated last DATA (RFC 1350 section 6), e.g. 1s; the command (and a regular file\'s rename into place) ends after it [default: 0, the command ends when the file is complete and in place, as curl and tftp-hpa do]' -r
+complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l busy-poll -d 'How long a wait for the server polls the socket before it sleeps, e.g. 100us; 0 = never. Saves a sleep and wake-up per block in lock-step on quiet (above all virtual) machines; polls that miss back off [default: 100us]' -r
 complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l each -d 'Every file after SERVER is a LOCAL sent under its base name, even when there are exactly two'
 complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l tsize -d 'Ask for (get) or announce (put) the transfer size [default: on]'
 complete -c tftpx -n "__fish_tftpx_using_subcommand push" -l no-tsize -d 'Do not send the tsize option'

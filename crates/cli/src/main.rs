@@ -80,6 +80,29 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The longest busy poll accepted: a wait that polls longer is a mistake (a unit left out).
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
+/// Parses a busy-poll budget: `0`, or a duration with its unit (`100us`, `50µs`, `1ms`), at
+/// most 10 ms. A bare number other than 0 is refused: seconds would be a mistake here.
+pub(crate) fn parse_busy_poll(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.parse::<f64>().is_ok() {
+        return Err("give a unit, e.g. 100us or 1ms (0 turns busy polling off)".into());
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 100us, or 0)"))?;
+    if d > MAX_BUSY_POLL {
+        return Err(
+            "at most 10ms: a wait polls the socket this long before it sleeps (try e.g. 100us, or 0)"
+                .into(),
+        );
+    }
+    Ok(d)
+}
+
 /// Makes glibc's allocator return every buffer of 128 KiB or more to the system when it is
 /// freed (a window ring, a read buffer), instead of keeping it in a heap after a burst of big
 /// transfers: an explicit M_MMAP_THRESHOLD turns off glibc's dynamic threshold, which would

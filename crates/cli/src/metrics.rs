@@ -78,6 +78,8 @@ pub(crate) struct Metrics {
     bytes_sent: Counter,
     bytes_received: Counter,
     retransmits: Counter,
+    busy_polls: Counter,
+    busy_poll_hits: Counter,
     duration: Histogram,
     stats: ServerStats,
 }
@@ -116,6 +118,18 @@ impl Metrics {
             "Packets sent again by finished transfers (timeouts and gap recovery)",
             retransmits.clone(),
         );
+        let busy_polls = Counter::default();
+        registry.register(
+            "tftpx_busy_polls",
+            "Waits of finished transfers that polled their socket before sleeping (--busy-poll)",
+            busy_polls.clone(),
+        );
+        let busy_poll_hits = Counter::default();
+        registry.register(
+            "tftpx_busy_poll_hits",
+            "Busy polls of finished transfers that got a datagram before the wait slept",
+            busy_poll_hits.clone(),
+        );
         let duration = Histogram::new(DURATION_BUCKETS);
         registry.register_with_unit(
             "tftpx_transfer_duration",
@@ -133,6 +147,8 @@ impl Metrics {
             bytes_sent,
             bytes_received,
             retransmits,
+            busy_polls,
+            busy_poll_hits,
             duration,
             stats,
         }
@@ -152,6 +168,8 @@ impl Metrics {
             Kind::Wrq => self.bytes_received.inc_by(s.stats.bytes),
         };
         self.retransmits.inc_by(s.stats.retransmits);
+        self.busy_polls.inc_by(s.busy_polls.polls);
+        self.busy_poll_hits.inc_by(s.busy_polls.hits);
         self.duration.observe(s.duration.as_secs_f64());
     }
 

@@ -57,6 +57,12 @@ pub struct TransferOpts {
     #[arg(long, value_parser = parse_dally, value_name = "DURATION")]
     pub dally: Option<Duration>,
 
+    /// How long a wait for the server polls the socket before it sleeps, e.g. 100us; 0 =
+    /// never. Saves a sleep and wake-up per block in lock-step on quiet (above all virtual)
+    /// machines; polls that miss back off [default: 100us]
+    #[arg(long, value_parser = crate::parse_busy_poll, value_name = "DURATION")]
+    pub busy_poll: Option<Duration>,
+
     /// Use IPv4 addresses only: a host name's IPv6 addresses are skipped, an IPv6 literal
     /// is refused.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -510,7 +516,8 @@ fn build_client(
         .blocking_wait(true)
         // The command ends when the file is complete and in place, as curl, busybox and
         // tftp-hpa do; `--dally` brings back the RFC 1350 linger.
-        .dally(opts.dally.unwrap_or(Duration::ZERO));
+        .dally(opts.dally.unwrap_or(Duration::ZERO))
+        .busy_poll(opts.busy_poll.unwrap_or(tftpx::DEFAULT_BUSY_POLL));
     if let Some(n) = opts.blksize {
         b = b.blksize(n);
     }
@@ -640,10 +647,13 @@ fn details(opts: &TransferOpts, mode: Mode, tsize: Option<u64>, r: &Report) -> S
     }
     format!(
         "tftpx: options asked: {}\n\
-         tftpx: options in force: {}\n{}",
+         tftpx: options in force: {}\n{}\n\
+         tftpx: busy polls: {} of {} got a datagram before the wait slept",
         asked.join(", "),
         granted.join(", "),
-        counters(&r.stats)
+        counters(&r.stats),
+        r.busy_polls.hits,
+        r.busy_polls.polls
     )
 }
 
@@ -1228,6 +1238,23 @@ mod tests {
         assert_eq!(iec(1124.0), "1.1 KiB");
         assert_eq!(iec(100.0 * 1024.0 * 1024.0), "100.0 MiB");
         assert_eq!(iec(3.0 * 1024f64.powi(4)), "3.0 TiB");
+    }
+
+    #[test]
+    fn busy_poll_budgets() {
+        use crate::parse_busy_poll;
+        assert_eq!(parse_busy_poll("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_busy_poll("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_busy_poll("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_busy_poll("50µs"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_busy_poll("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_busy_poll("10ms"), Ok(Duration::from_millis(10)));
+        // A bare number would be seconds: refused, with the fix.
+        let e = parse_busy_poll("100").unwrap_err();
+        assert!(e.contains("give a unit, e.g. 100us"), "{e}");
+        let e = parse_busy_poll("11ms").unwrap_err();
+        assert!(e.contains("at most 10ms"), "{e}");
+        assert!(parse_busy_poll("fast").is_err());
     }
 
     #[test]

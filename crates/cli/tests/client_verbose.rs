@@ -56,15 +56,27 @@ fn data(block: u16, payload: &[u8]) -> Vec<u8> {
 /// RRQ with an OACK (blksize 1024, tsize). With `tricks` it repeats DATA 1 once (a
 /// duplicate) and has a stranger send a DATA to the client before the last block.
 fn fake_download(listen: UdpSocket, content: Vec<u8>, tricks: bool) -> std::thread::JoinHandle<()> {
+    slow_download(listen, content, tricks, Duration::ZERO)
+}
+
+/// [`fake_download`] whose OACK and DATA leave `delay` after what they answer.
+fn slow_download(
+    listen: UdpSocket,
+    content: Vec<u8>,
+    tricks: bool,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let (rrq, client) = recv(&listen);
         assert_eq!(&rrq[..2], &[0, 1], "an RRQ");
         let ip = listen.local_addr().unwrap().ip();
         let s = UdpSocket::bind((ip, 0)).unwrap();
         let oack = format!("\0\x06blksize\x001024\0tsize\0{}\0", content.len());
+        std::thread::sleep(delay);
         s.send_to(oack.as_bytes(), client).unwrap();
         wait_ack(&s, 0);
         let (one, two) = content.split_at(1024);
+        std::thread::sleep(delay);
         s.send_to(&data(1, one), client).unwrap();
         wait_ack(&s, 1);
         if tricks {
@@ -75,9 +87,62 @@ fn fake_download(listen: UdpSocket, content: Vec<u8>, tricks: bool) -> std::thre
             let (err, _) = recv(&stranger);
             assert_eq!(&err[..4], &[0, 5, 0, 5], "ERROR 5 to the stranger");
         }
+        std::thread::sleep(delay);
         s.send_to(&data(2, two), client).unwrap();
         wait_ack(&s, 2);
     })
+}
+
+/// The `-v` line "busy polls: H of P got a datagram before the wait slept", as (H, P).
+fn busy_polls(err: &str) -> (u64, u64) {
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("tftpx: busy polls: "))
+        .unwrap_or_else(|| panic!("no busy-poll line: {err}"));
+    let (hits, rest) = line.split_once(" of ").expect("H of P");
+    let polls = rest.split(' ').next().unwrap();
+    (hits.parse().unwrap(), polls.parse().unwrap())
+}
+
+/// `--busy-poll`: by default each wait polls the socket before it sleeps (counted by `-v`),
+/// misses back off (a server slower than the budget: the 3 waits poll, skip, poll), and
+/// `--busy-poll 0` turns it off. The download is whole in every case.
+#[test]
+fn busy_polls_are_counted_back_off_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = common::pseudo_random(1124);
+    let run = |extra: &[&str], slow: Duration| {
+        let listen = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target = format!("127.0.0.1:{}", listen.local_addr().unwrap().port());
+        let server = slow_download(listen, content.clone(), false, slow);
+        let mut args = vec![
+            "get",
+            "-v",
+            "--blksize",
+            "1024",
+            &target,
+            "f.bin",
+            "-o",
+            "out.bin",
+        ];
+        args.extend_from_slice(extra);
+        let (code, err) = tftpx(&args, dir.path());
+        server.join().expect("fake server");
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(common::read_file(&dir.path().join("out.bin")), content);
+        busy_polls(&err)
+    };
+    // Three waits (OACK, DATA 1, DATA 2); whether a reply beats the budget is up to the
+    // scheduler, so only the polls are certain.
+    let (hits, polls) = run(&[], Duration::ZERO);
+    assert!(
+        (1..=3).contains(&polls) && hits <= polls,
+        "{hits} of {polls}"
+    );
+    // Replies 20 ms late: the first wait polls and misses, the second sleeps at once (the
+    // back-off), the third polls and misses.
+    assert_eq!(run(&[], Duration::from_millis(20)), (0, 2));
+    assert_eq!(run(&["--busy-poll", "0"], Duration::ZERO), (0, 0));
 }
 
 #[test]

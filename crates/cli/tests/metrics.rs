@@ -253,6 +253,15 @@ fn metrics_count_real_transfers_and_refusals_exactly() {
     for (k, v) in &expected {
         assert_eq!(value(&m, k), *v, "{k}\n{m:#?}");
     }
+    // Busy polls: the two transfers that ran (one at a time) polled before sleeping;
+    // whether a reply beat the budget is up to the scheduler.
+    let (polls, hits) = (
+        value(&m, "tftpx_busy_polls_total"),
+        value(&m, "tftpx_busy_poll_hits_total"),
+    );
+    assert!(polls >= 2.0 && hits <= polls, "{hits} of {polls}");
+    expected.insert("tftpx_busy_polls_total".into(), polls);
+    expected.insert("tftpx_busy_poll_hits_total".into(), hits);
     // Nothing else but the histogram's buckets and sum.
     for k in m.keys() {
         assert!(

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tftpx_proto::negotiate::Negotiated;
@@ -39,6 +41,8 @@ fn receiver_buffer_len(link: &Link, blksize: usize) -> usize {
 pub(crate) struct Tracker {
     pub negotiated: Option<Negotiated>,
     pub result: Option<Result<(), TransferError>>,
+    /// What the transfer's waits did before they slept.
+    pub busy_polls: BusyPolls,
 }
 
 impl Tracker {
@@ -129,6 +133,110 @@ enum Wake {
     Superseded,
 }
 
+/// How a transfer waits for its peer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WaitPolicy {
+    /// No datagram and no due timer for this long ends a wait loop (a safety net under the
+    /// state machine's own timers).
+    pub idle: Duration,
+    /// How long a wait may poll the socket before it sleeps (see [`BusyPoll`]); zero: never.
+    pub busy_poll: Duration,
+}
+
+/// The default busy-poll budget of a wait: 100 microseconds (`tftpx serve`, `tftpx get` and
+/// `put`, [`crate::ServerBuilder::busy_poll`], [`crate::ClientBuilder::busy_poll`]).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+
+/// What a transfer's busy polls did (see [`crate::ServerBuilder::busy_poll`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BusyPolls {
+    /// Waits that polled the socket before sleeping.
+    pub polls: u64,
+    /// Of them, those a datagram ended within the budget (the sleep and wake-up saved).
+    pub hits: u64,
+}
+
+impl std::ops::AddAssign for BusyPolls {
+    fn add_assign(&mut self, o: Self) {
+        self.polls += o.polls;
+        self.hits += o.hits;
+    }
+}
+
+/// Transfers alive in this process (one [`Waiter`] each). Their waits busy-poll only while
+/// there are at most [`busy_poll_slots`]: a poll holds a CPU, which many transfers at once
+/// need for their work (and a busy server has no sleep to save).
+static WAITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Transfers of one process that may busy-poll: half the CPUs, at least one (the other
+/// half is left to the peer when it runs on the same machine, and to everything else).
+fn busy_poll_slots() -> usize {
+    static SLOTS: OnceLock<usize> = OnceLock::new();
+    *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)))
+}
+
+/// Misses in a row after which the skipped waits stop growing: after `n` misses in a row
+/// (n <= 6), the next `2^n - 1` waits sleep at once.
+const BUSY_POLL_MAX_BACKOFF: u32 = 6;
+
+/// When a wait polls its socket before it sleeps, and for how long.
+///
+/// A sleep and wake-up per datagram is what bounds a lock-step transfer on a quiet machine
+/// (above all a virtual one, where waking a halted CPU takes tens of microseconds): a wait
+/// that polls the socket for up to `budget` first gets a reply that comes within it without
+/// sleeping at all. A poll that misses costs its budget in CPU, so misses back off: after
+/// `n` misses in a row the next `2^n - 1` waits (at most 63) sleep at once, and a peer
+/// whose replies take longer than the budget (a far network, a slow device) costs about
+/// one budget per 64 waits. A hit resets the back-off.
+#[derive(Debug)]
+pub(crate) struct BusyPoll {
+    budget: Duration,
+    misses: u32,
+    skip: u32,
+    counts: BusyPolls,
+}
+
+impl BusyPoll {
+    pub fn new(budget: Duration) -> Self {
+        Self {
+            budget,
+            misses: 0,
+            skip: 0,
+            counts: BusyPolls::default(),
+        }
+    }
+
+    /// How long this wait may poll (`left` is the time to its deadline), or `None` to sleep
+    /// at once: off, backing off, or more than `slots` transfers alive (`waiters`).
+    pub fn start(&mut self, waiters: usize, slots: usize, left: Duration) -> Option<Duration> {
+        if self.budget.is_zero() || waiters > slots || left.is_zero() {
+            return None;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        self.counts.polls += 1;
+        Some(self.budget.min(left))
+    }
+
+    /// The poll got a datagram.
+    pub fn hit(&mut self) {
+        self.counts.hits += 1;
+        self.misses = 0;
+    }
+
+    /// The poll's budget ran out (or the socket reported an error).
+    pub fn miss(&mut self) {
+        self.misses = (self.misses + 1).min(BUSY_POLL_MAX_BACKOFF);
+        self.skip = (1 << self.misses) - 1;
+    }
+
+    pub fn counts(&self) -> BusyPolls {
+        self.counts
+    }
+}
+
 /// Waits for the next datagram, the state machine's timer, or cancellation. One per
 /// transfer: its timer and cancellation futures are created once and reused, so a wait costs
 /// no allocation and no timer registration churn.
@@ -144,6 +252,13 @@ struct Waiter {
     rcvtimeo: Option<Duration>,
     /// Calls of [`Waiter::wait`] so far (wrapping).
     waits: u32,
+    busy: BusyPoll,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        WAITERS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The longest a blocking wait stays in the receive system call before the runtime runs its
@@ -152,7 +267,13 @@ struct Waiter {
 const BLOCKING_SLICE: Duration = Duration::from_millis(100);
 
 impl Waiter {
-    fn new(cancel: &CancellationToken, link: &Link) -> Self {
+    fn new(cancel: &CancellationToken, link: &Link, policy: WaitPolicy) -> Self {
+        WAITERS.fetch_add(1, Ordering::Relaxed);
+        let budget = if link.can_busy_poll() {
+            policy.busy_poll
+        } else {
+            Duration::ZERO
+        };
         Self {
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             cancelled: Box::pin(cancel.clone().cancelled_owned()),
@@ -161,6 +282,45 @@ impl Waiter {
             blocking: matches!(link, Link::Blocking(_)),
             rcvtimeo: None,
             waits: 0,
+            busy: BusyPoll::new(budget),
+        }
+    }
+
+    /// Polls the socket for up to the busy-poll budget (see [`BusyPoll`]) before the wait
+    /// sleeps: `Some` when a datagram came (or the transfer was superseded).
+    fn busy_poll(
+        &mut self,
+        link: &mut Link,
+        buf: &mut [u8],
+        at: std::time::Instant,
+    ) -> Option<Wake> {
+        let start = std::time::Instant::now();
+        let budget = self.busy.start(
+            WAITERS.load(Ordering::Relaxed),
+            busy_poll_slots(),
+            at.saturating_duration_since(start),
+        )?;
+        let until = start + budget;
+        // Bounded by `until` (at most the budget, 100 us by default).
+        loop {
+            match link.recv_nowait(buf, &mut self.cmsg) {
+                Recv::Datagram { len, from, segment } => {
+                    self.busy.hit();
+                    return Some(Wake::Datagram { len, from, segment });
+                }
+                Recv::Superseded => return Some(Wake::Superseded),
+                Recv::Empty => {}
+                // The wait's own receive reports it.
+                Recv::Error(_) => {
+                    self.busy.miss();
+                    return None;
+                }
+            }
+            if std::time::Instant::now() >= until {
+                self.busy.miss();
+                return None;
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -221,17 +381,24 @@ impl Waiter {
         if at <= now {
             return Wake::Timer;
         }
+        if !self.blocking {
+            // Fast path: a datagram already queued needs no task wake-up.
+            match link.try_recv(buf, &mut self.cmsg) {
+                Recv::Datagram { len, from, segment } => {
+                    return Wake::Datagram { len, from, segment }
+                }
+                Recv::Empty => {}
+                Recv::Superseded => return Wake::Superseded,
+                Recv::Error(e) => {
+                    tracing::debug!("recv failed: {e}");
+                }
+            }
+        }
+        if let Some(w) = self.busy_poll(link, buf, at.into_std()) {
+            return w;
+        }
         if self.blocking {
             return self.wait_blocking(link, buf, at.into_std()).await;
-        }
-        // Fast path: a datagram already queued needs no task wake-up.
-        match link.try_recv(buf, &mut self.cmsg) {
-            Recv::Datagram { len, from, segment } => return Wake::Datagram { len, from, segment },
-            Recv::Empty => {}
-            Recv::Superseded => return Wake::Superseded,
-            Recv::Error(e) => {
-                tracing::debug!("recv failed: {e}");
-            }
         }
         // Deadlines move later with every packet of a healthy transfer. Re-arming the timer
         // each time would touch the timer wheel per packet, so keep an earlier deadline:
@@ -282,7 +449,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     tx: &mut Sender,
     src: &mut Source<R>,
     cancel: &CancellationToken,
-    idle: Duration,
+    policy: WaitPolicy,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
     trace: Option<&Tracer>,
 ) -> Tracker {
@@ -291,7 +458,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
     // message is cut, which is harmless).
     let mut buf = vec![0u8; MIN_RECEIVE_BUFFER];
     let mut cancelled = false;
-    let mut waiter = Waiter::new(cancel, link);
+    let mut waiter = Waiter::new(cancel, link, policy);
     // UDP GSO for windows, until the kernel says no.
     let mut gso = true;
     loop {
@@ -337,7 +504,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             break;
         }
         let wake = waiter
-            .wait(link, &mut buf, tx.poll_timeout(), idle, t)
+            .wait(link, &mut buf, tx.poll_timeout(), policy.idle, t)
             .await;
         match wake {
             Wake::Datagram { len, from, segment } => {
@@ -360,6 +527,7 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
             }
         }
     }
+    tracker.busy_polls += waiter.busy.counts();
     tracker
 }
 
@@ -373,12 +541,12 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     sink: &mut Sink<W>,
     tracker: &mut Tracker,
     cancel: &CancellationToken,
-    idle: Duration,
+    policy: WaitPolicy,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
     trace: Option<&Tracer>,
 ) {
     let mut buf = vec![0u8; receiver_buffer_len(link, rx.blksize())];
-    let mut waiter = Waiter::new(cancel, link);
+    let mut waiter = Waiter::new(cancel, link, policy);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
     loop {
@@ -406,7 +574,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             continue;
         }
         let wake = waiter
-            .wait(link, &mut buf, rx.poll_timeout(), idle, t)
+            .wait(link, &mut buf, rx.poll_timeout(), policy.idle, t)
             .await;
         t = now();
         match wake {
@@ -433,6 +601,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
                     tracker.record(ev);
                 }
                 tracker.result = Some(Err(superseded()));
+                tracker.busy_polls += waiter.busy.counts();
                 return;
             }
         }
@@ -440,6 +609,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     while let Some(ev) = rx.poll_event() {
         tracker.record(ev);
     }
+    tracker.busy_polls += waiter.busy.counts();
 }
 
 /// Sends what a receiver has queued (its final ACK or an ERROR), without waiting.
@@ -461,11 +631,16 @@ pub(crate) async fn finish_receiver(
     rx: &mut Receiver,
     tracker: &mut Tracker,
     cancel: &CancellationToken,
-    idle: Duration,
+    policy: WaitPolicy,
     trace: Option<&Tracer>,
 ) {
     let mut buf = vec![0u8; receiver_buffer_len(link, rx.blksize())];
-    let mut waiter = Waiter::new(cancel, link);
+    // A dally waits for a repeat that should not come: nothing to busy-poll for.
+    let dally = WaitPolicy {
+        busy_poll: Duration::ZERO,
+        ..policy
+    };
+    let mut waiter = Waiter::new(cancel, link, dally);
     loop {
         flush_receiver(link, rx, trace).await;
         while let Some(ev) = rx.poll_event() {
@@ -475,7 +650,7 @@ pub(crate) async fn finish_receiver(
             break;
         }
         let wake = waiter
-            .wait(link, &mut buf, rx.poll_timeout(), idle, now())
+            .wait(link, &mut buf, rx.poll_timeout(), policy.idle, now())
             .await;
         let t = now();
         match wake {
@@ -491,5 +666,67 @@ pub(crate) async fn finish_receiver(
             Wake::Timer => rx.handle_timeout(t),
             Wake::Cancelled | Wake::Superseded => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: Duration = Duration::from_micros(100);
+    const LONG: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn busy_poll_is_off_at_zero_and_beyond_the_slots() {
+        let mut off = BusyPoll::new(Duration::ZERO);
+        assert_eq!(off.start(1, 1, LONG), None);
+        let mut b = BusyPoll::new(BUDGET);
+        assert_eq!(b.start(2, 1, LONG), None, "more transfers than slots");
+        assert_eq!(b.start(4, 4, LONG), Some(BUDGET));
+        assert_eq!(b.counts(), BusyPolls { polls: 1, hits: 0 });
+    }
+
+    #[test]
+    fn busy_poll_never_outlasts_the_wait() {
+        let mut b = BusyPoll::new(BUDGET);
+        assert_eq!(
+            b.start(1, 1, Duration::from_micros(30)),
+            Some(Duration::from_micros(30))
+        );
+        assert_eq!(b.start(1, 1, Duration::ZERO), None);
+    }
+
+    /// After `n` misses in a row the next `2^n - 1` waits sleep at once (n <= 6); a hit
+    /// resets the back-off.
+    #[test]
+    fn misses_back_off_exponentially_and_a_hit_resets() {
+        // Waits whose every poll misses: the waits skipped between two polls.
+        let mut b = BusyPoll::new(BUDGET);
+        let mut gaps = Vec::new();
+        let mut gap = 0;
+        for _ in 0..400 {
+            if b.start(1, 1, LONG).is_some() {
+                b.miss();
+                gaps.push(gap);
+                gap = 0;
+            } else {
+                gap += 1;
+            }
+        }
+        assert_eq!(gaps[..9], [0, 1, 3, 7, 15, 31, 63, 63, 63]);
+        assert_eq!(b.counts().hits, 0);
+        // A hit: polls again at the next wait.
+        let mut b = BusyPoll::new(BUDGET);
+        for _ in 0..5 {
+            b.miss();
+        }
+        b.skip = 0;
+        assert!(b.start(1, 1, LONG).is_some());
+        b.hit();
+        assert_eq!(b.start(1, 1, LONG), Some(BUDGET));
+        b.miss();
+        assert_eq!(b.start(1, 1, LONG), None, "one skipped after one miss");
+        assert_eq!(b.start(1, 1, LONG), Some(BUDGET));
+        assert_eq!(b.counts(), BusyPolls { polls: 3, hits: 1 });
     }
 }

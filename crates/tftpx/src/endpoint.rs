@@ -177,6 +177,32 @@ impl ConnectedLink {
     }
 }
 
+/// A non-blocking receive's result as a [`Recv`].
+fn received(r: io::Result<(usize, SocketAddr, usize)>) -> Recv {
+    match r {
+        Ok((len, from, segment)) => Recv::Datagram { len, from, segment },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Recv::Empty,
+        Err(e) => Recv::Error(e),
+    }
+}
+
+/// A non-blocking receive of [`net`] (the event loop's or the kernel's view of readiness).
+type RecvFn = fn(&UdpSocket, &mut [u8], &mut [u8]) -> io::Result<(usize, SocketAddr, usize)>;
+
+impl ConnectedLink {
+    /// The next datagram for the transfer by `recv`, folding repeats of its request.
+    fn try_recv_with(&mut self, recv: RecvFn, buf: &mut [u8], cmsg: &mut [u8]) -> Recv {
+        // Bounded: each folded repeat is one datagram the peer sent.
+        for _ in 0..64 {
+            let r = recv(self.sock(), buf, cmsg);
+            if let Some(r) = self.filter(r, buf) {
+                return r;
+            }
+        }
+        Recv::Empty
+    }
+}
+
 /// Longest request taken from a closing transfer socket's queue (a longer one is dropped:
 /// its client sends it again, to the listener).
 const QUEUED_REQUEST_MAX: usize = 4096;
@@ -267,28 +293,32 @@ impl Link {
     /// Takes a datagram already waiting, without waiting.
     pub fn try_recv(&mut self, buf: &mut [u8], cmsg: &mut [u8]) -> Recv {
         match self {
-            Link::Own(s) => match net::try_recv_segments(s, buf, cmsg) {
-                Ok((len, from, segment)) => Recv::Datagram { len, from, segment },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Recv::Empty,
-                Err(e) => Recv::Error(e),
-            },
+            Link::Own(s) => received(net::try_recv_segments(s, buf, cmsg)),
             // A receive on it would wait: its waits are `recv_blocking`.
             Link::Blocking(_) => Recv::Empty,
-            Link::Connected(c) => {
-                // Bounded: each folded repeat is one datagram the peer sent.
-                for _ in 0..64 {
-                    let r = net::try_recv_segments(c.sock(), buf, cmsg);
-                    if let Some(r) = c.filter(r, buf) {
-                        return r;
-                    }
-                }
-                Recv::Empty
-            }
+            Link::Connected(c) => c.try_recv_with(net::try_recv_segments, buf, cmsg),
             Link::Shared(l) => match l.inbox.try_recv() {
                 Ok(d) => l.deliver(d, buf),
                 Err(mpsc::error::TryRecvError::Empty) => Recv::Empty,
                 Err(mpsc::error::TryRecvError::Disconnected) => Recv::Superseded,
             },
+        }
+    }
+
+    /// Whether [`Link::recv_nowait`] can see datagrams: not on a shared listen socket,
+    /// whose datagrams come through the listener's task.
+    pub fn can_busy_poll(&self) -> bool {
+        !matches!(self, Link::Shared(_))
+    }
+
+    /// A datagram already in the socket's queue, asked of the kernel itself whatever the
+    /// event loop's view of readiness (see [`net::recv_segments_nowait`]): one system call,
+    /// never waits. Always `Empty` on a shared link.
+    pub fn recv_nowait(&mut self, buf: &mut [u8], cmsg: &mut [u8]) -> Recv {
+        match self {
+            Link::Own(s) | Link::Blocking(s) => received(net::recv_segments_nowait(s, buf, cmsg)),
+            Link::Connected(c) => c.try_recv_with(net::recv_segments_nowait, buf, cmsg),
+            Link::Shared(_) => Recv::Empty,
         }
     }
 

@@ -36,6 +36,7 @@ pub mod stats;
 mod trace;
 
 pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
+pub use driver::{BusyPolls, DEFAULT_BUSY_POLL};
 pub use handler::{
     from_fn, normalize_name, write_disabled, DirFile, DirHandler, DirUpload, FnHandler, Handler,
     HandlerError, NoUpload, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN, MAX_NAME_LEN,

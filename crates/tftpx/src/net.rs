@@ -543,13 +543,34 @@ pub(crate) fn recv_segments_blocking(
     recv_segments_raw(sock, buf, cmsg)
 }
 
+/// [`try_recv_segments`] straight from the kernel (`MSG_DONTWAIT`), whatever the event
+/// loop last saw of the socket's readiness and whether the socket is blocking: what a busy
+/// poll calls. `WouldBlock` when nothing is queued. The event loop's view stays right: a
+/// datagram that arrives later is a new readiness event.
+pub(crate) fn recv_segments_nowait(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(usize, SocketAddr, usize)> {
+    recv_segments_flags(sock, buf, cmsg, MsgFlags::MSG_DONTWAIT)
+}
+
 fn recv_segments_raw(
     sock: &UdpSocket,
     buf: &mut [u8],
     cmsg: &mut [u8],
 ) -> io::Result<(usize, SocketAddr, usize)> {
+    recv_segments_flags(sock, buf, cmsg, MsgFlags::empty())
+}
+
+fn recv_segments_flags(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<(usize, SocketAddr, usize)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(cmsg), flags)
         .map_err(io::Error::from)?;
     let from = msg
         .address
