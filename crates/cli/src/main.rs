@@ -17,6 +17,7 @@ mod logging;
 mod metrics;
 mod privileges;
 mod serve;
+mod sync_file;
 mod systemd;
 mod transfer;
 

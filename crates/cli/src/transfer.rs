@@ -16,6 +16,7 @@ use tftpx::{CancellationToken, Client, ClientError, PacketTrace, Progress, Repor
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::serve::parse_size;
+use crate::sync_file::SyncFile;
 use crate::{parse_duration, CliError};
 
 /// Options shared by get and put.
@@ -965,7 +966,8 @@ async fn get_one(
             };
             let (mut tmp, file) = TempFile::create(&dir, keep.is_some())
                 .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", local.display())))?;
-            let mut file = tokio::fs::File::from_std(file);
+            // A regular file of our own: plain writes (see sync_file).
+            let mut file = SyncFile(file);
             let report = {
                 let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut file);
                 servers
@@ -1089,6 +1091,16 @@ fn remote_name(local: &Path) -> Result<String, CliError> {
         })
 }
 
+/// Opens LOCAL for reading without waiting for a FIFO's writer (`O_NONBLOCK`, which a
+/// regular file's reads ignore); the caller refuses anything but a regular file.
+fn open_for_upload(local: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(local)
+}
+
 async fn put_one(
     servers: &Servers<'_>,
     local: PathBuf,
@@ -1102,12 +1114,12 @@ async fn put_one(
         let mut input = tokio::io::BufReader::with_capacity(256 * 1024, tokio::io::stdin());
         servers.put(&remote, &mut input, None, &pb).await
     } else {
-        let file = tokio::fs::File::open(&local)
-            .await
+        // Opening a FIFO would wait for its writer: open without waiting, then refuse
+        // anything but a regular file, which is read with plain reads (see sync_file).
+        let file = open_for_upload(&local)
             .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", local.display())))?;
         let meta = file
             .metadata()
-            .await
             .map_err(|e| CliError::Failed(format!("{}: {e}", local.display())))?;
         if !meta.is_file() {
             return Err(CliError::Failed(format!(
@@ -1115,7 +1127,7 @@ async fn put_one(
                 local.display()
             )));
         }
-        let mut input = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        let mut input = tokio::io::BufReader::with_capacity(256 * 1024, SyncFile(file));
         size = Some(meta.len());
         servers.put(&remote, &mut input, size, &pb).await
     }

@@ -413,6 +413,33 @@ fn an_unwritable_destination_fails_before_the_transfer() {
     );
 }
 
+/// `put` reads regular files only: a FIFO without a writer (which a blocking open would
+/// wait on forever) and a directory are refused at once, before any request is sent.
+#[test]
+fn put_refuses_a_fifo_and_a_directory_before_the_transfer() {
+    let l = Layout::new();
+    nix::unistd::mkfifo(
+        &l.local.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    fs::create_dir(l.local.join("dir")).unwrap();
+    let fake = udp();
+    let a = format!("127.0.0.1:{}", fake.local_addr().unwrap().port());
+    for local in ["pipe", "dir"] {
+        let o = tftpx(&["put", &a, local, "remote"], &l.local);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{local}: {err}");
+        assert!(
+            err.contains(&format!("{local} is not a regular file")),
+            "{err}"
+        );
+    }
+    fake.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 600];
+    assert!(fake.recv_from(&mut buf).is_err(), "no request was sent");
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Ctrl-C
 // ---------------------------------------------------------------------------------------
