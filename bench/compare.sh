@@ -15,8 +15,10 @@
 # Rows (--rows takes a comma list of these names):
 #   512       download, blksize 512, lock-step (what PXE ROMs do)     file: --lockstep-size
 #   1468      download, blksize 1468, lock-step                        file: --lockstep-size
+#   8192      download, blksize 8192, lock-step                        file: --size
 #   65464     download, blksize 65464, lock-step                       file: --size
 #   1468x4    download, blksize 1468, windowsize 4 (UEFI's setting)    file: --size
+#   1468x16   download, blksize 1468, windowsize 16                    file: --size
 #   1468x64   download, blksize 1468, windowsize 64                    file: --size
 #   65464x16  download, blksize 65464, windowsize 16                   file: --size
 #   up65464   upload, blksize 65464, lock-step                         file: --size
@@ -45,7 +47,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 SIZE=100M
 LOCKSTEP_SIZE=
 REPS=3
-ROWS="512,1468,65464,1468x4,1468x64,65464x16,up65464,conc200,storm512,storm1468,stormhpa,storm1000"
+ROWS="512,1468,8192,65464,1468x4,1468x16,1468x64,65464x16,up65464,conc200,storm512,storm1468,stormhpa,storm1000"
 STORM_N=200
 INSTALL=1
 SCALE=1
@@ -213,8 +215,10 @@ TICK=$(getconf CLK_TCK)
 declare -A SETTING=(
     [512]="get 512 1 small.bin"
     [1468]="get 1468 1 small.bin"
+    [8192]="get 8192 1 big.bin"
     [65464]="get 65464 1 big.bin"
     [1468x4]="get 1468 4 big.bin"
+    [1468x16]="get 1468 16 big.bin"
     [1468x64]="get 1468 64 big.bin"
     [65464x16]="get 65464 16 big.bin"
     [up65464]="put 65464 1 big.bin"
@@ -222,8 +226,10 @@ declare -A SETTING=(
 declare -A ROW_TITLE=(
     [512]="download, blksize 512, lock-step"
     [1468]="download, blksize 1468, lock-step"
+    [8192]="download, blksize 8192, lock-step"
     [65464]="download, blksize 65464, lock-step"
     [1468x4]="download, blksize 1468, windowsize 4"
+    [1468x16]="download, blksize 1468, windowsize 16"
     [1468x64]="download, blksize 1468, windowsize 64"
     [65464x16]="download, blksize 65464, windowsize 16"
     [up65464]="upload, blksize 65464, lock-step"
@@ -520,7 +526,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "### tftpx benchmark, $START"
     echo
     echo "Machine: $MACHINE. Load average before / after: $LOAD_BEFORE / $LOAD_AFTER."
-    echo "Files: $(numfmt --to=iec "$SIZE_B") (65464 rows, windowed, upload), $(numfmt --to=iec "$LOCKSTEP_B") (512 and 1468 lock-step rows); $REPS interleaved repetitions; loopback; tmpfs."
+    echo "Files: $(numfmt --to=iec "$SIZE_B") (8192 and 65464 rows, windowed, upload), $(numfmt --to=iec "$LOCKSTEP_B") (512 and 1468 lock-step rows); $REPS interleaved repetitions; loopback; tmpfs."
     echo "MB/s = 10^6 bytes/s of wall time (client start to exit). CPU = median seconds per transfer, user+sys: the client's from /usr/bin/time, the server's from its cgroup ($([ -n "$CG_BASE" ] && echo "$CG_KIND, forked children included" || echo "none: /proc stat only")). A pair that failed once is not repeated (ok column)."
     echo "ratio: for a tftpx server line, its median / the best peer server's median with the same client; for a tftpx client line, its median / the best peer client's against the same server; for tftpx-tftpx, / the best peer pair; for tftpx-sp (single-port mode), / tftpx's (multi-port) median with the same client."
     echo

@@ -579,11 +579,20 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
         t = now();
         match wake {
             Wake::Datagram { len, from, segment } => {
-                for d in buf[..len].chunks(segment) {
+                let mut chunks = buf[..len].chunks(segment).peekable();
+                while let Some(d) = chunks.next() {
                     if let Some(tr) = trace {
                         tr.packet(Direction::Received, from, d);
                     }
                     if let Some(payload) = rx.handle_datagram(t, from, d) {
+                        // Write-behind (as tftpd-hpa does): the ACK leaves before the block
+                        // is written, so the peer sends the next block while we write. Not
+                        // the final ACK, which waits for the commit; a write that fails
+                        // still ends the transfer with an ERROR, one block later.
+                        if chunks.peek().is_none() && !rx.is_complete() {
+                            progress(&rx.stats(), tracker.negotiated.as_ref());
+                            flush_receiver(link, rx, trace).await;
+                        }
                         if let Err(e) = sink.write(payload).await {
                             let (code, msg) = io_error_code(&e);
                             rx.abort(code, &msg);

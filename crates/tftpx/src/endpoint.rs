@@ -203,6 +203,10 @@ impl ConnectedLink {
     }
 }
 
+/// How long a closing single-port transfer socket is read again after its queue first reads
+/// empty (see [`ConnectedLink`]'s drop): 50 us, bounded in count by the drain's 64 reads.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Longest request taken from a closing transfer socket's queue (a longer one is dropped:
 /// its client sends it again, to the listener).
 const QUEUED_REQUEST_MAX: usize = 4096;
@@ -219,15 +223,32 @@ impl Drop for ConnectedLink {
             let sock = sock.into_std();
             if let Ok(sock) = &sock {
                 let mut buf = vec![0u8; QUEUED_REQUEST_MAX];
-                for _ in 0..64 {
-                    let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                        break;
-                    };
-                    let d = &buf[..n];
-                    if from != self.peer {
-                        self.forward(d.to_vec(), from);
-                    } else if n < buf.len() && is_request(d) {
-                        self.pending = Some(d.to_vec());
+                // A request sent right behind the final ACK may still be on its way when
+                // the queue first reads empty (a busy poll takes the ACK within
+                // microseconds): look again for up to CLOSE_LINGER before closing. One
+                // sent later reaches the listener, as the socket is closed by then.
+                let linger_until = std::time::Instant::now() + CLOSE_LINGER;
+                let mut taken = 0;
+                // Bounded: 64 datagrams at most, and empty reads for CLOSE_LINGER at most.
+                while taken < 64 {
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            taken += 1;
+                            let d = &buf[..n];
+                            if from != self.peer {
+                                self.forward(d.to_vec(), from);
+                            } else if n < buf.len() && is_request(d) {
+                                self.pending = Some(d.to_vec());
+                            }
+                        }
+                        Err(e)
+                            if e.kind() == io::ErrorKind::WouldBlock
+                                && self.pending.is_none()
+                                && std::time::Instant::now() < linger_until =>
+                        {
+                            std::hint::spin_loop();
+                        }
+                        Err(_) => break,
                     }
                 }
             }
