@@ -434,6 +434,9 @@ impl Client {
             &mut tracker,
             &self.cancel,
             self.waits(),
+            // Write first: a block the caller's writer refuses (a size cap, a full disk)
+            // gets our ERROR instead of its ACK, and the server sends nothing more.
+            false,
             &mut |st, n| {
                 let total = n.and_then(|n| n.tsize);
                 if let Some(t) = total.filter(|_| octet) {

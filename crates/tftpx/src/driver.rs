@@ -533,7 +533,8 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
 
 /// Runs a receiver until the last block is in (its final ACK still unsent, so the caller
 /// can commit the data first) or the transfer fails. Payloads go to `sink`.
-/// `trace`, when given, sees every datagram sent and received.
+/// `trace`, when given, sees every datagram sent and received. With `write_behind`, a
+/// block's ACK leaves before the block is written (see the call in the loop).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     link: &mut Link,
@@ -542,6 +543,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     tracker: &mut Tracker,
     cancel: &CancellationToken,
     policy: WaitPolicy,
+    write_behind: bool,
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
     trace: Option<&Tracer>,
 ) {
@@ -589,7 +591,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
                         // is written, so the peer sends the next block while we write. Not
                         // the final ACK, which waits for the commit; a write that fails
                         // still ends the transfer with an ERROR, one block later.
-                        if chunks.peek().is_none() && !rx.is_complete() {
+                        if write_behind && chunks.peek().is_none() && !rx.is_complete() {
                             progress(&rx.stats(), tracker.negotiated.as_ref());
                             flush_receiver(link, rx, trace).await;
                         }

@@ -1547,6 +1547,8 @@ impl<H: Handler> Ctx<'_, H> {
             &mut tracker,
             cancel,
             waits,
+            // Uploads: the ACK leaves before the write (the final one after the commit).
+            true,
             &mut |stats, _| {
                 live.bytes(stats.bytes);
                 if stats.blocks > 0 {
