@@ -17,7 +17,6 @@ mod logging;
 mod metrics;
 mod privileges;
 mod serve;
-mod sync_file;
 mod systemd;
 mod transfer;
 

@@ -12,11 +12,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tftpx::proto::transfer::Stats;
 use tftpx::proto::Mode;
-use tftpx::{CancellationToken, Client, ClientError, PacketTrace, Progress, Report};
+use tftpx::{CancellationToken, Client, ClientError, PacketTrace, Progress, Report, SyncFile};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::serve::parse_size;
-use crate::sync_file::SyncFile;
 use crate::{parse_duration, CliError};
 
 /// Options shared by get and put.
@@ -966,7 +965,7 @@ async fn get_one(
             };
             let (mut tmp, file) = TempFile::create(&dir, keep.is_some())
                 .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", local.display())))?;
-            // A regular file of our own: plain writes (see sync_file).
+            // A regular file of our own: plain writes on this thread (tftpx::SyncFile).
             let mut file = SyncFile(file);
             let report = {
                 let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut file);
@@ -1115,7 +1114,7 @@ async fn put_one(
         servers.put(&remote, &mut input, None, &pb).await
     } else {
         // Opening a FIFO would wait for its writer: open without waiting, then refuse
-        // anything but a regular file, which is read with plain reads (see sync_file).
+        // anything but a regular file, which is read with plain reads (tftpx::SyncFile).
         let file = open_for_upload(&local)
             .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", local.display())))?;
         let meta = file

@@ -206,14 +206,25 @@ impl BusyPoll {
         }
     }
 
-    /// How long this wait may poll (`left` is the time to its deadline), or `None` to sleep
-    /// at once: off, backing off, or more than `slots` transfers alive (`waiters`).
-    pub fn start(&mut self, waiters: usize, slots: usize, left: Duration) -> Option<Duration> {
-        if self.budget.is_zero() || waiters > slots || left.is_zero() {
+    /// How long this wait may poll, or `None` to sleep at once: off, backing off, more than
+    /// `slots` transfers alive (`waiters`), or no time left before the wait's deadline.
+    /// `left` (the time to that deadline) is asked only once the rest allows a poll, so a
+    /// wait that does not poll reads no clock.
+    pub fn start(
+        &mut self,
+        waiters: usize,
+        slots: usize,
+        left: impl FnOnce() -> Duration,
+    ) -> Option<Duration> {
+        if self.budget.is_zero() || waiters > slots {
             return None;
         }
         if self.skip > 0 {
             self.skip -= 1;
+            return None;
+        }
+        let left = left();
+        if left.is_zero() {
             return None;
         }
         self.counts.polls += 1;
@@ -294,12 +305,13 @@ impl Waiter {
         buf: &mut [u8],
         at: std::time::Instant,
     ) -> Option<Wake> {
-        let start = std::time::Instant::now();
-        let budget = self.busy.start(
-            WAITERS.load(Ordering::Relaxed),
-            busy_poll_slots(),
-            at.saturating_duration_since(start),
-        )?;
+        let mut start = at;
+        let budget = self
+            .busy
+            .start(WAITERS.load(Ordering::Relaxed), busy_poll_slots(), || {
+                start = std::time::Instant::now();
+                at.saturating_duration_since(start)
+            })?;
         let until = start + budget;
         // Bounded by `until` (at most the budget, 100 us by default).
         loop {
@@ -690,10 +702,10 @@ mod tests {
     #[test]
     fn busy_poll_is_off_at_zero_and_beyond_the_slots() {
         let mut off = BusyPoll::new(Duration::ZERO);
-        assert_eq!(off.start(1, 1, LONG), None);
+        assert_eq!(off.start(1, 1, || LONG), None);
         let mut b = BusyPoll::new(BUDGET);
-        assert_eq!(b.start(2, 1, LONG), None, "more transfers than slots");
-        assert_eq!(b.start(4, 4, LONG), Some(BUDGET));
+        assert_eq!(b.start(2, 1, || LONG), None, "more transfers than slots");
+        assert_eq!(b.start(4, 4, || LONG), Some(BUDGET));
         assert_eq!(b.counts(), BusyPolls { polls: 1, hits: 0 });
     }
 
@@ -701,10 +713,10 @@ mod tests {
     fn busy_poll_never_outlasts_the_wait() {
         let mut b = BusyPoll::new(BUDGET);
         assert_eq!(
-            b.start(1, 1, Duration::from_micros(30)),
+            b.start(1, 1, || Duration::from_micros(30)),
             Some(Duration::from_micros(30))
         );
-        assert_eq!(b.start(1, 1, Duration::ZERO), None);
+        assert_eq!(b.start(1, 1, || Duration::ZERO), None);
     }
 
     /// After `n` misses in a row the next `2^n - 1` waits sleep at once (n <= 6); a hit
@@ -716,7 +728,7 @@ mod tests {
         let mut gaps = Vec::new();
         let mut gap = 0;
         for _ in 0..400 {
-            if b.start(1, 1, LONG).is_some() {
+            if b.start(1, 1, || LONG).is_some() {
                 b.miss();
                 gaps.push(gap);
                 gap = 0;
@@ -732,12 +744,12 @@ mod tests {
             b.miss();
         }
         b.skip = 0;
-        assert!(b.start(1, 1, LONG).is_some());
+        assert!(b.start(1, 1, || LONG).is_some());
         b.hit();
-        assert_eq!(b.start(1, 1, LONG), Some(BUDGET));
+        assert_eq!(b.start(1, 1, || LONG), Some(BUDGET));
         b.miss();
-        assert_eq!(b.start(1, 1, LONG), None, "one skipped after one miss");
-        assert_eq!(b.start(1, 1, LONG), Some(BUDGET));
+        assert_eq!(b.start(1, 1, || LONG), None, "one skipped after one miss");
+        assert_eq!(b.start(1, 1, || LONG), Some(BUDGET));
         assert_eq!(b.counts(), BusyPolls { polls: 3, hits: 1 });
     }
 }

@@ -748,7 +748,7 @@ impl DirHandler {
         }
         let (file, temp, mode) = self.create_upload(&dir, &name, existing)?;
         Ok(DirUpload {
-            file: BufWriter::with_capacity(UPLOAD_BUFFER, UploadFile(file)),
+            file: BufWriter::with_capacity(UPLOAD_BUFFER, SyncFile(file)),
             dir,
             temp: Some(temp),
             name,
@@ -1082,7 +1082,7 @@ impl Handler for DirHandler {
 /// On file systems without `O_TMPFILE` it is a named `.NAME.XXXXXXXX.tftpx-part` file
 /// (mode 0600) instead, renamed over the target by the commit and removed if dropped.
 pub struct DirUpload {
-    file: BufWriter<UploadFile>,
+    file: BufWriter<SyncFile>,
     dir: OwnedFd,
     /// Where the bytes are; `None` once committed.
     temp: Option<Temp>,
@@ -1139,16 +1139,41 @@ impl AsyncWrite for DirUpload {
     }
 }
 
-/// The file an upload writes: plain `write(2)` calls on the runtime's thread, as
-/// [`DirFile`] reads. A write goes to the page cache (tens of microseconds for a 64 KiB
-/// block); handing each to tokio's blocking pool (`tokio::fs::File`) cost four futex calls
-/// and two thread switches per block, which is what the upload path spent most of its
-/// system time on. A write the kernel throttles (dirty pages over the limit on a slow disk)
-/// blocks its worker thread meanwhile; the sync before the commit runs on the blocking pool.
+/// A regular file read and written with plain `read(2)` / `write(2)` calls on the calling
+/// thread, as `AsyncRead` / `AsyncWrite` that are always ready: what [`DirUpload`] writes
+/// through, and what the `tftpx` command reads and writes its local files with.
+///
+/// A write goes to the page cache (tens of microseconds for a 64 KiB block); handing each
+/// to tokio's blocking pool (`tokio::fs::File`) cost four futex calls and two thread
+/// switches per block, which is what the upload path spent most of its system time on. A
+/// call the kernel makes wait (dirty pages over the limit on a slow disk, a read that
+/// misses the cache) blocks the calling thread meanwhile. Only for regular files: a FIFO
+/// or a device could block for as long as its other end likes. `flush` and `shutdown` do
+/// nothing (nothing is buffered here; syncing is the caller's).
 #[derive(Debug)]
-struct UploadFile(std::fs::File);
+pub struct SyncFile(pub std::fs::File);
 
-impl AsyncWrite for UploadFile {
+impl AsyncRead for SyncFile {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        use std::io::Read;
+        loop {
+            match (&self.0).read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SyncFile {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
@@ -1209,6 +1234,20 @@ impl Upload for DirUpload {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn sync_file_reads_back_whole_what_it_wrote() {
+        use std::io::{Seek, SeekFrom};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = SyncFile(tempfile::tempfile().unwrap());
+        f.write_all(&data).await.unwrap();
+        f.flush().await.unwrap();
+        f.0.seek(SeekFrom::Start(0)).unwrap();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, data);
+    }
 
     /// Names in `dir` (sorted).
     fn names(dir: &Path) -> Vec<String> {

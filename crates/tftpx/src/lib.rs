@@ -39,7 +39,8 @@ pub use client::{Client, ClientBuilder, ClientError, Progress, Report};
 pub use driver::{BusyPolls, DEFAULT_BUSY_POLL};
 pub use handler::{
     from_fn, normalize_name, write_disabled, DirFile, DirHandler, DirUpload, FnHandler, Handler,
-    HandlerError, NoUpload, ReadFile, RequestInfo, Upload, MAX_COMPONENT_LEN, MAX_NAME_LEN,
+    HandlerError, NoUpload, ReadFile, RequestInfo, SyncFile, Upload, MAX_COMPONENT_LEN,
+    MAX_NAME_LEN,
 };
 pub use policy::{Acl, Cidr, PolicyStats, PortRange};
 pub use reload::{LiveSettings, Reloader};
