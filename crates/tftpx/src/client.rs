@@ -420,7 +420,6 @@ impl Client {
         let mut sink = Sink::new(
             Capped {
                 inner: out,
-                written: 0,
                 cap: &cap,
             },
             self.mode,
@@ -434,9 +433,12 @@ impl Client {
             &mut tracker,
             &self.cancel,
             self.waits(),
-            // Write first: a block the caller's writer refuses (a size cap, a full disk)
-            // gets our ERROR instead of its ACK, and the server sends nothing more.
-            false,
+            // Write-behind (the ACK leaves before the write) only for a block the cap is
+            // sure to take: one it refuses gets our ERROR instead of its ACK, and the
+            // server sends nothing more. Octet only: a netascii block can write a byte more
+            // than it carries (a CR held back from the block before). A write that fails
+            // (a full disk) still sends an ERROR, one block later.
+            &|len| octet && cap.fits(cap.written.load(Ordering::Relaxed), len),
             &mut |st, n| {
                 let total = n.and_then(|n| n.tsize);
                 if let Some(t) = total.filter(|_| octet) {
@@ -604,6 +606,8 @@ struct Cap {
     tsize: AtomicU64,
     /// `CUT_*`: whether (and why) a write was refused.
     cut: AtomicU8,
+    /// Bytes written so far (by [`Capped`]).
+    written: AtomicU64,
 }
 
 impl Cap {
@@ -612,6 +616,7 @@ impl Cap {
             limit: limit.unwrap_or(u64::MAX),
             tsize: AtomicU64::new(u64::MAX),
             cut: AtomicU8::new(CUT_NONE),
+            written: AtomicU64::new(0),
         }
     }
 
@@ -619,12 +624,12 @@ impl Cap {
         self.tsize.store(tsize, Ordering::Relaxed);
     }
 
-    /// Whether `len` more bytes after `written` stay within the cap; records the reason
-    /// when they do not.
-    fn admits(&self, written: u64, len: usize) -> bool {
+    /// Why `len` more bytes after `written` would go past the cap (`CUT_*`), `CUT_NONE`
+    /// when they stay within it.
+    fn check(&self, written: u64, len: usize) -> u8 {
         let after = written.saturating_add(len as u64);
         let tsize = self.tsize.load(Ordering::Relaxed);
-        let cut = if tsize != u64::MAX && tsize > self.limit {
+        if tsize != u64::MAX && tsize > self.limit {
             // Announced bigger than allowed: stop at the first block.
             CUT_LIMIT
         } else if after > tsize {
@@ -632,10 +637,23 @@ impl Cap {
         } else if after > self.limit {
             CUT_LIMIT
         } else {
-            return true;
-        };
-        self.cut.store(cut, Ordering::Relaxed);
-        false
+            CUT_NONE
+        }
+    }
+
+    /// Whether `len` more bytes after `written` stay within the cap (nothing recorded).
+    fn fits(&self, written: u64, len: usize) -> bool {
+        self.check(written, len) == CUT_NONE
+    }
+
+    /// Whether `len` more bytes after `written` stay within the cap; records the reason
+    /// when they do not.
+    fn admits(&self, written: u64, len: usize) -> bool {
+        let cut = self.check(written, len);
+        if cut != CUT_NONE {
+            self.cut.store(cut, Ordering::Relaxed);
+        }
+        cut == CUT_NONE
     }
 
     fn exceeded(&self) -> Option<ClientError> {
@@ -653,7 +671,6 @@ impl Cap {
 /// server as ERROR 3), any write that would take it past its [`Cap`].
 struct Capped<'a, W> {
     inner: W,
-    written: u64,
     cap: &'a Cap,
 }
 
@@ -663,14 +680,15 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Capped<'_, W> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if !self.cap.admits(self.written, buf.len()) {
+        let written = self.cap.written.load(Ordering::Relaxed);
+        if !self.cap.admits(written, buf.len()) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::FileTooLarge,
                 "download exceeds its size limit",
             )));
         }
         let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.written += n as u64;
+        self.cap.written.fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
 
@@ -703,6 +721,9 @@ mod tests {
         ));
 
         let limit = Cap::new(Some(1000));
+        // The check before an early ACK records nothing.
+        assert!(!limit.fits(512, 512) && limit.exceeded().is_none());
+        assert!(limit.fits(512, 488));
         assert!(limit.admits(512, 488));
         assert!(!limit.admits(512, 512));
         assert!(matches!(

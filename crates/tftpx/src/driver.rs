@@ -545,8 +545,9 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
 
 /// Runs a receiver until the last block is in (its final ACK still unsent, so the caller
 /// can commit the data first) or the transfer fails. Payloads go to `sink`.
-/// `trace`, when given, sees every datagram sent and received. With `write_behind`, a
-/// block's ACK leaves before the block is written (see the call in the loop).
+/// `trace`, when given, sees every datagram sent and received. `write_behind(len)` says
+/// whether the ACK of a block of `len` bytes may leave before the block is written (true
+/// only when the writer is sure to take it, short of an I/O error; see the loop).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     link: &mut Link,
@@ -555,7 +556,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     tracker: &mut Tracker,
     cancel: &CancellationToken,
     policy: WaitPolicy,
-    write_behind: bool,
+    write_behind: &(dyn Fn(usize) -> bool + Sync),
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
     trace: Option<&Tracer>,
 ) {
@@ -602,8 +603,12 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
                         // Write-behind (as tftpd-hpa does): the ACK leaves before the block
                         // is written, so the peer sends the next block while we write. Not
                         // the final ACK, which waits for the commit; a write that fails
-                        // still ends the transfer with an ERROR, one block later.
-                        if write_behind && chunks.peek().is_none() && !rx.is_complete() {
+                        // still ends the transfer with an ERROR, one block later. A block
+                        // the writer will refuse (a size cap) gets its ERROR instead.
+                        if chunks.peek().is_none()
+                            && !rx.is_complete()
+                            && write_behind(payload.len())
+                        {
                             progress(&rx.stats(), tracker.negotiated.as_ref());
                             flush_receiver(link, rx, trace).await;
                         }

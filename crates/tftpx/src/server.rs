@@ -1548,7 +1548,7 @@ impl<H: Handler> Ctx<'_, H> {
             cancel,
             waits,
             // Uploads: the ACK leaves before the write (the final one after the commit).
-            true,
+            &|_| true,
             &mut |stats, _| {
                 live.bytes(stats.bytes);
                 if stats.blocks > 0 {

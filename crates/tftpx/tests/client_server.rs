@@ -642,3 +642,93 @@ async fn one_call_transfers_and_a_typed_local_abort() {
     assert_eq!(std::fs::read(srv.path("one.bin")).unwrap(), data);
     srv.stop().await;
 }
+
+/// A writer whose first write waits until `go` is set (and its waker called).
+struct HeldWriter {
+    out: Vec<u8>,
+    go: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<Mutex<Option<std::task::Waker>>>,
+}
+
+impl tokio::io::AsyncWrite for HeldWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.go.load(std::sync::atomic::Ordering::SeqCst) {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            // Checked again: `go` may have been set before the waker was stored.
+            if !self.go.load(std::sync::atomic::Ordering::SeqCst) {
+                return std::task::Poll::Pending;
+            }
+        }
+        self.out.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Write-behind in the client: a full block's ACK leaves before the block is written (the
+/// writer here holds its first write until the fake server has that ACK), so the server
+/// sends the next block while the client writes. The last block is written before its ACK.
+#[tokio::test]
+async fn a_download_acknowledges_a_block_before_writing_it() {
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c = Client::builder(server.local_addr().unwrap())
+        .tsize(false)
+        .build();
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waker = Arc::new(Mutex::new(None::<std::task::Waker>));
+    let mut out = HeldWriter {
+        out: Vec::new(),
+        go: go.clone(),
+        waker: waker.clone(),
+    };
+    let block1 = content(512, 7);
+    let fake = async {
+        let mut buf = [0u8; 600];
+        let (_, client) = server.recv_from(&mut buf).await.unwrap();
+        let tid = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut data = b"\x00\x03\x00\x01".to_vec();
+        data.extend_from_slice(&block1);
+        tid.send_to(&data, client).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), tid.recv_from(&mut buf))
+            .await
+            .expect("ACK 1 arrives while the client's write of block 1 is held")
+            .unwrap();
+        assert_eq!(&buf[..n], b"\x00\x04\x00\x01");
+        go.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = waker.lock().unwrap().take() {
+            w.wake();
+        }
+        tid.send_to(b"\x00\x03\x00\x02end", client).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), tid.recv_from(&mut buf))
+            .await
+            .expect("ACK 2")
+            .unwrap();
+        assert_eq!(&buf[..n], b"\x00\x04\x00\x02");
+    };
+    let (r, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(c.get("f", &mut out, |_| {}), fake)
+    })
+    .await
+    .expect("the download ends");
+    r.unwrap();
+    let mut want = block1.clone();
+    want.extend_from_slice(b"end");
+    assert_eq!(out.out, want);
+}
