@@ -549,12 +549,13 @@ fn on_progress<'a>(
     pb: &'a ProgressBar,
     last: &'a std::sync::Mutex<Option<Stats>>,
 ) -> impl FnMut(Progress) + Send + 'a {
+    // The length last given to the bar: asking the bar takes its lock, once per datagram.
+    let mut length = None;
     move |p: Progress| {
         *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.stats);
-        if let Some(t) = p.total {
-            if pb.length() != Some(t) {
-                pb.set_length(t);
-            }
+        if p.total.is_some() && p.total != length {
+            length = p.total;
+            pb.set_length(p.total.unwrap_or(0));
         }
         pb.set_position(p.bytes);
     }
