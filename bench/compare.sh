@@ -32,6 +32,7 @@
 #   percentile completion, server CPU and the server's peak RSS (VmHWM, reset before each
 #   round; a forking server's children are not in it), and the spread between rounds.
 # Servers: tftpx, tftpx-sp (tftpx --single-port: its ratio is to tftpx with the same client),
+# tftpx-sh (tftpx --single-port --shared-socket: storm and load-generator rows only),
 # tftpd-hpa, atftpd, dnsmasq, rs-tftpd, async-tftp.
 # then, unless --no-scale, tftpx only: 1,000 simultaneous 1 MiB downloads, and 10,000 slow
 # transfers (one ACK per 100 ms) held open while a probe download is timed against idle.
@@ -139,7 +140,7 @@ free_port() {
 }
 
 # ---------------------------------------------------------------- servers
-SERVERS=(tftpx tftpx-sp tftpd-hpa atftpd dnsmasq rs-tftpd async-tftp)
+SERVERS=(tftpx tftpx-sp tftpx-sh tftpd-hpa atftpd dnsmasq rs-tftpd async-tftp)
 CLIENTS=(tftpx tftp-hpa atftp curl busybox tftpc)
 
 start_server() {
@@ -160,6 +161,10 @@ start_server() {
     # The same in single-port mode (--single-port): every transfer on the listen port.
     tftpx-sp) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
         --max-transfers-per-client 0 --rate-limit 0 --single-port -q >"$out" 2>&1 & ;;
+    # Single-port mode on the shared listen socket (--shared-socket): the listener runs the
+    # downloads itself, batched across transfers. Storm and load-generator rows only.
+    tftpx-sh) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
+        --max-transfers-per-client 0 --rate-limit 0 --single-port --shared-socket -q >"$out" 2>&1 & ;;
     tftpd-hpa) /usr/sbin/in.tftpd -L -s -c -p -u root -a "127.0.0.1:$port" "$dir" >"$out" 2>&1 & ;;
     atftpd) "$ATFTPD" --daemon --no-fork --port "$port" --bind-address 127.0.0.1 --user root --group root \
         --maxthread 1100 --logfile /dev/null "$dir" >"$out" 2>&1 & ;;
@@ -237,6 +242,7 @@ declare -A ROW_TITLE=(
 
 server_supports() { # server dir blksize window
     local s=$1 d=$2 w=$4
+    [ "$s" = tftpx-sh ] && return 1                   # storm and load-generator rows only
     [ "$d" = put ] && [ "$s" = dnsmasq ] && return 1 # read-only
     if [ "$w" -gt 1 ]; then
         case "$s" in tftpx | tftpx-sp | atftpd | rs-tftpd) return 0 ;; *) return 1 ;; esac # RFC 7440
@@ -539,7 +545,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     fi
     if [ -s "$STORM_TSV" ]; then
         echo
-        echo "Boot storms: $STORM_N client processes started at once, each fetching 1 MiB lock-step; $REPS rounds per server, interleaved. wall = first start to last exit; p50/p99 = completion percentiles; medians over rounds, (min-max) of wall between rounds. speed = the best peer server's median wall / this server's (tftpx and tftpx-sp lines; > 1 is faster). Peak RSS: VmHWM of the server process (tftpd-hpa forks per transfer: its children are not counted)."
+        echo "Boot storms: $STORM_N client processes started at once, each fetching 1 MiB lock-step; $REPS rounds per server, interleaved. wall = first start to last exit; p50/p99 = completion percentiles; medians over rounds, (min-max) of wall between rounds. speed = the best peer server's median wall / this server's (tftpx, tftpx-sp and tftpx-sh lines; > 1 is faster). Peak RSS: VmHWM of the server process (tftpd-hpa forks per transfer: its children are not counted)."
         echo
         echo "| storm | server | ok | wall s (min-max) | p50 s | p99 s | server CPU s | peak RSS MiB | speed |"
         echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -562,13 +568,13 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
                 for (i = 1; i <= nk; i++) {
                     split(order[i], a, SUBSEP)
                     m = med(wall[order[i]])
-                    if (a[2] != "tftpx" && a[2] != "tftpx-sp" && ok[order[i]] == n[order[i]])
+                    if (a[2] !~ /^tftpx/ && ok[order[i]] == n[order[i]])
                         if (!(a[1] in best) || m < best[a[1]]) best[a[1]] = m
                 }
                 for (i = 1; i <= nk; i++) {
                     k = order[i]; split(k, a, SUBSEP)
                     m = med(wall[k]); speed = ""
-                    if ((a[2] == "tftpx" || a[2] == "tftpx-sp") && (a[1] in best) && m > 0) speed = sprintf("%.2fx", best[a[1]] / m)
+                    if (a[2] ~ /^tftpx/ && (a[1] in best) && m > 0) speed = sprintf("%.2fx", best[a[1]] / m)
                     printf "| %s | %s | %d/%d | %.2f (%.2f-%.2f) | %.2f | %.2f | %.2f | %s | %s |\n", a[1], a[2], ok[k], n[k], m, lo(wall[k]), hi(wall[k]), med(p50[k]), med(p99[k]), med(cpu[k]), med(rss[k]), speed
                 }
             }' "$STORM_TSV"

@@ -267,7 +267,7 @@ _tftpx() {
             return 0
             ;;
         tftpx__subcmd__serve)
-            opts="-l -v -q -h -V --listen --allow-write --allow-create --allow-hard-links --timeout --retries --max-blksize --max-windowsize --max-upload-size --max-transfers --max-transfers-per-client --rate-limit --max-unanswered-retries --busy-poll --max-timeout --max-memory --client-prefix-v4 --client-prefix-v6 --user --group --no-landlock --map --allow --deny --allow-write-from --refuse --umask --port-range --metrics --cache --cache-size --single-port --log-format --log-filter --drain --config --check-config --verbose --quiet --help --version"
+            opts="-l -v -q -h -V --listen --allow-write --allow-create --allow-hard-links --timeout --retries --max-blksize --max-windowsize --max-upload-size --max-transfers --max-transfers-per-client --rate-limit --max-unanswered-retries --busy-poll --max-timeout --max-memory --client-prefix-v4 --client-prefix-v6 --user --group --no-landlock --map --allow --deny --allow-write-from --refuse --umask --port-range --metrics --cache --cache-size --single-port --shared-socket --log-format --log-filter --drain --config --check-config --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

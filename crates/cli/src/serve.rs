@@ -188,6 +188,14 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "port_range")]
     pub single_port: bool,
 
+    /// With --single-port: every datagram is read from the listen socket by the listener,
+    /// which runs the directory's downloads itself, batched across transfers (no task
+    /// woken per datagram), and routes the rest to their transfers. Without it each
+    /// transfer gets a socket of its own connected to its peer (SO_REUSEADDR on the listen
+    /// port).
+    #[arg(long, requires = "single_port")]
+    pub shared_socket: bool,
+
     /// `--log-format` and `--log-filter`.
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
@@ -1064,6 +1072,7 @@ fn bind<H: Handler + Clone>(
             b = b.port_range(r);
         }
         b = b.single_port(args.single_port);
+        b = b.single_port_shared(args.shared_socket);
         for a in &listen {
             b = b.listen(*a);
         }

@@ -1085,3 +1085,46 @@ fn single_port_concurrent_transfers_with_all_clients() {
     // Eight transfers on one server port, told apart by the clients' ports alone.
     concurrent_transfers(SINGLE_PORT);
 }
+
+// Single-port mode on the shared listen socket (`--single-port --shared-socket`): the
+// listener runs the downloads itself; uploads keep tasks of their own.
+const SHARED_SOCKET: &[&str] = &["--single-port", "--shared-socket"];
+
+#[test]
+fn shared_socket_tftp_hpa_and_curl_sizes() {
+    check_downloads_with(
+        Peer::TftpHpa,
+        Opts::default(),
+        &DEFAULT_SIZES,
+        SHARED_SOCKET,
+    );
+    check_uploads_with(
+        Peer::TftpHpa,
+        Opts::default(),
+        &DEFAULT_SIZES,
+        SHARED_SOCKET,
+    );
+    check_downloads_with(Peer::Curl, Opts::default(), &DEFAULT_SIZES, SHARED_SOCKET);
+}
+
+#[test]
+fn shared_socket_busybox_sizes_and_rollover() {
+    check_downloads_with(
+        Peer::Busybox,
+        Opts::default(),
+        &DEFAULT_SIZES,
+        SHARED_SOCKET,
+    );
+    check_downloads_with(Peer::Busybox, Opts::default(), &[BIG], SHARED_SOCKET);
+}
+
+#[test]
+fn shared_socket_atftp_blksize_1468_windowsize_16() {
+    let o = || opts(Some(1468), Some(16));
+    check_downloads_with(Peer::Atftp, o(), &sizes_for_blksize(1468), SHARED_SOCKET);
+}
+
+#[test]
+fn shared_socket_concurrent_transfers_with_all_clients() {
+    concurrent_transfers(SHARED_SOCKET);
+}

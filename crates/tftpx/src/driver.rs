@@ -70,7 +70,7 @@ pub(crate) fn io_error_code(e: &io::Error) -> (ErrorCode, String) {
 
 /// How a single-port transfer ends when a new request from its peer's address and port
 /// takes the peer over: nothing more is sent (the peer is the new transfer's now).
-fn superseded() -> TransferError {
+pub(crate) fn superseded() -> TransferError {
     TransferError::Aborted {
         code: ErrorCode::NotDefined,
         message: SUPERSEDED.to_owned(),

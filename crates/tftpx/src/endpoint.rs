@@ -15,7 +15,9 @@
 //! - [`Link::Shared`]: single-port mode where such a socket cannot be bound. The transfer
 //!   shares the listen socket; the listener reads every datagram and hands those of a
 //!   running transfer's peer (address and port) to it through a bounded queue ([`Routes`]);
-//!   replies leave from the listen socket, from the address the request was sent to.
+//!   replies leave from the listen socket, from the address the request was sent to. A
+//!   download whose reads never wait is run by the listener itself, at its datagrams and
+//!   timers ([`crate::inline`]), instead of through a queue and a task.
 //!
 //! Both single-port links are what crosses a NAT without a TFTP helper and an ECMP router
 //! that hashes on ports.
@@ -30,6 +32,7 @@ use tftpx_proto::transfer::TransmitBatch;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::inline::{Control, Handoff, Inline, Timers};
 use crate::net::{self, SourceAddr};
 
 /// Datagrams waiting for one transfer in single-port mode, at most: past it they are
@@ -272,6 +275,19 @@ pub(crate) struct SharedLink {
     inbox: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     gso: bool,
+    /// To the listener: a download to take over, a cancellation (see [`crate::inline`]).
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// A shared link's parts, for handing its download over to the listener (see
+/// [`Link::take_shared`]).
+pub(crate) struct SharedParts {
+    pub peer: SocketAddr,
+    pub wire_peer: SocketAddr,
+    pub source: SourceAddr,
+    pub key: Arc<AtomicUsize>,
+    pub inbox: mpsc::Receiver<Vec<u8>>,
+    pub control: mpsc::UnboundedSender<Control>,
 }
 
 impl From<UdpSocket> for Link {
@@ -324,6 +340,23 @@ impl Link {
                 Err(mpsc::error::TryRecvError::Disconnected) => Recv::Superseded,
             },
         }
+    }
+
+    /// A shared link's parts (its queue moved out: the link receives nothing more), for a
+    /// download the listener takes over; `None` for any other link.
+    pub fn take_shared(&mut self) -> Option<SharedParts> {
+        let Link::Shared(l) = self else {
+            return None;
+        };
+        let (_, closed) = mpsc::channel(1);
+        Some(SharedParts {
+            peer: l.peer,
+            wire_peer: l.wire_peer,
+            source: l.source,
+            key: l.queued.clone(),
+            inbox: std::mem::replace(&mut l.inbox, closed),
+            control: l.control.clone(),
+        })
     }
 
     /// Whether [`Link::recv_nowait`] can see datagrams: not on a shared listen socket,
@@ -489,18 +522,28 @@ impl ConnectedPeers {
 /// The routing table of one shared listen socket: which running transfer each peer
 /// (address and port) belongs to. Owned by the listener task alone, so it needs no lock: a
 /// transfer that ends drops its end of the queue, and the listener notices at the peer's
-/// next datagram or at the next sweep.
+/// next datagram or at the next sweep. Downloads handed over to the listener
+/// ([`crate::inline`]) are run here, at their datagrams and timers.
 pub(crate) struct Routes {
     sock: Arc<UdpSocket>,
     bound: SocketAddr,
     map: HashMap<SocketAddr, Route>,
     /// Sweep closed routes when the table grows past this many.
     sweep_at: usize,
+    control: mpsc::UnboundedSender<Control>,
+    timers: Timers,
+    /// Scratch for [`Routes::on_timers`].
+    due: Vec<(SocketAddr, u64)>,
 }
 
-struct Route {
-    tx: mpsc::Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
+enum Route {
+    /// The transfer's task reads its datagrams from a queue.
+    Task {
+        tx: mpsc::Sender<Vec<u8>>,
+        queued: Arc<AtomicUsize>,
+    },
+    /// The listener runs the transfer.
+    Inline(Box<Inline>),
 }
 
 /// What [`Routes::route`] did with a datagram.
@@ -513,8 +556,9 @@ pub(crate) enum Routed {
 }
 
 impl Routes {
-    /// A table for the listen socket `sock`.
-    pub fn new(sock: Arc<UdpSocket>) -> Self {
+    /// A table for the listen socket `sock`; transfers reach the listener through
+    /// `control`.
+    pub fn new(sock: Arc<UdpSocket>, control: mpsc::UnboundedSender<Control>) -> Self {
         let bound = sock
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -523,54 +567,90 @@ impl Routes {
             bound,
             map: HashMap::new(),
             sweep_at: 64,
+            control,
+            timers: Timers::default(),
+            due: Vec::new(),
         }
     }
 
     /// Hands `datagram` from `from` to its transfer, if one is running for that peer.
     pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Routed {
-        let Some(r) = self.map.get(&from) else {
+        let Some(r) = self.map.get_mut(&from) else {
             return Routed::NoRoute;
         };
-        if r.tx.is_closed() {
+        let (tx, queued) = match r {
+            Route::Task { tx, queued } => (tx, queued),
+            Route::Inline(s) => {
+                s.datagram(&self.sock, std::time::Instant::now(), from, datagram);
+                self.settle(from);
+                return Routed::Delivered;
+            }
+        };
+        if tx.is_closed() {
             self.map.remove(&from);
             return Routed::NoRoute;
         }
-        let before = r.queued.fetch_add(datagram.len(), Ordering::Relaxed);
+        let before = queued.fetch_add(datagram.len(), Ordering::Relaxed);
         if before + datagram.len() > INBOX_BYTES {
-            r.queued.fetch_sub(datagram.len(), Ordering::Relaxed);
+            queued.fetch_sub(datagram.len(), Ordering::Relaxed);
             return Routed::Delivered;
         }
-        match r.tx.try_send(datagram.to_vec()) {
+        match tx.try_send(datagram.to_vec()) {
             Ok(()) => Routed::Delivered,
             Err(mpsc::error::TrySendError::Full(d)) => {
-                r.queued.fetch_sub(d.len(), Ordering::Relaxed);
+                queued.fetch_sub(d.len(), Ordering::Relaxed);
                 Routed::Delivered
             }
             Err(mpsc::error::TrySendError::Closed(d)) => {
-                r.queued.fetch_sub(d.len(), Ordering::Relaxed);
+                queued.fetch_sub(d.len(), Ordering::Relaxed);
                 self.map.remove(&from);
                 Routed::NoRoute
             }
         }
     }
 
+    /// After a step of `peer`'s inline transfer: its result to its task once it is over,
+    /// else its timer.
+    fn settle(&mut self, peer: SocketAddr) {
+        let finished = match self.map.get_mut(&peer) {
+            Some(Route::Inline(s)) if !s.is_finished() => {
+                self.timers.schedule(peer, s);
+                false
+            }
+            Some(Route::Inline(_)) => true,
+            _ => false,
+        };
+        if finished {
+            if let Some(Route::Inline(s)) = self.map.remove(&peer) {
+                s.complete(false);
+            }
+        }
+    }
+
     /// Opens a route for a new transfer with `peer`, whose request arrived at `local` (from
     /// [`net::recv_request`]), and returns the transfer's link. A route the peer already
-    /// had is replaced: that transfer sees [`Recv::Superseded`].
+    /// had is replaced: that transfer sees [`Recv::Superseded`] (or, run by the listener,
+    /// ends with that result and sends nothing more).
     pub fn open(&mut self, peer: SocketAddr, local: SocketAddr) -> Link {
         if self.map.len() >= self.sweep_at {
-            self.map.retain(|_, r| !r.tx.is_closed());
+            self.map.retain(|_, r| match r {
+                Route::Task { tx, .. } => !tx.is_closed(),
+                Route::Inline(_) => true,
+            });
             self.sweep_at = (self.map.len() * 2).max(64);
         }
         let (tx, inbox) = mpsc::channel(INBOX_DATAGRAMS);
         let queued = Arc::new(AtomicUsize::new(0));
-        self.map.insert(
+        let old = self.map.insert(
             peer,
-            Route {
+            Route::Task {
                 tx,
                 queued: queued.clone(),
             },
         );
+        if let Some(Route::Inline(s)) = old {
+            s.complete(true);
+        }
         Link::Shared(SharedLink {
             sock: self.sock.clone(),
             wire_peer: net::wire_address(self.bound, peer),
@@ -579,6 +659,77 @@ impl Routes {
             inbox,
             queued,
             gso: true,
+            control: self.control.clone(),
         })
+    }
+
+    /// Acts on a message from a transfer's task.
+    pub fn control(&mut self, c: Control) {
+        let now = std::time::Instant::now();
+        match c {
+            Control::Handoff(h) => self.adopt(*h, now),
+            Control::Abort { peer, key } => {
+                if let Some(Route::Inline(s)) = self.map.get_mut(&peer) {
+                    if s.is(&key) {
+                        s.abort(&self.sock, now);
+                        if let Some(Route::Inline(s)) = self.map.remove(&peer) {
+                            s.complete(false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a download over from its task, unless its peer's route is no longer its own.
+    fn adopt(&mut self, mut h: Handoff, now: std::time::Instant) {
+        let peer = h.peer;
+        let mine = matches!(self.map.get(&peer),
+            Some(Route::Task { queued, .. }) if Arc::ptr_eq(queued, &h.key));
+        let (_, closed) = mpsc::channel(1);
+        let mut inbox = std::mem::replace(&mut h.inbox, closed);
+        let mut s = self.timers.adopt(h);
+        if !mine {
+            s.complete(true);
+            return;
+        }
+        s.start(&self.sock, now);
+        // Datagrams the route queued for the task before the handover.
+        while let Ok(d) = inbox.try_recv() {
+            s.datagram(&self.sock, now, peer, &d);
+        }
+        self.map.insert(peer, Route::Inline(Box::new(s)));
+        self.settle(peer);
+    }
+
+    /// The earliest timer of a transfer run here.
+    pub fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.timers.next()
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn on_timers(&mut self, now: std::time::Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.due(now, &mut due);
+        for (peer, seq) in due.drain(..) {
+            if let Some(Route::Inline(s)) = self.map.get_mut(&peer) {
+                if s.seq() == seq {
+                    self.timers.fire(&self.sock, peer, s, now);
+                    self.settle(peer);
+                }
+            }
+        }
+        self.due = due;
+    }
+
+    /// The server stops: every transfer run here ends with ERROR 0 (as a task's does).
+    pub fn shutdown(&mut self) {
+        let now = std::time::Instant::now();
+        for (_, r) in self.map.drain() {
+            if let Route::Inline(mut s) = r {
+                s.abort(&self.sock, now);
+                s.complete(false);
+            }
+        }
     }
 }

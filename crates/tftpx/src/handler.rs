@@ -179,6 +179,16 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (req, size);
         std::future::ready(Err(write_disabled()))
     }
+
+    /// Whether every read of a [`Handler::Reader`] completes at once, without ever
+    /// returning `Poll::Pending` (a local file read with `pread`, bytes in memory). In
+    /// shared single-port mode ([`crate::ServerBuilder::single_port_shared`]) the listener
+    /// then runs such downloads itself, batched across transfers, instead of waking a task
+    /// per datagram; a read that did wait there would end its transfer with ERROR 0.
+    /// Default `false` (a reader that may wait: a network origin, a pipe).
+    fn reads_never_wait(&self) -> bool {
+        false
+    }
 }
 
 /// A read-only [`Handler`] made of a function that returns each file's whole content,
@@ -227,6 +237,11 @@ where
             size: Some(bytes.len() as u64),
             reader: io::Cursor::new(bytes),
         })
+    }
+
+    /// Bytes in memory.
+    fn reads_never_wait(&self) -> bool {
+        true
     }
 }
 
@@ -1039,6 +1054,11 @@ impl AsyncRead for DirFile {
 impl Handler for DirHandler {
     type Reader = DirFile;
     type Writer = DirUpload;
+
+    /// [`DirFile`] reads with `pread`, on the caller's thread.
+    fn reads_never_wait(&self) -> bool {
+        true
+    }
 
     async fn open_read(
         &self,

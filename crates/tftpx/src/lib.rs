@@ -26,6 +26,7 @@ mod client;
 mod driver;
 mod endpoint;
 mod handler;
+mod inline;
 mod io;
 mod net;
 pub mod policy;

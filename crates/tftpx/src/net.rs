@@ -112,81 +112,132 @@ fn unmapped(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Receives one datagram on a listener, with its destination address. `cmsg` is scratch
-/// space for control messages, reused across calls.
+/// Receives one datagram on a listener bound to `bound`, with its destination address.
+/// `cmsg` is scratch space for control messages, reused across calls.
 pub(crate) async fn recv_request(
     sock: &UdpSocket,
+    bound: SocketAddr,
     buf: &mut [u8],
     cmsg: &mut [u8],
 ) -> io::Result<Arrival> {
-    let bound = sock.local_addr()?;
     sock.async_io(Interest::READABLE, || {
-        let fd = sock.as_raw_fd();
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), MsgFlags::empty())
-            .map_err(io::Error::from)?;
-        let from = msg
-            .address
-            .and_then(|a| to_std(&a))
-            .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-        let mut local_ip = bound.ip();
-        let mut scope = 0;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                match c {
-                    ControlMessageOwned::Ipv4PacketInfo(info) => {
-                        let dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                        let spec = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
-                        // A broadcast or multicast request is answered from the interface's
-                        // own address.
-                        local_ip = if dst.is_broadcast() || dst.is_multicast() {
-                            IpAddr::V4(spec)
-                        } else {
-                            IpAddr::V4(dst)
-                        };
-                    }
-                    ControlMessageOwned::Ipv6PacketInfo(info) => {
-                        local_ip = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr));
-                        scope = info.ipi6_ifindex;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // A dual-stack listener sees IPv4 as IPv4-mapped IPv6: the transfer talks IPv4
-        // (its socket is an IPv4 one), answering from the IPv4 address that was asked.
-        let from = unmapped(from);
-        if let IpAddr::V6(ip) = local_ip {
-            if let Some(v4) = ip.to_ipv4_mapped() {
-                // A broadcast or multicast request: let the kernel choose the source.
-                local_ip = if v4.is_broadcast() || v4.is_multicast() {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(v4)
-                };
-            } else if from.is_ipv4() {
-                local_ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-            }
-        }
-        let local = match local_ip {
-            IpAddr::V4(ip) => SocketAddr::new(IpAddr::V4(ip), 0),
-            IpAddr::V6(ip) => {
-                let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
-                SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    0,
-                    0,
-                    if link_local { scope } else { 0 },
-                ))
-            }
-        };
-        Ok(Arrival {
-            len: msg.bytes,
-            from,
-            local,
-        })
+        recv_request_now(sock, bound, buf, cmsg, MsgFlags::empty())
     })
     .await
+}
+
+/// [`recv_request`], but with `busy`, first polls the socket for up to the budget it grants (see
+/// [`crate::driver::BusyPoll`]) when nothing is queued: for the listener that runs
+/// transfers itself ([`crate::inline`]), whose next ACK is usually microseconds away and
+/// whose sleep and wake-up would cost more.
+pub(crate) async fn recv_request_polling(
+    sock: &UdpSocket,
+    bound: SocketAddr,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+    busy: Option<&mut crate::driver::BusyPoll>,
+) -> io::Result<Arrival> {
+    let Some(busy) = busy else {
+        return recv_request(sock, bound, buf, cmsg).await;
+    };
+    let mut start = None;
+    if let Some(budget) = busy.start(0, 1, || {
+        start = Some(std::time::Instant::now());
+        std::time::Duration::MAX
+    }) {
+        let until = start.unwrap_or_else(std::time::Instant::now) + budget;
+        // Bounded by `until` (the budget, 100 us by default).
+        loop {
+            match recv_request_now(sock, bound, buf, cmsg, MsgFlags::MSG_DONTWAIT) {
+                Ok(a) => {
+                    busy.hit();
+                    return Ok(a);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if std::time::Instant::now() >= until {
+                busy.miss();
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    recv_request(sock, bound, buf, cmsg).await
+}
+
+/// One receive of [`recv_request`], with `flags`.
+fn recv_request_now(
+    sock: &UdpSocket,
+    bound: SocketAddr,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<Arrival> {
+    let fd = sock.as_raw_fd();
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg =
+        recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), flags).map_err(io::Error::from)?;
+    let from = msg
+        .address
+        .and_then(|a| to_std(&a))
+        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    let mut local_ip = bound.ip();
+    let mut scope = 0;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4PacketInfo(info) => {
+                    let dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                    let spec = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                    // A broadcast or multicast request is answered from the interface's
+                    // own address.
+                    local_ip = if dst.is_broadcast() || dst.is_multicast() {
+                        IpAddr::V4(spec)
+                    } else {
+                        IpAddr::V4(dst)
+                    };
+                }
+                ControlMessageOwned::Ipv6PacketInfo(info) => {
+                    local_ip = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                    scope = info.ipi6_ifindex;
+                }
+                _ => {}
+            }
+        }
+    }
+    // A dual-stack listener sees IPv4 as IPv4-mapped IPv6: the transfer talks IPv4
+    // (its socket is an IPv4 one), answering from the IPv4 address that was asked.
+    let from = unmapped(from);
+    if let IpAddr::V6(ip) = local_ip {
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            // A broadcast or multicast request: let the kernel choose the source.
+            local_ip = if v4.is_broadcast() || v4.is_multicast() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(v4)
+            };
+        } else if from.is_ipv4() {
+            local_ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        }
+    }
+    let local = match local_ip {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V4(ip), 0),
+        IpAddr::V6(ip) => {
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                0,
+                0,
+                if link_local { scope } else { 0 },
+            ))
+        }
+    };
+    Ok(Arrival {
+        len: msg.bytes,
+        from,
+        local,
+    })
 }
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -456,6 +507,46 @@ pub(crate) async fn send_batch_from(
     }
     for d in batch.datagrams() {
         send_from(sock, d, to, source).await?;
+    }
+    Ok(())
+}
+
+/// [`send_batch_from`] without waiting: for the listener, which runs transfers itself
+/// ([`crate::inline`]) and must not wait on one. A datagram the socket has no room for is
+/// dropped, as a loss (the transfer's timer recovers).
+///
+/// # Errors
+/// The first send error.
+pub(crate) fn send_batch_now(
+    sock: &UdpSocket,
+    batch: &TransmitBatch<'_>,
+    to: SocketAddr,
+    source: SourceAddr,
+    gso: &mut bool,
+) -> io::Result<()> {
+    let to = SockaddrStorage::from(to);
+    if *gso && batch.count > 1 {
+        let seg = u16::try_from(batch.segment).unwrap_or(u16::MAX);
+        match sendmsg_from(sock, batch.payload, &to, source, Some(seg)) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc_errno::EIO
+                            | libc_errno::EINVAL
+                            | libc_errno::ENOPROTOOPT
+                            | libc_errno::EOPNOTSUPP
+                    )
+                ) =>
+            {
+                *gso = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for d in batch.datagrams() {
+        sendmsg_from(sock, d, &to, source, None)?;
     }
     Ok(())
 }

@@ -307,9 +307,25 @@ impl Live {
         self.entry.bytes.store(n, Ordering::Relaxed);
     }
 
+    /// A handle that sets the byte count and can be moved elsewhere (the listener, for a
+    /// download it runs itself).
+    pub(crate) fn meter(&self) -> Meter {
+        Meter(self.entry.clone())
+    }
+
     /// The outcome is known: no longer running (idempotent).
     pub(crate) fn end(&self) {
         self.stats.lock().remove(&self.id);
+    }
+}
+
+/// See [`Live::meter`].
+pub(crate) struct Meter(Arc<Entry>);
+
+impl Meter {
+    /// Payload bytes so far.
+    pub(crate) fn bytes(&self, n: u64) {
+        self.0.bytes.store(n, Ordering::Relaxed);
     }
 }
 

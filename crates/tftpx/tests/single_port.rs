@@ -365,3 +365,145 @@ fn uploads_commit_and_ack_from_the_listen_port() {
         }
     });
 }
+
+/// Shared mode runs a directory's downloads in the listener (no task per datagram): its
+/// timers retransmit an unanswered DATA, give up after the retries with the transfer's
+/// place given back, and a later download is served as before.
+#[test]
+fn listener_run_downloads_retransmit_and_give_up_on_a_silent_peer() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| {
+            b.single_port_shared(true)
+                .timeout(Duration::from_millis(200))
+                .max_retries(2)
+                .max_unanswered_retries(2)
+                .max_transfers(1)
+        })
+        .await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&rrq("f1", &[]), srv.addr).await.unwrap();
+        // DATA 1, then its two retransmissions; never acknowledged.
+        let mut firsts = 0;
+        while let Some((d, from)) = recv(&c, Duration::from_secs(2)).await {
+            assert_eq!(from, srv.addr);
+            assert_eq!(&d[..4], &[0, 3, 0, 1], "only DATA 1, again and again");
+            assert_eq!(&d[4..], &content(1, 512 * 20 + 1)[..512]);
+            firsts += 1;
+            assert!(firsts <= 3, "no more than the retries");
+        }
+        assert_eq!(firsts, 3, "DATA 1 and two retransmissions");
+        assert_eq!(srv.ended(1).await, 1);
+        {
+            let s = srv.summaries.lock().unwrap();
+            assert!(
+                matches!(&s[0].outcome, Outcome::Failed(e) if e.to_string().contains("timed out")),
+                "{:?}",
+                s[0].outcome
+            );
+        }
+        // Its place (--max-transfers 1) is free again: a new download is served whole,
+        // with a lost ACK on the way (the peer answers DATA 3 only when it comes again).
+        let c2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c2.send_to(&rrq("f4", &[]), srv.addr).await.unwrap();
+        let mut got = Vec::new();
+        let mut expect: u16 = 1;
+        let mut dropped = false;
+        for _ in 0..200 {
+            let (d, _) = recv(&c2, Duration::from_secs(5)).await.expect("DATA");
+            let Ok(Packet::Data { block, payload }) = Packet::decode(&d) else {
+                panic!("expected DATA, got {d:?}");
+            };
+            if block == 3 && !dropped {
+                dropped = true;
+                continue;
+            }
+            if block == expect {
+                got.extend_from_slice(payload);
+                expect += 1;
+            }
+            c2.send_to(&ack(block), srv.addr).await.unwrap();
+            if payload.len() < 512 {
+                break;
+            }
+        }
+        assert_eq!(got, content(4, 512 * 20 + 4));
+        assert_eq!(srv.ended(2).await, 2);
+        let s = srv.summaries.lock().unwrap();
+        assert_eq!(s[1].outcome, Outcome::Ok);
+        assert!(s[1].stats.retransmits >= 1, "{:?}", s[1].stats);
+    });
+}
+
+/// Stopping the server ends a download the listener runs with ERROR 0 to its peer, from
+/// the listen port, and its summary says so.
+#[test]
+fn stopping_the_server_ends_listener_run_downloads_with_an_error() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| b.single_port_shared(true)).await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
+        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
+        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        srv.token.cancel();
+        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ERROR");
+        assert_eq!(from, srv.addr);
+        assert!(
+            matches!(
+                Packet::decode(&d),
+                Ok(Packet::Error {
+                    code: ErrorCode::NotDefined,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+        assert_eq!(srv.ended(1).await, 1);
+        let s = srv.summaries.lock().unwrap();
+        assert!(
+            matches!(s[0].outcome, Outcome::Failed(_)),
+            "{:?}",
+            s[0].outcome
+        );
+    });
+}
+
+/// A download the listener runs whose peer never answered is evicted when its client
+/// needs the place (--max-transfers-per-client): it ends with ERROR 0 to that peer, and
+/// the new request is served.
+#[test]
+fn an_evicted_listener_run_download_ends_with_an_error() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| {
+            b.single_port_shared(true).max_transfers_per_client(Some(1))
+        })
+        .await;
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        silent.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
+        let (d, _) = recv(&silent, Duration::from_secs(5)).await.expect("DATA 1");
+        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        // Never acknowledged; the same client (address) asks again from another port.
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let got = lockstep_get(&c, srv.addr, srv.addr, "f6").await;
+        assert_eq!(got, content(6, 512 * 20 + 6));
+        let (d, from) = recv(&silent, Duration::from_secs(5)).await.expect("ERROR");
+        assert_eq!(from, srv.addr);
+        assert!(
+            matches!(
+                Packet::decode(&d),
+                Ok(Packet::Error {
+                    code: ErrorCode::NotDefined,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+        assert_eq!(srv.ended(2).await, 2);
+        let s = srv.summaries.lock().unwrap();
+        assert!(s
+            .iter()
+            .any(|s| s.filename == "f6" && s.outcome == Outcome::Ok));
+        assert!(s
+            .iter()
+            .any(|s| s.filename == "f2" && matches!(s.outcome, Outcome::Failed(_))));
+    });
+}
