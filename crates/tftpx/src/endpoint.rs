@@ -533,7 +533,9 @@ pub(crate) struct Routes {
     control: mpsc::UnboundedSender<Control>,
     timers: Timers,
     /// Scratch for [`Routes::on_timers`].
-    due: Vec<(SocketAddr, u64)>,
+    due: Vec<(std::time::Instant, SocketAddr, u64)>,
+    /// Transfers run here ([`Route::Inline`] entries).
+    inline: usize,
 }
 
 enum Route {
@@ -570,6 +572,7 @@ impl Routes {
             control,
             timers: Timers::default(),
             due: Vec::new(),
+            inline: 0,
         }
     }
 
@@ -621,10 +624,22 @@ impl Routes {
             _ => false,
         };
         if finished {
-            if let Some(Route::Inline(s)) = self.map.remove(&peer) {
-                s.complete(false);
-            }
+            self.end(peer, false);
         }
+    }
+
+    /// Takes `peer`'s transfer run here out of the table and hands its result to its task
+    /// (`superseded`: see [`Inline::complete`]).
+    fn end(&mut self, peer: SocketAddr, superseded: bool) {
+        if let Some(Route::Inline(s)) = self.map.remove(&peer) {
+            self.inline -= 1;
+            s.complete(superseded);
+        }
+    }
+
+    /// Whether the listener runs any transfer itself.
+    pub fn runs_transfers(&self) -> bool {
+        self.inline > 0
     }
 
     /// Opens a route for a new transfer with `peer`, whose request arrived at `local` (from
@@ -649,6 +664,7 @@ impl Routes {
             },
         );
         if let Some(Route::Inline(s)) = old {
+            self.inline -= 1;
             s.complete(true);
         }
         Link::Shared(SharedLink {
@@ -672,9 +688,7 @@ impl Routes {
                 if let Some(Route::Inline(s)) = self.map.get_mut(&peer) {
                     if s.is(&key) {
                         s.abort(&self.sock, now);
-                        if let Some(Route::Inline(s)) = self.map.remove(&peer) {
-                            s.complete(false);
-                        }
+                        self.end(peer, false);
                     }
                 }
             }
@@ -699,6 +713,7 @@ impl Routes {
             s.datagram(&self.sock, now, peer, &d);
         }
         self.map.insert(peer, Route::Inline(Box::new(s)));
+        self.inline += 1;
         self.settle(peer);
     }
 
@@ -711,10 +726,10 @@ impl Routes {
     pub fn on_timers(&mut self, now: std::time::Instant) {
         let mut due = std::mem::take(&mut self.due);
         self.timers.due(now, &mut due);
-        for (peer, seq) in due.drain(..) {
+        for (at, peer, seq) in due.drain(..) {
             if let Some(Route::Inline(s)) = self.map.get_mut(&peer) {
                 if s.seq() == seq {
-                    self.timers.fire(&self.sock, peer, s, now);
+                    self.timers.fire(&self.sock, peer, s, at, now);
                     self.settle(peer);
                 }
             }
@@ -731,5 +746,6 @@ impl Routes {
                 s.complete(false);
             }
         }
+        self.inline = 0;
     }
 }

@@ -210,14 +210,14 @@ impl Timers {
         self.heap.push(Reverse((due, s.seq, peer)));
     }
 
-    /// Pops the entries due at `now`: (peer, seq) for each.
-    pub fn due(&mut self, now: Instant, out: &mut Vec<(SocketAddr, u64)>) {
+    /// Pops the entries due at `now`: (deadline, peer, seq) for each.
+    pub fn due(&mut self, now: Instant, out: &mut Vec<(Instant, SocketAddr, u64)>) {
         while let Some(Reverse((t, seq, peer))) = self.heap.peek().copied() {
             if t > now {
                 break;
             }
             self.heap.pop();
-            out.push((peer, seq));
+            out.push((t, peer, seq));
         }
     }
 
@@ -239,9 +239,20 @@ impl Timers {
         }
     }
 
-    /// Handles a heap entry of `s` that fired at `now`: a timeout if its deadline has come,
-    /// else a new entry for its later deadline.
-    pub fn fire(&mut self, sock: &UdpSocket, peer: SocketAddr, s: &mut Inline, now: Instant) {
+    /// Handles a heap entry of `s` for `at` that fired at `now`: a timeout if its deadline
+    /// has come, else a new entry for its later deadline. An entry that is no longer the
+    /// one `s` waits for (an earlier one replaced it) is dropped, so entries never pile up.
+    pub fn fire(
+        &mut self,
+        sock: &UdpSocket,
+        peer: SocketAddr,
+        s: &mut Inline,
+        at: Instant,
+        now: Instant,
+    ) {
+        if s.scheduled != Some(at) {
+            return;
+        }
         s.scheduled = None;
         if s.tx.poll_timeout().is_some_and(|t| t <= now) {
             s.tx.handle_timeout(now);

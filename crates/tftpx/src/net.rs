@@ -140,6 +140,10 @@ pub(crate) async fn recv_request_polling(
     let Some(busy) = busy else {
         return recv_request(sock, bound, buf, cmsg).await;
     };
+    // A poll that hits returns without asking the event loop: this spends the task's
+    // budget, so that under steady traffic the listener still yields now and then and its
+    // runtime turns its timer and I/O drivers (and its other futures are polled).
+    tokio::task::coop::consume_budget().await;
     let mut start = None;
     if let Some(budget) = busy.start(0, 1, || {
         start = Some(std::time::Instant::now());
@@ -154,7 +158,10 @@ pub(crate) async fn recv_request_polling(
                     return Ok(a);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    busy.miss();
+                    return Err(e);
+                }
             }
             if std::time::Instant::now() >= until {
                 busy.miss();

@@ -928,6 +928,7 @@ impl<H: Handler> Server<H> {
             };
             let main = tokio::runtime::Handle::current();
             let dedicated = single_port && self.shared.config.single_port_shared;
+            let tasks = tracker.clone();
             let run = async move |sock: UdpSocket| {
                 // Dropping the listener stops reading its socket (transfers keep their own).
                 // Drain first: once it is cancelled, the listener is not polled again.
@@ -967,6 +968,16 @@ impl<H: Handler> Server<H> {
                             }
                         });
                         drop(ended);
+                        // The listen socket belongs to this runtime: keep it turning until
+                        // the transfer tasks (which send from that socket: ERROR 0 on a
+                        // stop) have ended, for at most 30 s (a server whose runtime was
+                        // dropped has no tasks left to end).
+                        rt.block_on(async {
+                            let until = Instant::now() + Duration::from_secs(30);
+                            while !tasks.is_empty() && Instant::now() < until {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        });
                     })
             });
             match thread {
@@ -1030,8 +1041,17 @@ async fn listen<H: Handler>(
     let mut armed: Option<std::time::Instant> = None;
     let mut busy = driver::BusyPoll::new(shared.config.busy_poll);
     loop {
-        // The timers of the transfers the listener runs (crate::inline).
-        let next = routes.as_ref().and_then(Routes::next_deadline);
+        // The timers of the transfers the listener runs (crate::inline): those due now run
+        // here, whatever the timer future says (under steady traffic the runtime turns its
+        // timer driver only now and then).
+        let mut next = routes.as_ref().and_then(Routes::next_deadline);
+        if let (Some(r), Some(t)) = (routes.as_mut(), next) {
+            let now = std::time::Instant::now();
+            if t <= now {
+                r.on_timers(now);
+                next = r.next_deadline();
+            }
+        }
         if next != armed {
             if let Some(t) = next {
                 timer.as_mut().reset(Instant::from_std(t));
@@ -1039,12 +1059,16 @@ async fn listen<H: Handler>(
             armed = next;
         }
         // The listener polls its socket before it sleeps while it runs transfers itself.
-        let polling = next.is_some();
+        let polling = routes.as_ref().is_some_and(Routes::runs_transfers);
         let arrival = tokio::select! {
             // The socket last: a busy poll there must not pass the others by.
             biased;
             () = &mut stopped => {
                 if let Some(r) = routes.as_mut() {
+                    // Downloads handed over meanwhile end like the others: ERROR 0.
+                    while let Ok(c) = controls.try_recv() {
+                        r.control(c);
+                    }
                     r.shutdown();
                 }
                 return;

@@ -507,3 +507,62 @@ fn an_evicted_listener_run_download_ends_with_an_error() {
             .any(|s| s.filename == "f2" && matches!(s.outcome, Outcome::Failed(_))));
     });
 }
+
+/// The listener that runs downloads polls its socket and, under steady traffic, could run
+/// on without ever yielding: a silent peer's timer still fires on time while other
+/// downloads keep the socket busy, and a new request is still answered.
+#[test]
+fn listener_run_timers_fire_under_steady_traffic() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| {
+            b.single_port_shared(true)
+                .timeout(Duration::from_millis(200))
+                .max_retries(3)
+                .max_unanswered_retries(3)
+        })
+        .await;
+        std::fs::write(srv.dir.path().join("big"), content(1, 4 << 20)).unwrap();
+        // Steady traffic: windowed downloads back to back until told to stop.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut busy = Vec::new();
+        for _ in 0..6 {
+            let (addr, stop) = (srv.addr, stop.clone());
+            busy.push(tokio::spawn(async move {
+                let client = Client::builder(addr)
+                    .bind("127.0.0.1:0".parse().unwrap())
+                    .windowsize(8)
+                    .build();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
+                    let mut out = Vec::new();
+                    client.get("big", &mut out, |_| {}).await.unwrap();
+                    assert_eq!(out.len(), 4 << 20);
+                    n += 1;
+                }
+                n
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let asked = Instant::now();
+        c.send_to(&rrq("f1", &[]), srv.addr).await.unwrap();
+        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
+        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        // Not acknowledged: it comes again after about the timeout (200 ms), not once the
+        // traffic stops.
+        let (d, _) = recv(&c, Duration::from_secs(3))
+            .await
+            .expect("DATA 1 again");
+        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        let waited = asked.elapsed();
+        assert!(
+            busy.iter().all(|t| !t.is_finished()),
+            "the traffic ran throughout"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in busy {
+            assert!(t.await.unwrap() >= 1);
+        }
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+    });
+}
