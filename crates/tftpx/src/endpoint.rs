@@ -543,9 +543,19 @@ enum Route {
     Task {
         tx: mpsc::Sender<Vec<u8>>,
         queued: Arc<AtomicUsize>,
+        /// The request's fingerprint (see [`Routes::is_repeat`]).
+        request: u64,
     },
     /// The listener runs the transfer.
     Inline(Box<Inline>),
+}
+
+/// A request's fingerprint, to tell a copy of it from another request.
+fn fingerprint(request: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    request.hash(&mut h);
+    h.finish()
 }
 
 /// What [`Routes::route`] did with a datagram.
@@ -582,7 +592,7 @@ impl Routes {
             return Routed::NoRoute;
         };
         let (tx, queued) = match r {
-            Route::Task { tx, queued } => (tx, queued),
+            Route::Task { tx, queued, .. } => (tx, queued),
             Route::Inline(s) => {
                 s.datagram(&self.sock, std::time::Instant::now(), from, datagram);
                 self.settle(from);
@@ -637,6 +647,20 @@ impl Routes {
         }
     }
 
+    /// Whether `datagram` is a copy of the request of `peer`'s running transfer: folded
+    /// into it, as a connected single-port link folds it, whatever the transfer's progress.
+    /// (A client that repeats its request because the answer was slow can have a copy
+    /// read here after it has acknowledged DATA: taken as a restart, it would end the
+    /// transfer it belongs to.)
+    pub fn is_repeat(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
+        let running = match self.map.get(&peer) {
+            Some(Route::Task { tx, request, .. }) if !tx.is_closed() => *request,
+            Some(Route::Inline(s)) => s.request,
+            _ => return false,
+        };
+        running == fingerprint(datagram)
+    }
+
     /// Whether the listener runs any transfer itself.
     pub fn runs_transfers(&self) -> bool {
         self.inline > 0
@@ -646,7 +670,7 @@ impl Routes {
     /// [`net::recv_request`]), and returns the transfer's link. A route the peer already
     /// had is replaced: that transfer sees [`Recv::Superseded`] (or, run by the listener,
     /// ends with that result and sends nothing more).
-    pub fn open(&mut self, peer: SocketAddr, local: SocketAddr) -> Link {
+    pub fn open(&mut self, peer: SocketAddr, local: SocketAddr, request: &[u8]) -> Link {
         if self.map.len() >= self.sweep_at {
             self.map.retain(|_, r| match r {
                 Route::Task { tx, .. } => !tx.is_closed(),
@@ -661,6 +685,7 @@ impl Routes {
             Route::Task {
                 tx,
                 queued: queued.clone(),
+                request: fingerprint(request),
             },
         );
         if let Some(Route::Inline(s)) = old {
@@ -698,15 +723,20 @@ impl Routes {
     /// Takes a download over from its task, unless its peer's route is no longer its own.
     fn adopt(&mut self, mut h: Handoff, now: std::time::Instant) {
         let peer = h.peer;
-        let mine = matches!(self.map.get(&peer),
-            Some(Route::Task { queued, .. }) if Arc::ptr_eq(queued, &h.key));
+        let mine = match self.map.get(&peer) {
+            Some(Route::Task {
+                queued, request, ..
+            }) if Arc::ptr_eq(queued, &h.key) => Some(*request),
+            _ => None,
+        };
         let (_, closed) = mpsc::channel(1);
         let mut inbox = std::mem::replace(&mut h.inbox, closed);
         let mut s = self.timers.adopt(h);
-        if !mine {
+        let Some(request) = mine else {
             s.complete(true);
             return;
-        }
+        };
+        s.request = request;
         s.start(&self.sock, now);
         // Datagrams the route queued for the task before the handover.
         while let Ok(d) = inbox.try_recv() {

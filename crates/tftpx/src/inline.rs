@@ -81,6 +81,8 @@ pub(crate) struct Inline {
     key: Arc<AtomicUsize>,
     /// Tells timer heap entries of an earlier transfer with the same peer from this one's.
     seq: u64,
+    /// The request's fingerprint (see [`crate::endpoint::Routes::is_repeat`]).
+    pub request: u64,
     wire_peer: SocketAddr,
     source: SourceAddr,
     tx: Sender,
@@ -227,6 +229,7 @@ impl Timers {
         Inline {
             key: h.key,
             seq: self.next_seq,
+            request: 0,
             wire_peer: h.wire_peer,
             source: h.source,
             tx: h.tx,

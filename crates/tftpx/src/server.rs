@@ -1110,6 +1110,10 @@ async fn listen<H: Handler>(
             if !is_request && routes.route(arrival.from, datagram) == Routed::Delivered {
                 continue;
             }
+            if is_request && routes.is_repeat(arrival.from, datagram) {
+                debug!(peer = %arrival.from, "repeated request folded into its running transfer");
+                continue;
+            }
         }
         // Draining (single-port mode reads on for the running transfers): nothing else is
         // answered.
@@ -1266,7 +1270,7 @@ async fn listen<H: Handler>(
                     });
                 match own {
                     Some(Ok(c)) => LinkSpec::Ready(Link::Connected(c)),
-                    _ => LinkSpec::Ready(r.open(arrival.from, arrival.local)),
+                    _ => LinkSpec::Ready(r.open(arrival.from, arrival.local, &request)),
                 }
             }
             None => LinkSpec::Bind(arrival.local),

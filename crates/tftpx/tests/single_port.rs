@@ -566,3 +566,50 @@ fn listener_run_timers_fire_under_steady_traffic() {
         assert!(waited < Duration::from_secs(3), "{waited:?}");
     });
 }
+
+/// A copy of the request that reaches the listener after the transfer has made progress
+/// (busybox repeats its RRQ when the answer is slow, and in a storm a copy can be read
+/// after its ACK of DATA 1) is folded into the transfer, in both single-port modes, not
+/// taken as a restart that would end it.
+#[test]
+fn a_late_copy_of_the_request_is_folded_not_a_restart() {
+    runtime().block_on(async {
+        for shared in MODES {
+            let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
+            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let r = rrq("f3", &[]);
+            c.send_to(&r, srv.addr).await.unwrap();
+            let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
+            assert_eq!(&d[..4], &[0, 3, 0, 1]);
+            let mut got = d[4..].to_vec();
+            c.send_to(&ack(1), srv.addr).await.unwrap();
+            let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 2");
+            assert_eq!(&d[..4], &[0, 3, 0, 2]);
+            got.extend_from_slice(&d[4..]);
+            // The late copy, then the rest of the transfer as if it had not come.
+            c.send_to(&r, srv.addr).await.unwrap();
+            c.send_to(&ack(2), srv.addr).await.unwrap();
+            for _ in 0..100 {
+                let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA");
+                let Ok(Packet::Data { block, payload }) = Packet::decode(&d) else {
+                    panic!("expected DATA, got {d:?} (shared: {shared})");
+                };
+                assert!(
+                    block >= 3,
+                    "no new transfer from block 1 (shared: {shared})"
+                );
+                got.extend_from_slice(payload);
+                c.send_to(&ack(block), srv.addr).await.unwrap();
+                if payload.len() < 512 {
+                    break;
+                }
+            }
+            assert_eq!(got, content(3, 512 * 20 + 3), "shared: {shared}");
+            assert_eq!(srv.ended(1).await, 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let s = srv.summaries.lock().unwrap();
+            assert_eq!(s.len(), 1, "one transfer (shared: {shared})");
+            assert_eq!(s[0].outcome, Outcome::Ok, "shared: {shared}");
+        }
+    });
+}
