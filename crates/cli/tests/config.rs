@@ -157,7 +157,15 @@ fn client(ip: &str) -> UdpSocket {
 
 fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; 66000];
-    let (n, from) = s.recv_from(&mut buf).expect("an answer");
+    // A receive with a timeout is never restarted after a signal (EINTR, seen once in CI):
+    // that is no answer yet, so wait again (a few times at most).
+    let mut tries = 0;
+    let (n, from) = loop {
+        match s.recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && tries < 5 => tries += 1,
+            r => break r.expect("an answer"),
+        }
+    };
     buf.truncate(n);
     (buf, from)
 }
