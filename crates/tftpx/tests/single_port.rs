@@ -3,6 +3,8 @@
 //! port, and every rule of the socket-per-transfer mode still holds. Raw UDP sockets play
 //! the client, so every datagram's bytes and source are checked.
 
+#[path = "support/relay.rs"]
+mod relay;
 #[path = "support/wire.rs"]
 mod wire;
 
@@ -611,5 +613,62 @@ fn a_late_copy_of_the_request_is_folded_not_a_restart() {
             assert_eq!(s.len(), 1, "one transfer (shared: {shared})");
             assert_eq!(s[0].outcome, Outcome::Ok, "shared: {shared}");
         }
+    });
+}
+
+/// Downloads the listener runs survive a lossy, duplicating and reordering path (the seeded
+/// relay, both directions): every byte arrives, lock-step and windowed, and the server
+/// reports each transfer as done (the client dallies, so a lost final ACK is repeated).
+#[test]
+fn listener_run_downloads_survive_loss_duplication_and_reordering() {
+    runtime().block_on(async {
+        let srv = start("127.0.0.1:0", |b| {
+            b.single_port_shared(true)
+                .timeout(Duration::from_millis(100))
+                .max_retries(20)
+        })
+        .await;
+        let data = content(5, 100_000);
+        std::fs::write(srv.dir.path().join("lossy.bin"), &data).unwrap();
+        let faults = || relay::Faults {
+            loss: 10,
+            dup: 5,
+            reorder: 5,
+            delay: Duration::from_millis(3),
+            ..relay::Faults::default()
+        };
+        let mut n = 0;
+        for seed in 1..=3u64 {
+            for (blksize, windowsize) in [(512u16, 1u16), (1468, 8)] {
+                let r = relay::Relay::start(srv.addr, seed, faults(), faults()).await;
+                let client = Client::builder(r.addr())
+                    .bind("127.0.0.1:0".parse().unwrap())
+                    .blksize(blksize)
+                    .windowsize(windowsize)
+                    .timeout(Duration::from_millis(100))
+                    .retries(20)
+                    // Re-acknowledges a repeated last DATA (its final ACK may be lost).
+                    .dally(Duration::from_secs(1))
+                    .build();
+                let mut out = Vec::new();
+                timeout(
+                    Duration::from_secs(60),
+                    client.get("lossy.bin", &mut out, |_| {}),
+                )
+                .await
+                .expect("bounded")
+                .unwrap_or_else(|e| panic!("seed {seed} {blksize}x{windowsize}: {e}"));
+                assert!(
+                    out == data,
+                    "seed {seed} {blksize}x{windowsize}: bytes differ"
+                );
+                let c = r.counts(relay::Dir::ToClient);
+                assert!(c.dropped > 0, "the path lost datagrams: {c:?}");
+                n += 1;
+                assert_eq!(srv.ended(n).await, n);
+            }
+        }
+        let s = srv.summaries.lock().unwrap();
+        assert!(s.iter().all(|s| s.outcome == Outcome::Ok), "{s:?}");
     });
 }
