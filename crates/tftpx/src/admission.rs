@@ -247,7 +247,8 @@ impl Drop for Ticket {
     }
 }
 
-fn fingerprint(request: &[u8]) -> u64 {
+/// A request's fingerprint, to tell a copy of it from another request.
+pub(crate) fn fingerprint(request: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     request.hash(&mut h);
     h.finish()

@@ -231,6 +231,36 @@ impl BusyPoll {
         Some(self.budget.min(left))
     }
 
+    /// Polls with `attempt` until it ends the poll or `until` (the end of the budget
+    /// [`BusyPoll::start`] granted) passes. `attempt` returns `None` for nothing yet,
+    /// `Some(Ok(t))` for a datagram (a hit), `Some(Err(t))` for an end without one (an
+    /// error: a miss); the poll returns that `t`, or `None` when the budget ran out (a miss).
+    pub fn spin<T>(
+        &mut self,
+        until: std::time::Instant,
+        mut attempt: impl FnMut() -> Option<Result<T, T>>,
+    ) -> Option<T> {
+        // Bounded by `until` (at most the budget, 100 us by default).
+        loop {
+            match attempt() {
+                Some(Ok(t)) => {
+                    self.hit();
+                    return Some(t);
+                }
+                Some(Err(t)) => {
+                    self.miss();
+                    return Some(t);
+                }
+                None => {}
+            }
+            if std::time::Instant::now() >= until {
+                self.miss();
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// The poll got a datagram.
     pub fn hit(&mut self) {
         self.counts.hits += 1;
@@ -312,28 +342,18 @@ impl Waiter {
                 start = std::time::Instant::now();
                 at.saturating_duration_since(start)
             })?;
-        let until = start + budget;
-        // Bounded by `until` (at most the budget, 100 us by default).
-        loop {
-            match link.recv_nowait(buf, &mut self.cmsg) {
+        let cmsg = &mut self.cmsg;
+        self.busy
+            .spin(start + budget, || match link.recv_nowait(buf, cmsg) {
                 Recv::Datagram { len, from, segment } => {
-                    self.busy.hit();
-                    return Some(Wake::Datagram { len, from, segment });
+                    Some(Ok(Some(Wake::Datagram { len, from, segment })))
                 }
-                Recv::Superseded => return Some(Wake::Superseded),
-                Recv::Empty => {}
+                Recv::Superseded => Some(Err(Some(Wake::Superseded))),
+                Recv::Empty => None,
                 // The wait's own receive reports it.
-                Recv::Error(_) => {
-                    self.busy.miss();
-                    return None;
-                }
-            }
-            if std::time::Instant::now() >= until {
-                self.busy.miss();
-                return None;
-            }
-            std::hint::spin_loop();
-        }
+                Recv::Error(_) => Some(Err(None)),
+            })
+            .flatten()
     }
 
     /// [`Waiter::wait`] on a blocking link: two system calls per lock-step block (the send

@@ -32,6 +32,7 @@ use tftpx_proto::transfer::TransmitBatch;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::admission;
 use crate::inline::{Control, Handoff, Inline, Timers};
 use crate::net::{self, SourceAddr};
 
@@ -550,14 +551,6 @@ enum Route {
     Inline(Box<Inline>),
 }
 
-/// A request's fingerprint, to tell a copy of it from another request.
-fn fingerprint(request: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    request.hash(&mut h);
-    h.finish()
-}
-
 /// What [`Routes::route`] did with a datagram.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Routed {
@@ -595,7 +588,9 @@ impl Routes {
             Route::Task { tx, queued, .. } => (tx, queued),
             Route::Inline(s) => {
                 s.datagram(&self.sock, std::time::Instant::now(), from, datagram);
-                self.settle(from);
+                if self.timers.settle(from, s) {
+                    self.end(from, false);
+                }
                 return Routed::Delivered;
             }
         };
@@ -622,22 +617,6 @@ impl Routes {
         }
     }
 
-    /// After a step of `peer`'s inline transfer: its result to its task once it is over,
-    /// else its timer.
-    fn settle(&mut self, peer: SocketAddr) {
-        let finished = match self.map.get_mut(&peer) {
-            Some(Route::Inline(s)) if !s.is_finished() => {
-                self.timers.schedule(peer, s);
-                false
-            }
-            Some(Route::Inline(_)) => true,
-            _ => false,
-        };
-        if finished {
-            self.end(peer, false);
-        }
-    }
-
     /// Takes `peer`'s transfer run here out of the table and hands its result to its task
     /// (`superseded`: see [`Inline::complete`]).
     fn end(&mut self, peer: SocketAddr, superseded: bool) {
@@ -655,10 +634,10 @@ impl Routes {
     pub fn is_repeat(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
         let running = match self.map.get(&peer) {
             Some(Route::Task { tx, request, .. }) if !tx.is_closed() => *request,
-            Some(Route::Inline(s)) => s.request,
+            Some(Route::Inline(s)) => s.request(),
             _ => return false,
         };
-        running == fingerprint(datagram)
+        running == admission::fingerprint(datagram)
     }
 
     /// Whether the listener runs any transfer itself.
@@ -685,7 +664,7 @@ impl Routes {
             Route::Task {
                 tx,
                 queued: queued.clone(),
-                request: fingerprint(request),
+                request: admission::fingerprint(request),
             },
         );
         if let Some(Route::Inline(s)) = old {
@@ -722,29 +701,31 @@ impl Routes {
 
     /// Takes a download over from its task, unless its peer's route is no longer its own.
     fn adopt(&mut self, mut h: Handoff, now: std::time::Instant) {
-        let peer = h.peer;
+        let peer = h.link.peer;
         let mine = match self.map.get(&peer) {
             Some(Route::Task {
                 queued, request, ..
-            }) if Arc::ptr_eq(queued, &h.key) => Some(*request),
+            }) if Arc::ptr_eq(queued, &h.link.key) => Some(*request),
             _ => None,
         };
         let (_, closed) = mpsc::channel(1);
-        let mut inbox = std::mem::replace(&mut h.inbox, closed);
-        let mut s = self.timers.adopt(h);
-        let Some(request) = mine else {
+        let mut inbox = std::mem::replace(&mut h.link.inbox, closed);
+        let mut s = self.timers.adopt(h, mine.unwrap_or_default());
+        if mine.is_none() {
             s.complete(true);
             return;
-        };
-        s.request = request;
+        }
         s.start(&self.sock, now);
         // Datagrams the route queued for the task before the handover.
         while let Ok(d) = inbox.try_recv() {
             s.datagram(&self.sock, now, peer, &d);
         }
+        if self.timers.settle(peer, &mut s) {
+            s.complete(false);
+            return;
+        }
         self.map.insert(peer, Route::Inline(Box::new(s)));
         self.inline += 1;
-        self.settle(peer);
     }
 
     /// The earliest timer of a transfer run here.
@@ -759,8 +740,10 @@ impl Routes {
         for (at, peer, seq) in due.drain(..) {
             if let Some(Route::Inline(s)) = self.map.get_mut(&peer) {
                 if s.seq() == seq {
-                    self.timers.fire(&self.sock, peer, s, at, now);
-                    self.settle(peer);
+                    Timers::fire(&self.sock, s, at, now);
+                    if self.timers.settle(peer, s) {
+                        self.end(peer, false);
+                    }
                 }
             }
         }

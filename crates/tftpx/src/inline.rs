@@ -27,9 +27,10 @@ use tftpx_proto::transfer::{Sender, Stats};
 use tftpx_proto::wire::ErrorCode;
 use tokio::io::AsyncRead;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::driver::{self, Tracker};
+use crate::endpoint::SharedParts;
 use crate::io::Source;
 use crate::net::{self, SourceAddr};
 
@@ -46,17 +47,11 @@ pub(crate) struct Done {
 
 /// A download from its task to the listener (see the module's documentation).
 pub(crate) struct Handoff {
-    /// The peer, as the transfer knows it.
-    pub peer: SocketAddr,
-    /// The peer as the listen socket names it.
-    pub wire_peer: SocketAddr,
-    /// The address replies leave from.
-    pub source: SourceAddr,
-    /// The route's identity: the listener takes the transfer over only while the peer's
-    /// route is still this one (not superseded by a new request meanwhile).
-    pub key: Arc<AtomicUsize>,
-    /// Datagrams the route already queued for the task (the ACK of the OACK, say).
-    pub inbox: mpsc::Receiver<Vec<u8>>,
+    /// The transfer's shared link: its peer, where replies leave from, the route's identity
+    /// (the listener takes the transfer over only while the peer's route is still this
+    /// one, not superseded by a new request meanwhile) and the datagrams the route already
+    /// queued for the task.
+    pub link: SharedParts,
     pub tx: Sender,
     pub src: Source<BoxReader>,
     /// Called with the counters after every step (the live byte count, the admission's
@@ -82,7 +77,7 @@ pub(crate) struct Inline {
     /// Tells timer heap entries of an earlier transfer with the same peer from this one's.
     seq: u64,
     /// The request's fingerprint (see [`crate::endpoint::Routes::is_repeat`]).
-    pub request: u64,
+    request: u64,
     wire_peer: SocketAddr,
     source: SourceAddr,
     tx: Sender,
@@ -113,9 +108,9 @@ impl Inline {
         self.drive(sock, now);
     }
 
-    /// Whether the transfer is over (its task has been or can now be told).
-    pub fn is_finished(&self) -> bool {
-        self.tx.is_finished()
+    /// The request's fingerprint.
+    pub fn request(&self) -> u64 {
+        self.request
     }
 
     /// Hands the result to the task (once); a transfer taken over by a new request gets
@@ -223,15 +218,16 @@ impl Timers {
         }
     }
 
-    /// A transfer taken over, with a `seq` of its own (not yet scheduled).
-    pub fn adopt(&mut self, h: Handoff) -> Inline {
+    /// A transfer taken over for the request of fingerprint `request`, with a `seq` of its
+    /// own (not yet scheduled).
+    pub fn adopt(&mut self, h: Handoff, request: u64) -> Inline {
         self.next_seq += 1;
         Inline {
-            key: h.key,
+            key: h.link.key,
             seq: self.next_seq,
-            request: 0,
-            wire_peer: h.wire_peer,
-            source: h.source,
+            request,
+            wire_peer: h.link.wire_peer,
+            source: h.link.source,
             tx: h.tx,
             src: h.src,
             progress: h.progress,
@@ -242,17 +238,21 @@ impl Timers {
         }
     }
 
+    /// After a step of `s`: true once it is finished (its result is due to its task),
+    /// else its timer is kept (see [`Timers::schedule`]).
+    pub fn settle(&mut self, peer: SocketAddr, s: &mut Inline) -> bool {
+        if s.tx.is_finished() {
+            return true;
+        }
+        self.schedule(peer, s);
+        false
+    }
+
     /// Handles a heap entry of `s` for `at` that fired at `now`: a timeout if its deadline
-    /// has come, else a new entry for its later deadline. An entry that is no longer the
-    /// one `s` waits for (an earlier one replaced it) is dropped, so entries never pile up.
-    pub fn fire(
-        &mut self,
-        sock: &UdpSocket,
-        peer: SocketAddr,
-        s: &mut Inline,
-        at: Instant,
-        now: Instant,
-    ) {
+    /// has come (then [`Timers::settle`] keeps its next one). An entry that is no longer
+    /// the one `s` waits for (an earlier one replaced it) is dropped, so entries never pile
+    /// up.
+    pub fn fire(sock: &UdpSocket, s: &mut Inline, at: Instant, now: Instant) {
         if s.scheduled != Some(at) {
             return;
         }
@@ -261,7 +261,6 @@ impl Timers {
             s.tx.handle_timeout(now);
             s.drive(sock, now);
         }
-        self.schedule(peer, s);
     }
 }
 

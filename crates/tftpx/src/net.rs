@@ -144,30 +144,22 @@ pub(crate) async fn recv_request_polling(
     // budget, so that under steady traffic the listener still yields now and then and its
     // runtime turns its timer and I/O drivers (and its other futures are polled).
     tokio::task::coop::consume_budget().await;
+    // The clock is read only when a poll is granted.
     let mut start = None;
     if let Some(budget) = busy.start(0, 1, || {
         start = Some(std::time::Instant::now());
         std::time::Duration::MAX
     }) {
         let until = start.unwrap_or_else(std::time::Instant::now) + budget;
-        // Bounded by `until` (the budget, 100 us by default).
-        loop {
+        let polled = busy.spin(until, || {
             match recv_request_now(sock, bound, buf, cmsg, MsgFlags::MSG_DONTWAIT) {
-                Ok(a) => {
-                    busy.hit();
-                    return Ok(a);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    busy.miss();
-                    return Err(e);
-                }
+                Ok(a) => Some(Ok(Ok(a))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(Err(e))),
             }
-            if std::time::Instant::now() >= until {
-                busy.miss();
-                break;
-            }
-            std::hint::spin_loop();
+        });
+        if let Some(r) = polled {
+            return r;
         }
     }
     recv_request(sock, bound, buf, cmsg).await
@@ -494,21 +486,7 @@ pub(crate) async fn send_batch_from(
             .await;
         match r {
             Ok(_) => return Ok(()),
-            // No GSO here (old kernel, a segment over the route's MTU, a device without
-            // checksum offload): send them one by one from now on.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(
-                        libc_errno::EIO
-                            | libc_errno::EINVAL
-                            | libc_errno::ENOPROTOOPT
-                            | libc_errno::EOPNOTSUPP
-                    )
-                ) =>
-            {
-                *gso = false;
-            }
+            Err(e) if no_gso(&e) => *gso = false,
             Err(e) => return Err(e),
         }
     }
@@ -536,19 +514,7 @@ pub(crate) fn send_batch_now(
         let seg = u16::try_from(batch.segment).unwrap_or(u16::MAX);
         match sendmsg_from(sock, batch.payload, &to, source, Some(seg)) {
             Ok(_) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(
-                        libc_errno::EIO
-                            | libc_errno::EINVAL
-                            | libc_errno::ENOPROTOOPT
-                            | libc_errno::EOPNOTSUPP
-                    )
-                ) =>
-            {
-                *gso = false;
-            }
+            Err(e) if no_gso(&e) => *gso = false,
             Err(e) => return Err(e),
         }
     }
@@ -556,6 +522,18 @@ pub(crate) fn send_batch_now(
         sendmsg_from(sock, d, &to, source, None)?;
     }
     Ok(())
+}
+
+/// Whether a GSO send failed because there is no GSO on this path (old kernel, a segment
+/// over the route's MTU, a device without checksum offload): the datagrams then go one by
+/// one from now on.
+fn no_gso(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc_errno::EIO | libc_errno::EINVAL | libc_errno::ENOPROTOOPT | libc_errno::EOPNOTSUPP
+        )
+    )
 }
 
 /// The errno values [`send_batch`] falls back on.

@@ -1645,13 +1645,9 @@ impl<H: Handler> Ctx<'_, H> {
             }
         });
         let (done_tx, mut done) = tokio::sync::oneshot::channel();
-        let (peer, key, control) = (parts.peer, parts.key.clone(), parts.control);
+        let (peer, key, control) = (parts.peer, parts.key.clone(), parts.control.clone());
         let handoff = Handoff {
-            peer,
-            wire_peer: parts.wire_peer,
-            source: parts.source,
-            key: parts.key,
-            inbox: parts.inbox,
+            link: parts,
             tx,
             src,
             progress,

@@ -128,6 +128,30 @@ async fn lockstep_get(c: &UdpSocket, server: SocketAddr, from: SocketAddr, name:
     panic!("no last block");
 }
 
+/// Asks for `name` and returns its DATA 1 (checked to be DATA 1).
+async fn first_data(c: &UdpSocket, server: SocketAddr, name: &str) -> Vec<u8> {
+    c.send_to(&rrq(name, &[]), server).await.unwrap();
+    let (d, _) = recv(c, Duration::from_secs(5)).await.expect("DATA 1");
+    assert_eq!(&d[..4], &[0, 3, 0, 1]);
+    d
+}
+
+/// The next datagram is ERROR 0 from `from`.
+async fn expect_error_0(c: &UdpSocket, from: SocketAddr) {
+    let (d, src) = recv(c, Duration::from_secs(5)).await.expect("ERROR");
+    assert_eq!(src, from);
+    assert!(
+        matches!(
+            Packet::decode(&d),
+            Ok(Packet::Error {
+                code: ErrorCode::NotDefined,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}
+
 /// Remote ports of the connected (state 01) IPv4 UDP sockets on local port `port`, from
 /// /proc/net/udp.
 fn connected_peers(port: u16) -> Vec<u16> {
@@ -264,9 +288,7 @@ fn a_new_request_from_the_same_port_supersedes_the_running_transfer() {
         for shared in MODES {
         let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        c.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
-        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
-        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        first_data(&c, srv.addr, "f2").await;
         c.send_to(&ack(1), srv.addr).await.unwrap();
         let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 2");
         assert_eq!(&d[..4], &[0, 3, 0, 2]);
@@ -443,22 +465,9 @@ fn stopping_the_server_ends_listener_run_downloads_with_an_error() {
     runtime().block_on(async {
         let srv = start("127.0.0.1:0", |b| b.single_port_shared(true)).await;
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        c.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
-        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
-        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        first_data(&c, srv.addr, "f2").await;
         srv.token.cancel();
-        let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("ERROR");
-        assert_eq!(from, srv.addr);
-        assert!(
-            matches!(
-                Packet::decode(&d),
-                Ok(Packet::Error {
-                    code: ErrorCode::NotDefined,
-                    ..
-                })
-            ),
-            "{d:?}"
-        );
+        expect_error_0(&c, srv.addr).await;
         assert_eq!(srv.ended(1).await, 1);
         let s = srv.summaries.lock().unwrap();
         assert!(
@@ -480,25 +489,12 @@ fn an_evicted_listener_run_download_ends_with_an_error() {
         })
         .await;
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        silent.send_to(&rrq("f2", &[]), srv.addr).await.unwrap();
-        let (d, _) = recv(&silent, Duration::from_secs(5)).await.expect("DATA 1");
-        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        first_data(&silent, srv.addr, "f2").await;
         // Never acknowledged; the same client (address) asks again from another port.
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let got = lockstep_get(&c, srv.addr, srv.addr, "f6").await;
         assert_eq!(got, content(6, 512 * 20 + 6));
-        let (d, from) = recv(&silent, Duration::from_secs(5)).await.expect("ERROR");
-        assert_eq!(from, srv.addr);
-        assert!(
-            matches!(
-                Packet::decode(&d),
-                Ok(Packet::Error {
-                    code: ErrorCode::NotDefined,
-                    ..
-                })
-            ),
-            "{d:?}"
-        );
+        expect_error_0(&silent, srv.addr).await;
         assert_eq!(srv.ended(2).await, 2);
         let s = srv.summaries.lock().unwrap();
         assert!(s
@@ -547,9 +543,7 @@ fn listener_run_timers_fire_under_steady_traffic() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let asked = Instant::now();
-        c.send_to(&rrq("f1", &[]), srv.addr).await.unwrap();
-        let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
-        assert_eq!(&d[..4], &[0, 3, 0, 1]);
+        first_data(&c, srv.addr, "f1").await;
         // Not acknowledged: it comes again after about the timeout (200 ms), not once the
         // traffic stops.
         let (d, _) = recv(&c, Duration::from_secs(3))
@@ -579,17 +573,13 @@ fn a_late_copy_of_the_request_is_folded_not_a_restart() {
         for shared in MODES {
             let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
             let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let r = rrq("f3", &[]);
-            c.send_to(&r, srv.addr).await.unwrap();
-            let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 1");
-            assert_eq!(&d[..4], &[0, 3, 0, 1]);
-            let mut got = d[4..].to_vec();
+            let mut got = first_data(&c, srv.addr, "f3").await[4..].to_vec();
             c.send_to(&ack(1), srv.addr).await.unwrap();
             let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA 2");
             assert_eq!(&d[..4], &[0, 3, 0, 2]);
             got.extend_from_slice(&d[4..]);
             // The late copy, then the rest of the transfer as if it had not come.
-            c.send_to(&r, srv.addr).await.unwrap();
+            c.send_to(&rrq("f3", &[]), srv.addr).await.unwrap();
             c.send_to(&ack(2), srv.addr).await.unwrap();
             for _ in 0..100 {
                 let (d, _) = recv(&c, Duration::from_secs(5)).await.expect("DATA");
