@@ -111,7 +111,7 @@ ASYNC_TFTP=$HERE/async-tftp-server/target/release/async-tftp-server
 W=/dev/shm/tftpx-bench.$$
 NS=tftpxbench$$
 mkdir -p "$W/src" "$W/out" "$W/log"
-declare -A SRV_PID SRV_PORT SRV_DIR SRV_NS FAILED
+declare -A SRV_PID SRV_PORT SRV_DIR SRV_NS FAILED SRV_METRICS
 cleanup() {
     local s
     for s in "${!SRV_PID[@]}"; do kill "${SRV_PID[$s]}" 2>/dev/null; done
@@ -138,6 +138,13 @@ free_port() {
         ss -Hlun "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
     done
 }
+free_tcp_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+    done
+}
 
 # ---------------------------------------------------------------- servers
 SERVERS=(tftpx tftpx-sp tftpx-sh tftpd-hpa atftpd dnsmasq rs-tftpd async-tftp)
@@ -153,18 +160,22 @@ start_server() {
     # Copies, not hard links: tftpx refuses to serve a file with several links.
     cp "$W/src/big.bin" "$W/src/small.bin" "$W/src/1m.bin" "$dir/"
     local out=$W/log/$s.log
+    # tftpx servers serve their metrics and running transfers, saved when a transfer
+    # against them fails (run_pair); nothing polls them otherwise.
+    local mport mx=()
+    case "$s" in tftpx*) mport=$(free_tcp_port); mx=(--metrics "127.0.0.1:$mport"); SRV_METRICS[$s]=$mport ;; esac
     case "$s" in
     # The load generator is one address: lift tftpx's per-client limits (32 transfers, 20
     # requests/s) as the peers have none.
     tftpx) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
-        --max-transfers-per-client 0 --rate-limit 0 -q >"$out" 2>&1 & ;;
+        --max-transfers-per-client 0 --rate-limit 0 "${mx[@]}" -q >"$out" 2>&1 & ;;
     # The same in single-port mode (--single-port): every transfer on the listen port.
     tftpx-sp) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
-        --max-transfers-per-client 0 --rate-limit 0 --single-port -q >"$out" 2>&1 & ;;
+        --max-transfers-per-client 0 --rate-limit 0 --single-port "${mx[@]}" -q >"$out" 2>&1 & ;;
     # Single-port mode on the shared listen socket (--shared-socket): the listener runs the
     # downloads itself, batched across transfers. Storm and load-generator rows only.
     tftpx-sh) "$TFTPX" serve "$dir" --listen "127.0.0.1:$port" --allow-create --user root --max-transfers 30000 \
-        --max-transfers-per-client 0 --rate-limit 0 --single-port --shared-socket -q >"$out" 2>&1 & ;;
+        --max-transfers-per-client 0 --rate-limit 0 --single-port --shared-socket "${mx[@]}" -q >"$out" 2>&1 & ;;
     tftpd-hpa) /usr/sbin/in.tftpd -L -s -c -p -u root -a "127.0.0.1:$port" "$dir" >"$out" 2>&1 & ;;
     atftpd) "$ATFTPD" --daemon --no-fork --port "$port" --bind-address 127.0.0.1 --user root --group root \
         --maxthread 1100 --logfile /dev/null "$dir" >"$out" 2>&1 & ;;
@@ -299,6 +310,25 @@ TSV=$RESULTS_DIR/$STAMP.tsv
 MD=$RESULTS_DIR/$STAMP.md
 printf 'setting\tserver\tclient\trep\tok\tbytes\tsecs\tclient_cpu\tserver_cpu\n' >"$TSV"
 
+# A tftpx server's state right after a transfer against it failed: the client's output, the
+# transfers it is running (/transfers: peer, file, block, retransmissions, age) and its
+# counters (/metrics), to bench/results/<stamp>-fail-<row>-<server>-<client>-<rep>.txt.
+save_server_state() { # setting server client rep rc secs
+    local st=$1 s=$2 c=$3 rep=$4 rc=$5 secs=$6 m=${SRV_METRICS[$2]}
+    local dump=$RESULTS_DIR/$STAMP-fail-$st-$s-$c-$rep.txt
+    {
+        echo "# $st: $s <- $c, rep $rep: exit $rc after ${secs}s, $(date -u +%H:%M:%S.%N) UTC"
+        echo "## client output (last 2000 bytes)"
+        tail -c 2000 "$W/log/client.out"
+        echo "## GET /transfers"
+        curl -s --max-time 2 "http://127.0.0.1:$m/transfers"
+        echo
+        echo "## GET /metrics"
+        curl -s --max-time 2 "http://127.0.0.1:$m/metrics"
+    } >"$dump" 2>&1
+    log "$st $s <- $c rep $rep: the server's transfers and counters saved to $dump"
+}
+
 # One transfer; appends a line to the TSV.
 run_pair() { # setting server client rep
     local st=$1 s=$2 c=$3 rep=$4
@@ -355,6 +385,7 @@ run_pair() { # setting server client rep
         log "$st $s <- $c rep $rep: $(awk -v n="$bytes" -v t="$secs" 'BEGIN { printf "%.1f MB/s", n / t / 1e6 }') (${secs}s, client ${ccpu}s, server ${scpu}s CPU)"
     else
         log "$st $s <- $c rep $rep: FAILED (exit $rc after ${secs}s) $(tail -c 200 "$W/log/client.out" | tr '\n' ' ')"
+        [ -n "${SRV_METRICS[$s]:-}" ] && save_server_state "$st" "$s" "$c" "$rep" "$rc" "$secs"
     fi
     [ "$d" = put ] && rm -f "$target"
     rm -rf "$W/out"
