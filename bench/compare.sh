@@ -131,18 +131,12 @@ head -c "$SIZE_B" /dev/urandom >"$W/src/big.bin"
 head -c "$LOCKSTEP_B" /dev/urandom >"$W/src/small.bin"
 head -c 1048576 /dev/urandom >"$W/src/1m.bin"
 
-free_port() {
-    local p
+free_port() { # [-t]: a TCP port (default UDP)
+    local p proto=u
+    [ "${1:-}" = -t ] && proto=t
     while :; do
         p=$((20000 + RANDOM % 40000))
-        ss -Hlun "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-    done
-}
-free_tcp_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 40000))
-        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+        ss -Hl${proto}n "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
     done
 }
 
@@ -163,7 +157,7 @@ start_server() {
     # tftpx servers serve their metrics and running transfers, saved when a transfer
     # against them fails (run_pair); nothing polls them otherwise.
     local mport mx=()
-    case "$s" in tftpx*) mport=$(free_tcp_port); mx=(--metrics "127.0.0.1:$mport"); SRV_METRICS[$s]=$mport ;; esac
+    case "$s" in tftpx*) mport=$(free_port -t); mx=(--metrics "127.0.0.1:$mport"); SRV_METRICS[$s]=$mport ;; esac
     case "$s" in
     # The load generator is one address: lift tftpx's per-client limits (32 transfers, 20
     # requests/s) as the peers have none.

@@ -1152,29 +1152,25 @@ impl Writeback {
             // Finished: its result is ready, polled without waiting.
             let mut cx = Context::from_waker(std::task::Waker::noop());
             match Pin::new(&mut r).poll(&mut cx) {
-                Poll::Ready(done) => self.reap(Some(done)),
+                Poll::Ready(done) => self.reap(done),
                 Poll::Pending => {
                     self.running = Some(r);
                     return;
                 }
             }
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let Ok(copy) = file.try_clone() else {
-            return;
-        };
-        self.started_at = self.written;
-        self.running = Some(rt.spawn_blocking(move || copy.sync_data()));
+        if let Some(sync) = spawn_sync(file) {
+            self.started_at = self.written;
+            self.running = Some(sync);
+        }
     }
 
     /// Keeps the error of a finished sync, if it is the first.
-    fn reap(&mut self, r: Option<Result<io::Result<()>, tokio::task::JoinError>>) {
+    fn reap(&mut self, r: Result<io::Result<()>, tokio::task::JoinError>) {
         let e = match r {
-            Some(Ok(Ok(()))) | None => return,
-            Some(Ok(Err(e))) => e,
-            Some(Err(e)) => io::Error::other(e),
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => io::Error::other(e),
         };
         self.error.get_or_insert(e);
     }
@@ -1183,10 +1179,18 @@ impl Writeback {
     async fn finish(&mut self) -> io::Result<()> {
         if let Some(r) = self.running.take() {
             let r = r.await;
-            self.reap(Some(r));
+            self.reap(r);
         }
         self.error.take().map_or(Ok(()), Err)
     }
+}
+
+/// `fdatasync` of `file` on tokio's blocking pool (a sync can take long on a real disk), on
+/// a copy of its descriptor; `None` without a runtime or a descriptor for the copy.
+fn spawn_sync(file: &std::fs::File) -> Option<tokio::task::JoinHandle<io::Result<()>>> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let copy = file.try_clone().ok()?;
+    Some(rt.spawn_blocking(move || copy.sync_data()))
 }
 
 /// Where an upload's bytes are until the commit.
@@ -1302,13 +1306,10 @@ impl Upload for DirUpload {
     async fn commit(mut self) -> io::Result<()> {
         self.file.flush().await?;
         self.writeback.finish().await?;
-        // fsync can take long on a real disk: not on the runtime's thread, unless no
-        // descriptor is left for the copy that thread needs.
-        match self.file.get_ref().0.try_clone() {
-            Ok(copy) => tokio::task::spawn_blocking(move || copy.sync_data())
-                .await
-                .map_err(io::Error::other)??,
-            Err(_) => self.file.get_ref().0.sync_data()?,
+        // Not on the runtime's thread, unless no descriptor is left for the copy.
+        match spawn_sync(&self.file.get_ref().0) {
+            Some(sync) => sync.await.map_err(io::Error::other)??,
+            None => self.file.get_ref().0.sync_data()?,
         }
         let file = &self.file.get_ref().0;
         fchmod(file, nix::sys::stat::Mode::from_bits_truncate(self.mode))?;

@@ -136,18 +136,12 @@ async fn first_data(c: &UdpSocket, server: SocketAddr, name: &str) -> Vec<u8> {
     d
 }
 
-/// The next datagram is ERROR 0 from `from`.
-async fn expect_error_0(c: &UdpSocket, from: SocketAddr) {
+/// The next datagram is an ERROR with `code` from `from`.
+async fn expect_error(c: &UdpSocket, from: SocketAddr, code: ErrorCode) {
     let (d, src) = recv(c, Duration::from_secs(5)).await.expect("ERROR");
     assert_eq!(src, from);
     assert!(
-        matches!(
-            Packet::decode(&d),
-            Ok(Packet::Error {
-                code: ErrorCode::NotDefined,
-                ..
-            })
-        ),
+        matches!(Packet::decode(&d), Ok(Packet::Error { code: got, .. }) if got == code),
         "{d:?}"
     );
 }
@@ -231,18 +225,7 @@ fn strays_get_error_5_and_repeated_requests_are_folded() {
             let srv = start("127.0.0.1:0", |b| b.single_port_shared(shared)).await;
             let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             c.send_to(&ack(7), srv.addr).await.unwrap();
-            let (d, from) = recv(&c, Duration::from_secs(5)).await.expect("an ERROR");
-            assert_eq!(from, srv.addr);
-            assert!(
-                matches!(
-                    Packet::decode(&d),
-                    Ok(Packet::Error {
-                        code: ErrorCode::UnknownTid,
-                        ..
-                    })
-                ),
-                "{d:?}"
-            );
+            expect_error(&c, srv.addr, ErrorCode::UnknownTid).await;
 
             // The same RRQ three times: one DATA 1 each time it is (re)sent by the server, never
             // a second transfer.
@@ -467,7 +450,7 @@ fn stopping_the_server_ends_listener_run_downloads_with_an_error() {
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         first_data(&c, srv.addr, "f2").await;
         srv.token.cancel();
-        expect_error_0(&c, srv.addr).await;
+        expect_error(&c, srv.addr, ErrorCode::NotDefined).await;
         assert_eq!(srv.ended(1).await, 1);
         let s = srv.summaries.lock().unwrap();
         assert!(
@@ -494,7 +477,7 @@ fn an_evicted_listener_run_download_ends_with_an_error() {
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let got = lockstep_get(&c, srv.addr, srv.addr, "f6").await;
         assert_eq!(got, content(6, 512 * 20 + 6));
-        expect_error_0(&silent, srv.addr).await;
+        expect_error(&silent, srv.addr, ErrorCode::NotDefined).await;
         assert_eq!(srv.ended(2).await, 2);
         let s = srv.summaries.lock().unwrap();
         assert!(s
