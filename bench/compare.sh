@@ -3,11 +3,15 @@
 # (servers) and tftp-hpa, atftp, curl, busybox and rs-tftpd's tftpc (clients), on loopback.
 #
 #   bash bench/compare.sh [--size 100M] [--lockstep-size SIZE/4] [--reps 3] [--quick]
+#                         [--min-secs 1.5] [--max-reps 3*REPS]
 #                         [--rows LIST] [--no-install] [--no-scale] [--large] [--timeout SECS]
 #                         [--storm-n 200]
 #
 # Every row runs every server x client pair that supports its setting, with the repetitions
-# interleaved (rep 1 of every pair, then rep 2, ...), so only ratios within one run matter. Each
+# interleaved (rep 1 of every pair, then rep 2, ...), so only ratios within one run matter. A
+# pair whose --reps transfers took less than --min-secs seconds in all (0.1-0.3 s transfers,
+# where one repetition swings +-10%) goes on repeating, still interleaved, until they reach it
+# or --max-reps (default 3 x --reps): its median rests on more samples. Each
 # transferred file is compared with its source (cmp). A pair that fails or stalls (every external
 # step is bounded by `timeout`) shows as a failure in the table, is not repeated, and the script
 # goes on.
@@ -48,6 +52,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 SIZE=100M
 LOCKSTEP_SIZE=
 REPS=3
+MIN_SECS=1.5
+MAX_REPS=
 ROWS="512,1468,8192,65464,1468x4,1468x16,1468x64,65464x16,up65464,conc200,storm512,storm1468,stormhpa,storm1000"
 STORM_N=200
 INSTALL=1
@@ -62,6 +68,8 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift ;;
     --lockstep-size) LOCKSTEP_SIZE=$2; shift ;;
     --reps) REPS=$2; shift ;;
+    --min-secs) MIN_SECS=$2; shift ;;
+    --max-reps) MAX_REPS=$2; shift ;;
     --rows) ROWS=$2; shift ;;
     --quick) SIZE=20M; REPS=3; SLOW_N=2000; CONC_N=500; SLOW_DURATION=10s ;;
     --no-install) INSTALL=0 ;;
@@ -69,11 +77,13 @@ while [ $# -gt 0 ]; do
     --large) LARGE=1 ;;
     --timeout) TMO=$2; shift ;;
     --storm-n) STORM_N=$2; shift ;;
-    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+[ -n "$MAX_REPS" ] || MAX_REPS=$((3 * REPS))
+[ "$MAX_REPS" -ge "$REPS" ] || { echo "--max-reps ($MAX_REPS) must be at least --reps ($REPS)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "compare.sh: run as root (apt installs, network namespace)" >&2; exit 2; }
 
 SIZE_B=$(numfmt --from=iec "$SIZE")
@@ -111,7 +121,7 @@ ASYNC_TFTP=$HERE/async-tftp-server/target/release/async-tftp-server
 W=/dev/shm/tftpx-bench.$$
 NS=tftpxbench$$
 mkdir -p "$W/src" "$W/out" "$W/log"
-declare -A SRV_PID SRV_PORT SRV_DIR SRV_NS FAILED SRV_METRICS
+declare -A SRV_PID SRV_PORT SRV_DIR SRV_NS FAILED SRV_METRICS PAIR_SECS
 cleanup() {
     local s
     for s in "${!SRV_PID[@]}"; do kill "${SRV_PID[$s]}" 2>/dev/null; done
@@ -375,6 +385,7 @@ run_pair() { # setting server client rep
     scpu=$(awk -v a="$k0" -v b="$k1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$st" "$s" "$c" "$rep" "$ok" "$bytes" "$secs" "$ccpu" "$scpu" >>"$TSV"
     [ "$ok" = 1 ] || FAILED["$st $s $c"]=1
+    PAIR_SECS["$st $s $c"]=$(awk -v a="${PAIR_SECS["$st $s $c"]:-0}" -v b="$secs" 'BEGIN { print a + b }')
     if [ "$ok" = 1 ]; then
         log "$st $s <- $c rep $rep: $(awk -v n="$bytes" -v t="$secs" 'BEGIN { printf "%.1f MB/s", n / t / 1e6 }') (${secs}s, client ${ccpu}s, server ${scpu}s CPU)"
     else
@@ -405,10 +416,14 @@ for st in "${ROW_LIST[@]}"; do
             client_supports "$c" "$d" "$b" "$w" && pairs+=("$s $c")
         done
     done
-    log "row $st: ${#pairs[@]} pairs x $REPS reps"
-    for rep in $(seq "$REPS"); do
+    log "row $st: ${#pairs[@]} pairs x $REPS reps (up to $MAX_REPS for pairs under ${MIN_SECS}s in all)"
+    for rep in $(seq "$MAX_REPS"); do
         for p in "${pairs[@]}"; do
             [ -n "${FAILED["$st $p"]:-}" ] && continue # failed or stalled once: not repeated
+            # Past --reps, only the pairs whose transfers are still under --min-secs in all.
+            if [ "$rep" -gt "$REPS" ] && awk -v t="${PAIR_SECS["$st $p"]:-0}" -v m="$MIN_SECS" 'BEGIN { exit !(t >= m) }'; then
+                continue
+            fi
             run_pair "$st" ${p} "$rep"
         done
     done
@@ -557,7 +572,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "### tftpx benchmark, $START"
     echo
     echo "Machine: $MACHINE. Load average before / after: $LOAD_BEFORE / $LOAD_AFTER."
-    echo "Files: $(numfmt --to=iec "$SIZE_B") (8192 and 65464 rows, windowed, upload), $(numfmt --to=iec "$LOCKSTEP_B") (512 and 1468 lock-step rows); $REPS interleaved repetitions; loopback; tmpfs."
+    echo "Files: $(numfmt --to=iec "$SIZE_B") (8192 and 65464 rows, windowed, upload), $(numfmt --to=iec "$LOCKSTEP_B") (512 and 1468 lock-step rows); $REPS interleaved repetitions, more (up to $MAX_REPS) for a pair whose transfers took under $MIN_SECS s in all (ok column: how many); loopback; tmpfs."
     echo "MB/s = 10^6 bytes/s of wall time (client start to exit). CPU = median seconds per transfer, user+sys: the client's from /usr/bin/time, the server's from its cgroup ($([ -n "$CG_BASE" ] && echo "$CG_KIND, forked children included" || echo "none: /proc stat only")). A pair that failed once is not repeated (ok column)."
     echo "ratio: for a tftpx server line, its median / the best peer server's median with the same client; for a tftpx client line, its median / the best peer client's against the same server; for tftpx-tftpx, / the best peer pair; for tftpx-sp (single-port mode), / tftpx's (multi-port) median with the same client."
     echo
