@@ -530,6 +530,12 @@ fn build_client(
     b
 }
 
+/// A download's write buffer, bytes. The library writes a download in runs of at least
+/// this much (tftpx::Client holds the blocks and writes them right after an ACK): those
+/// pass the buffer by, uncopied; it gathers the blocks written one by one (netascii, or a
+/// block near --max-size).
+const GET_BUFFER: usize = 64 * 1024;
+
 fn progress_bar(quiet: bool) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -551,8 +557,14 @@ fn on_progress<'a>(
 ) -> impl FnMut(Progress) + Send + 'a {
     // The length last given to the bar: asking the bar takes its lock, once per datagram.
     let mut length = None;
+    // A hidden bar (-q, stderr not a terminal) is not updated: each update takes its lock
+    // and reads the clock, once per datagram, while the server waits for the ACK.
+    let hidden = pb.is_hidden();
     move |p: Progress| {
         *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.stats);
+        if hidden {
+            return;
+        }
         if p.total.is_some() && p.total != length {
             length = p.total;
             pb.set_length(p.total.unwrap_or(0));
@@ -933,7 +945,7 @@ async fn get_one(
         Dest::Stdout => {
             // Buffered: tokio's stdout hands every write to a thread, one DATA block at a
             // time.
-            let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
+            let mut out = tokio::io::BufWriter::with_capacity(GET_BUFFER, tokio::io::stdout());
             let r = servers
                 .get(&remote, &mut out, &pb)
                 .await
@@ -951,7 +963,7 @@ async fn get_one(
                 })?,
                 _ = ctx.cancel.cancelled() => return Err(CliError::Failed("cancelled".into())),
             };
-            let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+            let mut w = tokio::io::BufWriter::with_capacity(GET_BUFFER, file);
             servers
                 .get(&remote, &mut w, &pb)
                 .await
@@ -969,7 +981,7 @@ async fn get_one(
             // A regular file of our own: plain writes on this thread (tftpx::SyncFile).
             let mut file = SyncFile(file);
             let report = {
-                let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut file);
+                let mut w = tokio::io::BufWriter::with_capacity(GET_BUFFER, &mut file);
                 servers
                     .get(&remote, &mut w, &pb)
                     .await

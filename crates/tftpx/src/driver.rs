@@ -565,9 +565,11 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
 
 /// Runs a receiver until the last block is in (its final ACK still unsent, so the caller
 /// can commit the data first) or the transfer fails. Payloads go to `sink`.
-/// `trace`, when given, sees every datagram sent and received. `write_behind(len)` says
-/// whether the ACK of a block of `len` bytes may leave before the block is written (true
-/// only when the writer is sure to take it, short of an I/O error; see the loop).
+/// `trace`, when given, sees every datagram sent and received. `write_behind(accepted, len)`
+/// says whether the ACK of a block of `len` bytes may leave before the block is written,
+/// `accepted` bytes having been taken by `sink` before it (true only when the writer is
+/// sure to take it, short of an I/O error; see the loop); such a block a deferred `sink`
+/// may hold until its next write point, right after an ACK.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     link: &mut Link,
@@ -576,7 +578,7 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     tracker: &mut Tracker,
     cancel: &CancellationToken,
     policy: WaitPolicy,
-    write_behind: &(dyn Fn(usize) -> bool + Sync),
+    write_behind: &(dyn Fn(u64, usize) -> bool + Sync),
     progress: &mut (dyn FnMut(&Stats, Option<&Negotiated>) + Send),
     trace: Option<&Tracer>,
 ) {
@@ -584,6 +586,9 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     let mut waiter = Waiter::new(cancel, link, policy);
     // One clock reading per wake-up serves the datagram, the replies and the next wait.
     let mut t = now();
+    // The datagram just handled was reported already (the write-behind path reports it
+    // before its ACK leaves): one call per datagram, not two.
+    let mut reported = false;
     loop {
         while let Some(ev) = rx.poll_event() {
             if let Event::Negotiated(n) = &ev {
@@ -595,7 +600,9 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
             tracker.record(ev);
         }
         // Before the replies leave (see run_sender), and once more at the end.
-        progress(&rx.stats(), tracker.negotiated.as_ref());
+        if !std::mem::take(&mut reported) {
+            progress(&rx.stats(), tracker.negotiated.as_ref());
+        }
         if rx.is_complete() || rx.is_finished() {
             break;
         }
@@ -623,16 +630,20 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
                         // Write-behind (as tftpd-hpa does): the ACK leaves before the block
                         // is written, so the peer sends the next block while we write. Not
                         // the final ACK, which waits for the commit; a write that fails
-                        // still ends the transfer with an ERROR, one block later. A block
+                        // still ends the transfer with an ERROR, one write later. A block
                         // the writer will refuse (a size cap) gets its ERROR instead.
-                        if chunks.peek().is_none()
-                            && !rx.is_complete()
-                            && write_behind(payload.len())
-                        {
+                        let behind = write_behind(sink.accepted(), payload.len());
+                        let mut acked = false;
+                        if behind && chunks.peek().is_none() && !rx.is_complete() {
                             progress(&rx.stats(), tracker.negotiated.as_ref());
-                            flush_receiver(link, rx, trace).await;
+                            reported = true;
+                            acked = flush_receiver(link, rx, trace).await;
                         }
-                        if let Err(e) = sink.write(payload).await {
+                        let mut r = sink.write(payload, behind).await;
+                        if r.is_ok() && acked {
+                            r = sink.write_point().await;
+                        }
+                        if let Err(e) = r {
                             let (code, msg) = io_error_code(&e);
                             rx.abort(code, &msg);
                             break;
@@ -660,16 +671,19 @@ pub(crate) async fn run_receiver<W: AsyncWrite + Unpin>(
     tracker.busy_polls += waiter.busy.counts();
 }
 
-/// Sends what a receiver has queued (its final ACK or an ERROR), without waiting.
-/// Each datagram is reported to `trace` when there is one.
-pub(crate) async fn flush_receiver(link: &Link, rx: &mut Receiver, trace: Option<&Tracer>) {
+/// Sends what a receiver has queued (an ACK, its final ACK or an ERROR), without waiting;
+/// whether it sent anything. Each datagram is reported to `trace` when there is one.
+pub(crate) async fn flush_receiver(link: &Link, rx: &mut Receiver, trace: Option<&Tracer>) -> bool {
     let t = now();
+    let mut sent = false;
     while let Some(out) = rx.poll_transmit(t) {
         if let Some(tr) = trace {
             tr.packet(Direction::Sent, out.destination, out.payload);
         }
         send(link, out.payload, out.destination).await;
+        sent = true;
     }
+    sent
 }
 
 /// Sends what a receiver still has to send (its final ACK or an ERROR) and dallies until it

@@ -113,12 +113,24 @@ impl<R: AsyncRead + Unpin> Source<R> {
     }
 }
 
-/// Where a receiver's payloads go.
+/// Payloads a deferred [`Sink`] holds at most (bytes): past it they are written at once,
+/// write point or not (only a window bigger than this gets there: 64 x 65464 bytes, say).
+const SINK_HOLD_MAX: usize = 4 << 20;
+
+/// Where a receiver's payloads go: to `inner` as they come or, deferred
+/// ([`Sink::deferred`]), held and written at the receiver's write points, right after an
+/// ACK left.
 pub(crate) struct Sink<W> {
     inner: W,
     netascii: Option<(Decoder, Vec<u8>)>,
+    /// Bytes accepted so far (written or held).
     written: u64,
     limit: Option<u64>,
+    /// Accepted, not yet written (deferred only).
+    held: Vec<u8>,
+    /// Deferred: a write point writes what is held once it is at least this many bytes;
+    /// 0: every payload is written as it comes.
+    defer: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Sink<W> {
@@ -131,7 +143,24 @@ impl<W: AsyncWrite + Unpin> Sink<W> {
             },
             written: 0,
             limit: None,
+            held: Vec::new(),
+            defer: 0,
         }
+    }
+
+    /// Holds the payloads [`Sink::write`] may hold and writes them at a write point
+    /// ([`Sink::write_point`]) once `bytes` are held (a client's downloads). A write takes
+    /// the receiver away from its socket: made right after an ACK it overlaps the peer's
+    /// next window, made in the middle of a window (wherever a buffer happens to fill) it
+    /// holds back that window's ACK, the peer waiting all along.
+    pub(crate) fn deferred(mut self, bytes: usize) -> Self {
+        self.defer = bytes;
+        self
+    }
+
+    /// Bytes accepted so far, written or held.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.written
     }
 
     /// Refuses (with [`io::ErrorKind::FileTooLarge`]) to take more than `limit` bytes.
@@ -140,7 +169,9 @@ impl<W: AsyncWrite + Unpin> Sink<W> {
         self
     }
 
-    pub(crate) async fn write(&mut self, payload: &[u8]) -> io::Result<()> {
+    /// Takes `payload`: holds it when the sink is deferred and `hold` (the inner writer is
+    /// sure to take it), else writes it, after whatever is held.
+    pub(crate) async fn write(&mut self, payload: &[u8], hold: bool) -> io::Result<()> {
         self.written += payload.len() as u64;
         if self.limit.is_some_and(|l| self.written > l) {
             return Err(io::Error::new(
@@ -148,18 +179,53 @@ impl<W: AsyncWrite + Unpin> Sink<W> {
                 "upload exceeds the size limit",
             ));
         }
-        match &mut self.netascii {
-            None => self.inner.write_all(payload).await,
+        let data = match &mut self.netascii {
+            None => payload,
             Some((dec, buf)) => {
                 buf.clear();
                 dec.decode(payload, buf);
-                self.inner.write_all(buf).await
+                &buf[..]
             }
+        };
+        if hold && self.defer > 0 {
+            self.held.extend_from_slice(data);
+            if self.held.len() >= SINK_HOLD_MAX {
+                return Self::write_held(&mut self.inner, &mut self.held).await;
+            }
+            return Ok(());
         }
+        Self::write_held(&mut self.inner, &mut self.held).await?;
+        self.inner.write_all(data).await
     }
 
-    /// Writes what the translation still holds and flushes; returns the inner writer.
+    /// A write point (an ACK just left): writes what is held once it is at least the
+    /// deferred size.
+    pub(crate) async fn write_point(&mut self) -> io::Result<()> {
+        if self.defer > 0 && self.held.len() >= self.defer {
+            return Self::write_held(&mut self.inner, &mut self.held).await;
+        }
+        Ok(())
+    }
+
+    /// Writes what is held now, write point or not (a transfer that ends without its last
+    /// block: what arrived still reaches the writer).
+    pub(crate) async fn release(&mut self) -> io::Result<()> {
+        Self::write_held(&mut self.inner, &mut self.held).await
+    }
+
+    async fn write_held(inner: &mut W, held: &mut Vec<u8>) -> io::Result<()> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let r = inner.write_all(held).await;
+        held.clear();
+        r
+    }
+
+    /// Writes what is held and what the translation still holds, and flushes; returns
+    /// the inner writer.
     pub(crate) async fn finish(mut self) -> io::Result<W> {
+        Self::write_held(&mut self.inner, &mut self.held).await?;
         if let Some((dec, buf)) = &mut self.netascii {
             buf.clear();
             dec.finish(buf);
@@ -235,6 +301,55 @@ impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// A deferred sink holds what it may hold until a write point finds enough of it (or
+    /// the hold is full), writes a block it may not hold after what it holds, and lets
+    /// nothing go missing: at the end, or when the transfer fails (release).
+    #[tokio::test]
+    async fn a_deferred_sink_writes_at_write_points_in_order() {
+        let mut out = Vec::new();
+        let mut s = Sink::new(&mut out, Mode::Octet).deferred(10);
+        s.write(b"abcd", true).await.unwrap();
+        s.write_point().await.unwrap();
+        assert!(s.inner.is_empty(), "4 of 10 bytes: held on");
+        s.write(b"efghijk", true).await.unwrap();
+        assert!(s.inner.is_empty(), "only a write point writes");
+        s.write_point().await.unwrap();
+        assert_eq!(&s.inner[..], b"abcdefghijk");
+        s.write(b"lm", true).await.unwrap();
+        s.write(b"NO", false).await.unwrap();
+        assert_eq!(
+            &s.inner[..],
+            b"abcdefghijklmNO",
+            "held first, then the one not held"
+        );
+        s.write(b"pq", true).await.unwrap();
+        assert_eq!(s.accepted(), 17);
+        s.release().await.unwrap();
+        assert_eq!(&s.inner[..], b"abcdefghijklmNOpq");
+        s.write(b"rs", true).await.unwrap();
+        let out = s.finish().await.unwrap();
+        assert_eq!(&out[..], b"abcdefghijklmNOpqrs");
+
+        // The hold is bounded: at SINK_HOLD_MAX it is written, write point or not.
+        let mut out = Vec::new();
+        let mut s = Sink::new(&mut out, Mode::Octet).deferred(SINK_HOLD_MAX * 2);
+        let block = vec![7u8; 65_464];
+        let mut n = 0;
+        while s.inner.is_empty() {
+            s.write(&block, true).await.unwrap();
+            n += block.len();
+            assert!(n <= SINK_HOLD_MAX + block.len());
+        }
+        assert_eq!(s.inner.len(), n);
+        assert!(s.held.is_empty());
+
+        // Not deferred: every payload is written as it comes.
+        let mut out = Vec::new();
+        let mut s = Sink::new(&mut out, Mode::Octet);
+        s.write(b"ab", true).await.unwrap();
+        assert_eq!(&s.inner[..], b"ab");
+    }
 
     #[tokio::test]
     async fn lazy_buf_reader_allocates_on_first_read_and_returns_every_byte() {

@@ -1735,7 +1735,7 @@ impl<H: Handler> Ctx<'_, H> {
             cancel,
             waits,
             // Uploads: the ACK leaves before the write (the final one after the commit).
-            &|_| true,
+            &|_, _| true,
             &mut |stats, _| {
                 live.bytes(stats.bytes);
                 if stats.blocks > 0 {

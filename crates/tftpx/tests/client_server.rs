@@ -732,3 +732,69 @@ async fn a_download_acknowledges_a_block_before_writing_it() {
     want.extend_from_slice(b"end");
     assert_eq!(out.out, want);
 }
+
+/// A writer that keeps what it is given and the length of every write.
+#[derive(Default)]
+struct CountingWriter {
+    out: Vec<u8>,
+    writes: Vec<usize>,
+}
+
+impl tokio::io::AsyncWrite for CountingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.out.extend_from_slice(buf);
+        self.writes.push(buf.len());
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A download's blocks are written in runs of at least 64 KiB, each right after an ACK:
+/// with windows, at a window's end (a write in the middle of a window holds back the ACK
+/// the server waits for). What arrives is written whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_writes_in_runs_at_window_ends() {
+    let srv = start(|h| h, |b| b).await;
+    let data = content(1 << 20, 3);
+    std::fs::write(srv.path("w.bin"), &data).unwrap();
+    // blksize 1000, windowsize 8: a window is 8,000 bytes; lock-step at 512.
+    for (blksize, windowsize, window) in [(1000u16, Some(8u16), 8000usize), (512, None, 512)] {
+        let c = client(srv.addr, Some(blksize), windowsize, Mode::Octet);
+        let mut out = CountingWriter::default();
+        c.get("w.bin", &mut out, |_| {}).await.unwrap();
+        assert!(out.out == data, "the file whole, in order");
+        let (last, runs) = out.writes.split_last().unwrap();
+        assert!(*last > 0);
+        let mut end = 0;
+        for &n in runs {
+            end += n;
+            assert!(n >= 64 << 10, "a run of {n} bytes: {:?}", out.writes);
+            assert_eq!(
+                end % window,
+                0,
+                "a write ending mid-window: {:?}",
+                out.writes
+            );
+        }
+        // 1 MiB in runs of at least 64 KiB: 16 writes at most, not one per block.
+        assert!(out.writes.len() <= 17, "{:?}", out.writes);
+    }
+    srv.stop().await;
+}
