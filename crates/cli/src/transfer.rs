@@ -1139,7 +1139,8 @@ async fn put_one(
                 local.display()
             )));
         }
-        let mut input = tokio::io::BufReader::with_capacity(256 * 1024, SyncFile(file));
+        // Unbuffered: tftpx::Client reads an upload ahead in runs of 256 KiB.
+        let mut input = SyncFile(file);
         size = Some(meta.len());
         servers.put(&remote, &mut input, size, &pb).await
     }

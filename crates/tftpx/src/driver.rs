@@ -531,6 +531,8 @@ pub(crate) async fn run_sender<R: AsyncRead + Unpin>(
         while let Some(ev) = tx.poll_event() {
             tracker.record(ev);
         }
+        // While the peer handles what just left: the reads the next blocks need.
+        src.prefetch();
         if tx.is_finished() || cancelled {
             progress(&tx.stats(), tracker.negotiated.as_ref());
             break;

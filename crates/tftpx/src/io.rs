@@ -1,6 +1,8 @@
 //! Byte sources and sinks between files and transfers, with netascii translation.
 
+use std::future::Future;
 use std::io;
+use std::task::{Context, Poll};
 
 use tftpx_proto::netascii::{Decoder, Encoder};
 use tftpx_proto::wire::Mode;
@@ -38,6 +40,22 @@ pub(crate) struct Source<R> {
     error: Option<io::Error>,
     /// File bytes still to read when the size was fixed at open.
     remaining: Option<u64>,
+    /// Octet with [`Source::read_ahead`]: the bytes read ahead.
+    ahead: Option<Ahead>,
+}
+
+/// Bytes a [`Source`] read ahead of the blocks: `buf[pos..end]`.
+struct Ahead {
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+    /// A read ahead found the end of the data.
+    eof: bool,
+    /// A read ahead failed: the next fill returns it.
+    error: Option<io::Error>,
+    /// A block was asked for: the peer answered. Nothing is read ahead before, so that a
+    /// request nobody answers leaves the input unread for the next address to try.
+    started: bool,
 }
 
 impl<R: AsyncRead + Unpin> Source<R> {
@@ -60,6 +78,63 @@ impl<R: AsyncRead + Unpin> Source<R> {
             eof: false,
             error: None,
             remaining: None,
+            ahead: None,
+        }
+    }
+
+    /// Reads up to `bytes` ahead of the blocks at [`Source::prefetch`] (octet only), so
+    /// that the read that would come when the next block is due (the peer's ACK in) comes
+    /// while the peer handles the block just sent instead (a client's uploads).
+    pub(crate) fn read_ahead(mut self, bytes: usize) -> Self {
+        if self.netascii.is_none() && bytes > 0 {
+            self.ahead = Some(Ahead {
+                buf: vec![0u8; bytes].into_boxed_slice(),
+                pos: 0,
+                end: 0,
+                eof: false,
+                error: None,
+                started: false,
+            });
+        }
+        self
+    }
+
+    /// With [`Source::read_ahead`], once less than half of it is left: reads ahead until
+    /// it is full, the data ends, or a read would wait (it is polled once, never awaited:
+    /// a pipe's read goes on in the background and is taken by the next call or fill).
+    /// Call it when the sender has nothing else to do: after a block left, before the wait
+    /// for its ACK.
+    pub(crate) fn prefetch(&mut self) {
+        let Some(a) = &mut self.ahead else {
+            return;
+        };
+        if !a.started || a.eof || a.error.is_some() || (a.end - a.pos) * 2 >= a.buf.len() {
+            return;
+        }
+        a.buf.copy_within(a.pos..a.end, 0);
+        a.end -= a.pos;
+        a.pos = 0;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Bounded: each pass adds at least a byte to a buffer of fixed size, or ends.
+        while a.end < a.buf.len() {
+            let read = std::pin::pin!(read_some(
+                &mut self.inner,
+                &mut self.remaining,
+                &mut a.buf[a.end..]
+            ));
+            match read.poll(&mut cx) {
+                // Pending: nothing was taken (AsyncRead's contract); the next call asks again.
+                Poll::Pending => return,
+                Poll::Ready(Ok(0)) => {
+                    a.eof = true;
+                    return;
+                }
+                Poll::Ready(Ok(n)) => a.end += n,
+                Poll::Ready(Err(e)) => {
+                    a.error = Some(e);
+                    return;
+                }
+            }
         }
     }
 
@@ -83,7 +158,28 @@ impl<R: AsyncRead + Unpin> Source<R> {
         match &mut self.netascii {
             None => {
                 while n < out.len() && !self.eof {
-                    let r = read_some(&mut self.inner, &mut self.remaining, &mut out[n..]).await?;
+                    let r = match &mut self.ahead {
+                        None => {
+                            read_some(&mut self.inner, &mut self.remaining, &mut out[n..]).await?
+                        }
+                        Some(a) => {
+                            a.started = true;
+                            if a.pos == a.end && !a.eof {
+                                if let Some(e) = a.error.take() {
+                                    return Err(e);
+                                }
+                                // Not read ahead (yet): read now, at least a buffer's worth.
+                                a.pos = 0;
+                                a.end = read_some(&mut self.inner, &mut self.remaining, &mut a.buf)
+                                    .await?;
+                                a.eof = a.end == 0;
+                            }
+                            let k = (a.end - a.pos).min(out.len() - n);
+                            out[n..n + k].copy_from_slice(&a.buf[a.pos..a.pos + k]);
+                            a.pos += k;
+                            k
+                        }
+                    };
                     if r == 0 {
                         self.eof = true;
                     }
@@ -301,6 +397,117 @@ impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// A reader that counts its reads, answers Pending while `wait` is set, and fails
+    /// from byte `fail_at` on.
+    struct TestReader {
+        data: Vec<u8>,
+        at: usize,
+        reads: usize,
+        wait: bool,
+        fail_at: usize,
+    }
+
+    impl AsyncRead for TestReader {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.wait {
+                return Poll::Pending;
+            }
+            if self.at >= self.fail_at {
+                return Poll::Ready(Err(io::Error::from_raw_os_error(nix::libc::EIO)));
+            }
+            self.reads += 1;
+            let n = out.remaining().min(self.data.len() - self.at);
+            out.put_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn test_reader(len: usize) -> TestReader {
+        TestReader {
+            data: (0..len).map(|i| (i * 7 % 251) as u8).collect(),
+            at: 0,
+            reads: 0,
+            wait: false,
+            fail_at: usize::MAX,
+        }
+    }
+
+    /// Read ahead: blocks come out of what a prefetch read (no read of their own), every
+    /// byte in order; a read that would wait leaves the prefetch at once; a failed read
+    /// ahead fails the fill that needs it; a file that shrinks is still an error.
+    #[tokio::test]
+    async fn a_source_reads_ahead_at_prefetch() {
+        let mut src = Source::new(test_reader(10_000), Mode::Octet).read_ahead(1000);
+        let mut block = [0u8; 300];
+        let mut got = Vec::new();
+        src.prefetch();
+        assert_eq!(
+            src.inner.reads, 0,
+            "nothing read before the first block is asked for"
+        );
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300);
+        got.extend_from_slice(&block);
+        assert_eq!(src.inner.reads, 1, "the first block: one read of 1000");
+        src.prefetch();
+        assert_eq!(src.inner.reads, 1, "700 of 1000 left: nothing to do");
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300);
+        got.extend_from_slice(&block);
+        src.prefetch();
+        assert_eq!(src.inner.reads, 2, "400 left: filled up");
+        let reads = src.inner.reads;
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300);
+        got.extend_from_slice(&block);
+        assert_eq!(src.inner.reads, reads, "served from what was read ahead");
+        // Through to the end, a prefetch after every block: no fill reads of its own.
+        loop {
+            src.prefetch();
+            let reads = src.inner.reads;
+            let n = src.fill(&mut block).await.unwrap();
+            assert_eq!(src.inner.reads, reads);
+            got.extend_from_slice(&block[..n]);
+            if n < block.len() {
+                break;
+            }
+        }
+        assert!(got == src.inner.data);
+
+        // A read that would wait: the prefetch returns, the fill gets the data later.
+        let mut src = Source::new(test_reader(2000), Mode::Octet).read_ahead(1000);
+        src.fill(&mut block).await.unwrap();
+        src.fill(&mut block).await.unwrap();
+        src.inner.wait = true;
+        src.prefetch();
+        src.inner.wait = false;
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300);
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300, "read when due");
+
+        // A failed read ahead: the blocks read before it still come, then its error.
+        let mut r = test_reader(5000);
+        r.fail_at = 1000;
+        let mut src = Source::new(r, Mode::Octet).read_ahead(1000);
+        src.fill(&mut block).await.unwrap();
+        src.fill(&mut block).await.unwrap();
+        src.prefetch();
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300);
+        let e = src.fill(&mut block).await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::EIO));
+        assert!(src.take_error().is_some());
+
+        // The file shrank under its announced length: an error, not a short copy.
+        let mut src = Source::new(test_reader(500), Mode::Octet)
+            .with_len(Some(800))
+            .read_ahead(1000);
+        assert_eq!(src.fill(&mut block).await.unwrap(), 300);
+        src.prefetch();
+        let e = src.fill(&mut block).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
 
     /// A deferred sink holds what it may hold until a write point finds enough of it (or
     /// the hold is full), writes a block it may not hold after what it holds, and lets
