@@ -393,7 +393,10 @@ impl Client {
         self.put(remote, input, size, |_| {}).await
     }
 
-    /// Downloads `remote` (RRQ) into `out`, calling `progress` as data arrives. `out` is
+    /// Downloads `remote` (RRQ) into `out`, calling `progress` as data arrives. In octet
+    /// mode the blocks reach `out` in runs of at least 64 KiB (the last one shorter), each
+    /// written right after an ACK left (see `CLIENT_WRITE_BYTES`): `out` needs no buffer of
+    /// its own. `out` gets everything received even when the download fails, and is
     /// flushed before the final ACK is sent. Returns once the final ACK is sent and the
     /// [dally](ClientBuilder::dally) (RFC 1350: re-acknowledging a repeated last DATA;
     /// none by default) is over, so nothing runs on after it.
@@ -482,6 +485,7 @@ impl Client {
                     announced,
                     received,
                 });
+                sink.release().await.ok();
             } else if let Err(e) = sink.finish().await {
                 let (code, msg) = driver::io_error_code(&e);
                 rx.abort(code, &msg);
@@ -547,7 +551,9 @@ impl Client {
     }
 
     /// Uploads `input` as `remote` (WRQ). `size` in bytes, when known, is announced as
-    /// `tsize` (with netascii it is left out, since translation changes it).
+    /// `tsize` (with netascii it is left out, since translation changes it). In octet mode
+    /// `input` is read in runs of up to 256 KiB, ahead of the blocks, once the server has
+    /// answered (nothing is read before): `input` needs no buffer of its own.
     ///
     /// # Errors
     /// [`ClientError`]: the server's ERROR, a time-out, a bad OACK, or a local I/O error.
