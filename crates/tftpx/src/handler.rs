@@ -1101,7 +1101,7 @@ impl Handler for DirHandler {
 /// opened below the root when the upload began.
 ///
 /// The bytes go to an anonymous `O_TMPFILE` file in that directory (mode 0600), which has
-/// no name until [`Upload::commit`]. Every [`WRITEBACK_BYTES`] (8 MiB) written, a
+/// no name until [`Upload::commit`]. Every 8 MiB written (`WRITEBACK_BYTES`), a
 /// background `fdatasync` (one at a time, on tokio's blocking pool) writes what is there
 /// to the disk while the transfer goes on, so that the commit's sync, which the final ACK
 /// waits for, is left with at most about that much instead of the whole file (100 MB on
