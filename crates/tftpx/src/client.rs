@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver::{self, BusyPolls, Tracker, WaitPolicy, DEFAULT_BUSY_POLL};
 use crate::endpoint::Link;
-use crate::io::{Sink, Source};
+use crate::io::{LazyBufReader, Sink, Source};
 use crate::net;
 use crate::trace::{PacketTrace, Tracer};
 
@@ -551,9 +551,9 @@ impl Client {
     }
 
     /// Uploads `input` as `remote` (WRQ). `size` in bytes, when known, is announced as
-    /// `tsize` (with netascii it is left out, since translation changes it). In octet mode
-    /// `input` is read in runs of up to 256 KiB, ahead of the blocks, once the server has
-    /// answered (nothing is read before): `input` needs no buffer of its own.
+    /// `tsize` (with netascii it is left out, since translation changes it). `input` is read
+    /// in runs of up to 256 KiB, ahead of the blocks, once the server has answered (nothing
+    /// is read before): `input` needs no buffer of its own.
     ///
     /// # Errors
     /// [`ClientError`]: the server's ERROR, a time-out, a bad OACK, or a local I/O error.
@@ -579,7 +579,8 @@ impl Client {
             self.options(size),
             self.config,
         )?;
-        let mut src = Source::new(input, self.mode).read_ahead(CLIENT_READ_AHEAD);
+        let mut src =
+            Source::new(LazyBufReader::new(input, CLIENT_READ_AHEAD), self.mode).read_ahead();
         let tracker = driver::run_sender(
             &mut self.link(sock)?,
             &mut tx,

@@ -1,6 +1,5 @@
 //! Byte sources and sinks between files and transfers, with netascii translation.
 
-use std::future::Future;
 use std::io;
 use std::task::{Context, Poll};
 
@@ -40,22 +39,8 @@ pub(crate) struct Source<R> {
     error: Option<io::Error>,
     /// File bytes still to read when the size was fixed at open.
     remaining: Option<u64>,
-    /// Octet with [`Source::read_ahead`]: the bytes read ahead.
-    ahead: Option<Ahead>,
-}
-
-/// Bytes a [`Source`] read ahead of the blocks: `buf[pos..end]`.
-struct Ahead {
-    buf: Box<[u8]>,
-    pos: usize,
-    end: usize,
-    /// A read ahead found the end of the data.
-    eof: bool,
-    /// A read ahead failed: the next fill returns it.
-    error: Option<io::Error>,
-    /// A block was asked for: the peer answered. Nothing is read ahead before, so that a
-    /// request nobody answers leaves the input unread for the next address to try.
-    started: bool,
+    /// With [`Source::read_ahead`]: what [`Source::prefetch`] does to `inner`.
+    prefetch: Option<fn(&mut R)>,
 }
 
 impl<R: AsyncRead + Unpin> Source<R> {
@@ -78,63 +63,16 @@ impl<R: AsyncRead + Unpin> Source<R> {
             eof: false,
             error: None,
             remaining: None,
-            ahead: None,
+            prefetch: None,
         }
     }
 
-    /// Reads up to `bytes` ahead of the blocks at [`Source::prefetch`] (octet only), so
-    /// that the read that would come when the next block is due (the peer's ACK in) comes
-    /// while the peer handles the block just sent instead (a client's uploads).
-    pub(crate) fn read_ahead(mut self, bytes: usize) -> Self {
-        if self.netascii.is_none() && bytes > 0 {
-            self.ahead = Some(Ahead {
-                buf: vec![0u8; bytes].into_boxed_slice(),
-                pos: 0,
-                end: 0,
-                eof: false,
-                error: None,
-                started: false,
-            });
-        }
-        self
-    }
-
-    /// With [`Source::read_ahead`], once less than half of it is left: reads ahead until
-    /// it is full, the data ends, or a read would wait (it is polled once, never awaited:
-    /// a pipe's read goes on in the background and is taken by the next call or fill).
-    /// Call it when the sender has nothing else to do: after a block left, before the wait
-    /// for its ACK.
+    /// With [`Source::read_ahead`]: reads ahead through the buffer (see
+    /// [`LazyBufReader::prefetch`]); else nothing. Call it when the sender has nothing else
+    /// to do: after a block left, before the wait for its ACK.
     pub(crate) fn prefetch(&mut self) {
-        let Some(a) = &mut self.ahead else {
-            return;
-        };
-        if !a.started || a.eof || a.error.is_some() || (a.end - a.pos) * 2 >= a.buf.len() {
-            return;
-        }
-        a.buf.copy_within(a.pos..a.end, 0);
-        a.end -= a.pos;
-        a.pos = 0;
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Bounded: each pass adds at least a byte to a buffer of fixed size, or ends.
-        while a.end < a.buf.len() {
-            let read = std::pin::pin!(read_some(
-                &mut self.inner,
-                &mut self.remaining,
-                &mut a.buf[a.end..]
-            ));
-            match read.poll(&mut cx) {
-                // Pending: nothing was taken (AsyncRead's contract); the next call asks again.
-                Poll::Pending => return,
-                Poll::Ready(Ok(0)) => {
-                    a.eof = true;
-                    return;
-                }
-                Poll::Ready(Ok(n)) => a.end += n,
-                Poll::Ready(Err(e)) => {
-                    a.error = Some(e);
-                    return;
-                }
-            }
+        if let Some(f) = self.prefetch {
+            f(&mut self.inner);
         }
     }
 
@@ -158,28 +96,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
         match &mut self.netascii {
             None => {
                 while n < out.len() && !self.eof {
-                    let r = match &mut self.ahead {
-                        None => {
-                            read_some(&mut self.inner, &mut self.remaining, &mut out[n..]).await?
-                        }
-                        Some(a) => {
-                            a.started = true;
-                            if a.pos == a.end && !a.eof {
-                                if let Some(e) = a.error.take() {
-                                    return Err(e);
-                                }
-                                // Not read ahead (yet): read now, at least a buffer's worth.
-                                a.pos = 0;
-                                a.end = read_some(&mut self.inner, &mut self.remaining, &mut a.buf)
-                                    .await?;
-                                a.eof = a.end == 0;
-                            }
-                            let k = (a.end - a.pos).min(out.len() - n);
-                            out[n..n + k].copy_from_slice(&a.buf[a.pos..a.pos + k]);
-                            a.pos += k;
-                            k
-                        }
-                    };
+                    let r = read_some(&mut self.inner, &mut self.remaining, &mut out[n..]).await?;
                     if r == 0 {
                         self.eof = true;
                     }
@@ -206,6 +123,16 @@ impl<R: AsyncRead + Unpin> Source<R> {
             }
         }
         Ok(n)
+    }
+}
+
+impl<R: AsyncRead + Unpin> Source<LazyBufReader<R>> {
+    /// Has [`Source::prefetch`] read ahead through the buffer, so that the read that
+    /// would come when the next block is due (the peer's ACK in) comes while the peer
+    /// handles the block just sent instead (a client's uploads).
+    pub(crate) fn read_ahead(mut self) -> Self {
+        self.prefetch = Some(LazyBufReader::prefetch);
+        self
     }
 }
 
@@ -341,6 +268,10 @@ pub(crate) struct LazyBufReader<R> {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    /// A read ahead found the end of the data.
+    eof: bool,
+    /// A read ahead failed: the next read returns it.
+    error: Option<io::Error>,
 }
 
 impl<R> LazyBufReader<R> {
@@ -351,6 +282,8 @@ impl<R> LazyBufReader<R> {
             buf: Box::default(),
             pos: 0,
             end: 0,
+            eof: false,
+            error: None,
         }
     }
 
@@ -358,6 +291,41 @@ impl<R> LazyBufReader<R> {
     #[cfg(test)]
     pub(crate) fn buffer_len(&self) -> usize {
         self.buf.len()
+    }
+}
+
+impl<R: AsyncRead + Unpin> LazyBufReader<R> {
+    /// Once less than half of the buffer is left: reads ahead until it is full, the data
+    /// ends, or a read would wait (polled once, never awaited: a pipe's read goes on in the
+    /// background and the next read takes it). Nothing before the first read (a request
+    /// nobody answered leaves the input unread for the next address to try); a failed read
+    /// ahead is the next read's error.
+    pub(crate) fn prefetch(&mut self) {
+        if self.buf.is_empty() || self.eof || self.error.is_some() {
+            return;
+        }
+        if (self.end - self.pos) * 2 >= self.buf.len() {
+            return;
+        }
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Bounded: each pass adds at least a byte to a buffer of fixed size, or ends.
+        while self.end < self.buf.len() {
+            let mut rb = tokio::io::ReadBuf::new(&mut self.buf[self.end..]);
+            match std::pin::Pin::new(&mut self.inner).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => self.eof = true,
+                Poll::Ready(Ok(())) => {
+                    self.end += rb.filled().len();
+                    continue;
+                }
+                Poll::Ready(Err(e)) => self.error = Some(e),
+                // Nothing was taken (AsyncRead's contract): the next call or read asks again.
+                Poll::Pending => {}
+            }
+            return;
+        }
     }
 }
 
@@ -370,6 +338,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {
         use std::task::Poll;
         let this = self.get_mut();
         if this.pos == this.end {
+            if let Some(e) = this.error.take() {
+                return Poll::Ready(Err(e));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
             if out.remaining() >= this.capacity {
                 return std::pin::Pin::new(&mut this.inner).poll_read(cx, out);
             }
@@ -443,54 +417,62 @@ mod tests {
     /// ahead fails the fill that needs it; a file that shrinks is still an error.
     #[tokio::test]
     async fn a_source_reads_ahead_at_prefetch() {
-        let mut src = Source::new(test_reader(10_000), Mode::Octet).read_ahead(1000);
+        let mut src =
+            Source::new(LazyBufReader::new(test_reader(10_000), 1000), Mode::Octet).read_ahead();
         let mut block = [0u8; 300];
         let mut got = Vec::new();
         src.prefetch();
         assert_eq!(
-            src.inner.reads, 0,
+            src.inner.inner.reads, 0,
             "nothing read before the first block is asked for"
         );
         assert_eq!(src.fill(&mut block).await.unwrap(), 300);
         got.extend_from_slice(&block);
-        assert_eq!(src.inner.reads, 1, "the first block: one read of 1000");
+        assert_eq!(
+            src.inner.inner.reads, 1,
+            "the first block: one read of 1000"
+        );
         src.prefetch();
-        assert_eq!(src.inner.reads, 1, "700 of 1000 left: nothing to do");
+        assert_eq!(src.inner.inner.reads, 1, "700 of 1000 left: nothing to do");
         assert_eq!(src.fill(&mut block).await.unwrap(), 300);
         got.extend_from_slice(&block);
         src.prefetch();
-        assert_eq!(src.inner.reads, 2, "400 left: filled up");
-        let reads = src.inner.reads;
+        assert_eq!(src.inner.inner.reads, 2, "400 left: filled up");
+        let reads = src.inner.inner.reads;
         assert_eq!(src.fill(&mut block).await.unwrap(), 300);
         got.extend_from_slice(&block);
-        assert_eq!(src.inner.reads, reads, "served from what was read ahead");
+        assert_eq!(
+            src.inner.inner.reads, reads,
+            "served from what was read ahead"
+        );
         // Through to the end, a prefetch after every block: no fill reads of its own.
         loop {
             src.prefetch();
-            let reads = src.inner.reads;
+            let reads = src.inner.inner.reads;
             let n = src.fill(&mut block).await.unwrap();
-            assert_eq!(src.inner.reads, reads);
+            assert_eq!(src.inner.inner.reads, reads);
             got.extend_from_slice(&block[..n]);
             if n < block.len() {
                 break;
             }
         }
-        assert!(got == src.inner.data);
+        assert!(got == src.inner.inner.data);
 
         // A read that would wait: the prefetch returns, the fill gets the data later.
-        let mut src = Source::new(test_reader(2000), Mode::Octet).read_ahead(1000);
+        let mut src =
+            Source::new(LazyBufReader::new(test_reader(2000), 1000), Mode::Octet).read_ahead();
         src.fill(&mut block).await.unwrap();
         src.fill(&mut block).await.unwrap();
-        src.inner.wait = true;
+        src.inner.inner.wait = true;
         src.prefetch();
-        src.inner.wait = false;
+        src.inner.inner.wait = false;
         assert_eq!(src.fill(&mut block).await.unwrap(), 300);
         assert_eq!(src.fill(&mut block).await.unwrap(), 300, "read when due");
 
         // A failed read ahead: the blocks read before it still come, then its error.
         let mut r = test_reader(5000);
         r.fail_at = 1000;
-        let mut src = Source::new(r, Mode::Octet).read_ahead(1000);
+        let mut src = Source::new(LazyBufReader::new(r, 1000), Mode::Octet).read_ahead();
         src.fill(&mut block).await.unwrap();
         src.fill(&mut block).await.unwrap();
         src.prefetch();
@@ -500,9 +482,9 @@ mod tests {
         assert!(src.take_error().is_some());
 
         // The file shrank under its announced length: an error, not a short copy.
-        let mut src = Source::new(test_reader(500), Mode::Octet)
+        let mut src = Source::new(LazyBufReader::new(test_reader(500), 1000), Mode::Octet)
             .with_len(Some(800))
-            .read_ahead(1000);
+            .read_ahead();
         assert_eq!(src.fill(&mut block).await.unwrap(), 300);
         src.prefetch();
         let e = src.fill(&mut block).await.unwrap_err();

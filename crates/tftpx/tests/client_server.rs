@@ -643,9 +643,12 @@ async fn one_call_transfers_and_a_typed_local_abort() {
     srv.stop().await;
 }
 
-/// A writer whose first write waits until `go` is set (and its waker called).
+/// A writer whose first write waits until `go` is set (and its waker called); it keeps
+/// what it is given and the length of every write.
+#[derive(Default)]
 struct HeldWriter {
     out: Vec<u8>,
+    writes: Vec<usize>,
     go: Arc<std::sync::atomic::AtomicBool>,
     waker: Arc<Mutex<Option<std::task::Waker>>>,
 }
@@ -664,6 +667,7 @@ impl tokio::io::AsyncWrite for HeldWriter {
             }
         }
         self.out.extend_from_slice(buf);
+        self.writes.push(buf.len());
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
@@ -694,9 +698,9 @@ async fn a_download_acknowledges_a_block_before_writing_it() {
     let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let waker = Arc::new(Mutex::new(None::<std::task::Waker>));
     let mut out = HeldWriter {
-        out: Vec::new(),
         go: go.clone(),
         waker: waker.clone(),
+        ..HeldWriter::default()
     };
     let block1 = content(512, 7);
     let fake = async {
@@ -733,39 +737,6 @@ async fn a_download_acknowledges_a_block_before_writing_it() {
     assert_eq!(out.out, want);
 }
 
-/// A writer that keeps what it is given and the length of every write.
-#[derive(Default)]
-struct CountingWriter {
-    out: Vec<u8>,
-    writes: Vec<usize>,
-}
-
-impl tokio::io::AsyncWrite for CountingWriter {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.out.extend_from_slice(buf);
-        self.writes.push(buf.len());
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 /// A download's blocks are written in runs of at least 64 KiB, each right after an ACK:
 /// with windows, at a window's end (a write in the middle of a window holds back the ACK
 /// the server waits for). What arrives is written whole and in order.
@@ -777,7 +748,10 @@ async fn a_download_writes_in_runs_at_window_ends() {
     // blksize 1000, windowsize 8: a window is 8,000 bytes; lock-step at 512.
     for (blksize, windowsize, window) in [(1000u16, Some(8u16), 8000usize), (512, None, 512)] {
         let c = client(srv.addr, Some(blksize), windowsize, Mode::Octet);
-        let mut out = CountingWriter::default();
+        let mut out = HeldWriter {
+            go: Arc::new(true.into()),
+            ..HeldWriter::default()
+        };
         c.get("w.bin", &mut out, |_| {}).await.unwrap();
         assert!(out.out == data, "the file whole, in order");
         let (last, runs) = out.writes.split_last().unwrap();
